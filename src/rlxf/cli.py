@@ -1,0 +1,128 @@
+"""The ``rlxf`` command: parse, then hand a validated config to a command's ``run``.
+
+    rlxf <command> [--config FILE.yaml] [dotted.key=value ...] [--key value] [--flag]
+
+Every command is a module with a ``Config`` dataclass and ``run(config)``; this file
+only finds the module, builds its config and reports errors on one line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+from rlxf.errors import RlxfError
+
+# command words -> module; the module's docstring's first line is its help line
+COMMANDS = {
+    ("sft",): "rlxf.stages.sft",
+    ("tinyworld", "build"): "rlxf.tinyworld.build",
+    ("tinyworld", "data"): "rlxf.tinyworld.data",
+    ("demo",): "rlxf.pipeline",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(version("rlxf"))
+        return 0
+    words, module_name = _find_command(argv)
+    if module_name is None:
+        print(f"rlxf: error: unknown command '{' '.join(argv[:2])}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    rest = argv[len(words):]
+    from rlxf.config import dump_yaml, help_text, load_config
+    from rlxf.progress import setup_logging
+
+    module = importlib.import_module(module_name)
+    if any(a in ("-h", "--help") for a in rest):
+        print(f"usage: rlxf {' '.join(words)} [--config FILE.yaml] [key=value ...]\n\n"
+              f"{(module.__doc__ or '').strip()}\n\nkeys:\n{help_text(module.Config)}")
+        return 0
+    try:
+        config_path, overrides, flags = _split_args(rest)
+        setup_logging(verbose="verbose" in flags)
+        cfg = load_config(module.Config, config_path, overrides)
+        if "print-config" in flags:
+            print(dump_yaml(cfg), end="")
+            return 0
+        result = module.run(cfg)
+    except RlxfError as err:
+        print(f"rlxf: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlxf: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _find_command(argv: list[str]) -> tuple[tuple[str, ...], str | None]:
+    for n in (2, 1):
+        words = tuple(argv[:n])
+        if words in COMMANDS:
+            return words, COMMANDS[words]
+    return (), None
+
+
+def _split_args(args: list[str]) -> tuple[str | None, list[str], set[str]]:
+    """``--config F``, ``key=value`` overrides, ``--key value`` / ``--flag`` (= ``key=true``).
+
+    ``--print-config`` and ``--verbose`` are the CLI's own flags.
+    """
+    config_path, overrides, flags = None, [], set()
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            if name in ("print-config", "verbose"):
+                flags.add(name)
+            elif not eq and i + 1 < len(args) and not args[i + 1].startswith("--") and "=" not in args[i + 1]:
+                value, i = args[i + 1], i + 1
+                eq = "="
+            if name == "config":
+                if not eq:
+                    raise RlxfError("--config needs a file: --config FILE.yaml")
+                config_path = value
+            elif name not in ("print-config", "verbose"):
+                overrides.append(f"{name.replace('-', '_')}={value if eq else 'true'}")
+        elif "=" in arg:
+            overrides.append(arg)
+        else:
+            raise RlxfError(f"unexpected argument '{arg}': use key=value, --key value or --config FILE.yaml")
+        i += 1
+    return config_path, overrides, flags
+
+
+def _usage() -> str:
+    lines = ["usage: rlxf <command> [--config FILE.yaml] [key=value ...]", "", "commands:"]
+    for words, module_name in COMMANDS.items():
+        lines.append(f"  {' '.join(words):<18} {_summary(module_name)}")
+    lines += ["", "'rlxf <command> --help' lists the command's config keys."]
+    return "\n".join(lines)
+
+
+def _summary(module_name: str) -> str:
+    """The module docstring's first line, read without importing the module (imports are heavy)."""
+    import ast
+    from importlib.util import find_spec
+
+    spec = find_spec(module_name)
+    if spec is None or spec.origin is None:
+        return ""
+    with open(spec.origin) as fh:
+        doc = ast.get_docstring(ast.parse(fh.read())) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Typed configs: one dataclass per command is the YAML schema, the CLI and the help.
+
+A config is a (nested) ``@dataclass`` whose fields carry a one-line docstring right
+under them, as in cleanrl's ``Args``. From it we get, with no second declaration:
+
+- ``load_config(Cls, "x.yaml", ["train.lr=1e-4", "out=runs/a"])`` → a validated ``Cls``
+  (YAML file first, then ``dotted.key=value`` overrides; values parse as YAML scalars);
+- unknown keys and wrong types rejected with the closest valid key suggested;
+- ``validate()`` on every (nested) config for cross-field rules, run before any work;
+- ``to_dict(cfg)`` → the resolved config saved as ``config.yaml`` in the run;
+- ``help_text(Cls)`` → every key with its type, default and docstring.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import types
+import typing
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rlxf.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] = ()) -> C:
+    """Build ``cls`` from an optional YAML file and ``key=value`` overrides, then validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
+        _set_dotted(raw, key.strip(), _parse_scalar(value))
+    return from_dict(cls, raw)
+
+
+def from_dict(cls: type[C], raw: dict[str, Any], where: str = "") -> C:
+    """Build and validate ``cls`` from plain data, rejecting unknown keys."""
+    cfg = _build(cls, raw, where)
+    validate_all(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (what ``config.yaml`` holds)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def validate_all(cfg: Any, where: str = "") -> None:
+    """Run ``validate()`` of every nested config, innermost first."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate_all(value, f"{where}{f.name}.")
+    if hasattr(cfg, "validate"):
+        try:
+            cfg.validate()
+        except ConfigError as err:
+            raise ConfigError(f"{where}{err}" if where and not str(err).startswith(where) else str(err)) from None
+
+
+def help_text(cls: type, prefix: str = "") -> str:
+    """One line per key: ``dotted.key (type, default): docstring``."""
+    lines = []
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        tp = _resolved_types(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"{prefix}{f.name}: {docs.get(f.name, '')}".rstrip(": "))
+            lines.append(help_text(tp, f"{prefix}{f.name}."))
+            continue
+        default = _default_of(f)
+        shown = "required" if default is dataclasses.MISSING else f"default {default!r}"
+        lines.append(f"  {prefix}{f.name} ({_type_name(tp)}, {shown})\n      {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field in the class body (PEP 257 attribute
+    docstrings), inherited ones included; a subclass's own docstring wins."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+# ----------------------------------------------------------------------------- internals
+
+
+@cache
+def _resolved_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+        return to_dict(value) if dataclasses.is_dataclass(value) else value
+    return dataclasses.MISSING
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{where}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{where}{key}'{hint}")
+    kwargs = {}
+    hints = _resolved_types(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if f.name in raw:
+            kwargs[f.name] = _coerce(raw[f.name], tp, f"{where}{f.name}")
+        elif dataclasses.is_dataclass(tp) and f.default_factory is not dataclasses.MISSING:
+            kwargs[f.name] = _build(tp, {}, f"{where}{f.name}.")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"missing required config key '{where}{f.name}' "
+                              f"({field_docs(cls).get(f.name, 'no description')})")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``, converting only where lossless."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # PyYAML reads 1e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from None
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. a run name like 2024 or a dtype like 16
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return "one of " + "/".join(map(str, typing.get_args(tp)))
+    if origin in (list, tuple):
+        return f"list of {_type_name((typing.get_args(tp) or (Any,))[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{part}' is a value, not a section")
+        node = child
+    node[last] = value

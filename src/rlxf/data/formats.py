@@ -1,0 +1,446 @@
+"""Turn rows of the common data shapes into rlxf's records, checking them on the way.
+
+Each row's shape is detected from its fields, so one file may mix shapes. Fields that
+are ``null`` count as absent (Parquet and ``datasets`` fill the columns a row lacks with
+nulls); fields that no shape uses are ignored. A *message list* is a list of
+``{"role": ..., "content": "..."}`` objects; a conversational prompt becomes a tuple of
+them, which :func:`render_prompt` renders with the tokenizer's chat template.
+
+Demonstrations (:func:`load_demonstrations`, for SFT):
+
+- ``prompt``, ``completion`` -- prompt text or a message list; completion text, or
+  (TRL's conversational form) a list of one assistant message.
+- ``messages`` -- a chat whose last message is the assistant's answer; the earlier
+  messages are the prompt.
+- ``text`` -- pretraining text: ``Demonstration(prompt="", completion=text)``.
+
+Comparisons (:func:`load_preferences` and :func:`load_comparisons`, for reward models):
+
+- TRL: ``prompt``, ``chosen``, ``rejected`` -- text, or a prompt message list with
+  ``chosen``/``rejected`` each a list of one assistant message.
+- Vertex AI: ``input_text``, ``candidate_0``, ``candidate_1``, ``choice`` -- ``choice``
+  (0 or 1) is the index of the preferred candidate.
+- Implicit prompt: only ``chosen`` and ``rejected``, two versions of one conversation
+  that differ in the final answer. Either Anthropic HH dialogue text
+  (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``): the prompt is the shared text up to and
+  including the last shared ``"\\n\\nAssistant:"``, the answers are the rest with leading
+  whitespace removed. Or TRL's implicit-prompt message lists: the prompt is the shared
+  messages, each answer the one assistant message after them.
+- Ranking: ``prompt``, ``completions`` (K >= 2 answers), ``ranking`` (indices into
+  ``completions``, best first).
+- Any of the pairwise shapes may add ``prob_chosen`` (a soft label in [0, 1], the
+  probability that ``chosen`` is better; e.g. from an AI labeller) and ``margin``.
+
+Prompts (:func:`load_prompts`, for PPO and generation): ``prompt``, ``input_text``,
+``messages`` (a final assistant answer is dropped), or an implicit-prompt comparison.
+
+A bad row raises :class:`~rlxf.errors.DataError` naming file, line and field. With
+``skip_bad=True`` bad rows are skipped instead, logged as a warning, and counted in the
+returned :class:`Loaded` list's ``skipped`` and ``errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rlxf.data.readers import iter_rows
+from rlxf.data.records import Demonstration, Preference, Prompt, Ranking
+from rlxf.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+HUMAN_TURN, ASSISTANT_TURN = "\n\nHuman:", "\n\nAssistant:"  # Anthropic HH markers
+KEPT_ERRORS = 5  # how many skipped rows' errors a Loaded list keeps
+
+
+class Loaded(list):
+    """The records a loader read: a plain list, plus what ``skip_bad=True`` skipped.
+
+    Attributes:
+        skipped: how many bad rows were skipped (0 unless ``skip_bad=True``).
+        errors: the :class:`DataError` of the first few skipped rows (at most 5).
+    """
+
+    def __init__(self, records=(), *, skipped: int = 0, errors: list[DataError] | None = None):
+        super().__init__(records)
+        self.skipped = skipped
+        self.errors = errors or []
+
+
+def load_demonstrations(path: str | os.PathLike, *, split: str | None = None,
+                        skip_bad: bool = False) -> Loaded:
+    """Read SFT data: a :class:`Loaded` list of :class:`Demonstration` (shapes: module doc)."""
+    return _load(path, split, skip_bad, _DEMONSTRATION_SHAPES)
+
+
+def load_comparisons(path: str | os.PathLike, *, split: str | None = None,
+                     skip_bad: bool = False) -> Loaded:
+    """Read reward-model data keeping each ranking whole: :class:`Preference` for pairwise
+    rows, :class:`Ranking` for ranking rows, in file order.
+
+    Use this for the K-wise loss, where all pairs of one ranking share a batch element
+    (InstructGPT §3.5); :func:`load_preferences` flattens rankings into pairs.
+    """
+    return _load(path, split, skip_bad, _COMPARISON_SHAPES)
+
+
+def load_preferences(path: str | os.PathLike, *, split: str | None = None,
+                     skip_bad: bool = False) -> Loaded:
+    """Read reward-model data as a :class:`Loaded` list of :class:`Preference` pairs.
+
+    A ranking of K answers becomes its C(K, 2) (better, worse) pairs, in the order of
+    :meth:`Ranking.pairs`; ``skipped`` still counts rows, not pairs.
+    """
+    comparisons = load_comparisons(path, split=split, skip_bad=skip_bad)
+    pairs = [pair for c in comparisons
+             for pair in (c.pairs() if isinstance(c, Ranking) else [c])]
+    return Loaded(pairs, skipped=comparisons.skipped, errors=comparisons.errors)
+
+
+def load_prompts(path: str | os.PathLike, *, split: str | None = None,
+                 skip_bad: bool = False) -> Loaded:
+    """Read prompts for PPO or generation: a :class:`Loaded` list of text or message tuples.
+
+    Any answers in the rows (``completion``, ``chosen``, a final assistant message) are
+    ignored, so SFT and preference files double as prompt sets.
+    """
+    return _load(path, split, skip_bad, _PROMPT_SHAPES)
+
+
+def render_prompt(prompt: Prompt, tokenizer: Any) -> str:
+    """The text a model sees for ``prompt``.
+
+    Text is returned unchanged; a conversation is rendered with the tokenizer's chat
+    template, ending with the cue for the assistant's turn (``add_generation_prompt``).
+    """
+    if isinstance(prompt, str):
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"the prompt is a conversation, but the tokenizer "
+                        f"{type(tokenizer).__name__} has no chat template; use a chat model's "
+                        "tokenizer, set tokenizer.chat_template to a Jinja template, or use "
+                        "text prompts", field="prompt")
+    return tokenizer.apply_chat_template(list(prompt), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+# --- loading loop ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Where:
+    """The row being parsed, for error messages and ``source``."""
+
+    path: str
+    line: int
+
+    @property
+    def source(self) -> str:
+        return f"{self.path}:{self.line}"
+
+    def error(self, field: str | None, problem: str) -> DataError:
+        return DataError(problem, path=self.path, line=self.line, field=field)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """One accepted row shape: the fields that identify it and how to parse it."""
+
+    name: str
+    needs: tuple[str, ...]  # required fields
+    marks: tuple[str, ...]  # a row with any of these fields is taken to be this shape
+    parse: Callable[[dict, _Where], Any]  # returns one record
+
+    def describe(self) -> str:
+        return f"{self.name} ({', '.join(self.needs)})"
+
+
+def _load(path, split: str | None, skip_bad: bool, shapes: list[_Shape]) -> Loaded:
+    name = str(path) if split is None else f"{path}:{split}"
+    records, errors, skipped, seen = [], [], 0, 0
+    for line, row in iter_rows(path, split=split):
+        seen += 1
+        try:
+            if isinstance(row, DataError):
+                raise row
+            where = _Where(name, line)
+            present = {k: v for k, v in row.items() if v is not None}
+            records.append(_detect(present, where, shapes).parse(present, where))
+        except DataError as e:
+            if not skip_bad:
+                raise
+            skipped += 1
+            if len(errors) < KEPT_ERRORS:
+                errors.append(e)
+    if skipped:
+        logger.warning("%s: skipped %d bad row(s) of %d; first: %s", name, skipped, seen, errors[0])
+    return Loaded(records, skipped=skipped, errors=errors)
+
+
+def _detect(row: dict, where: _Where, shapes: list[_Shape]) -> _Shape:
+    for shape in shapes:
+        if any(field in row for field in shape.marks):
+            missing = [field for field in shape.needs if field not in row]
+            if missing:
+                raise where.error(missing[0], f"missing or null; the row looks like the "
+                                  f"{shape.describe()} shape (missing: {', '.join(missing)})")
+            return shape
+    accepted = "; ".join(shape.describe() for shape in shapes)
+    raise where.error(None, f"no known shape in fields {sorted(row)}; accepted: {accepted}")
+
+
+# --- field checks -----------------------------------------------------------------------
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _messages(value: Any, field: str, where: _Where) -> tuple[dict, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise where.error(field, f"must be a non-empty list of {{role, content}} messages, "
+                          f"got {_kind(value) if value else 'an empty list'}")
+    messages = []
+    for i, message in enumerate(value):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
+            raise where.error(f"{field}[{i}]", f"must be a message {{'role': str, 'content': "
+                              f"str}}, got {message!r:.80}")
+        messages.append({k: v for k, v in message.items() if v is not None})
+    return tuple(messages)
+
+
+def _prompt(value: Any, field: str, where: _Where) -> Prompt:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return _messages(value, field, where)
+    raise where.error(field, f"must be text or a list of {{role, content}} messages, "
+                      f"got {_kind(value)}")
+
+
+def _text(value: Any, field: str, where: _Where) -> str:
+    if not isinstance(value, str):
+        raise where.error(field, f"must be text, got {_kind(value)}")
+    if not value.strip():
+        raise where.error(field, "is empty; an answer needs some text")
+    return value
+
+
+def _answer(value: Any, field: str, where: _Where) -> str:
+    """Answer text, also given as TRL's conversational list of one assistant message."""
+    if isinstance(value, (list, tuple)):
+        messages = _messages(value, field, where)
+        if len(messages) != 1 or messages[0]["role"] != "assistant":
+            raise where.error(field, "a conversational answer must be a list of exactly one "
+                              f"assistant message, got roles {[m['role'] for m in messages]}")
+        value = messages[0]["content"]
+    elif not isinstance(value, str):
+        raise where.error(field, f"must be text or a list of one assistant message, "
+                          f"got {_kind(value)}")
+    return _text(value, field, where)
+
+
+def _preference(row: dict, where: _Where, prompt: Prompt, chosen: str, rejected: str,
+                rejected_field: str = "rejected") -> Preference:
+    """A Preference with the row's optional soft label and margin, checked."""
+    if chosen.strip() == rejected.strip():
+        raise where.error(rejected_field, "is identical to the chosen answer; a comparison "
+                          "needs two different answers")
+    prob_chosen, margin = row.get("prob_chosen", 1.0), row.get("margin", 0.0)
+    if not (_is_number(prob_chosen) and 0.0 <= prob_chosen <= 1.0):
+        raise where.error("prob_chosen", f"must be a number in [0, 1] (the probability that "
+                          f"chosen is better), got {prob_chosen!r}")
+    if not (_is_number(margin) and math.isfinite(margin)):
+        raise where.error("margin", f"must be a finite number, got {margin!r}")
+    return Preference(prompt, chosen, rejected, prob_chosen=float(prob_chosen),
+                      margin=float(margin), source=where.source)
+
+
+# --- comparison shapes ----------------------------------------------------------------
+
+def _parse_trl(row: dict, where: _Where) -> Preference:
+    return _preference(row, where, _prompt(row["prompt"], "prompt", where),
+                       _answer(row["chosen"], "chosen", where),
+                       _answer(row["rejected"], "rejected", where))
+
+
+def _parse_vertex(row: dict, where: _Where) -> Preference:
+    choice = row["choice"]
+    if not (_is_number(choice) and choice in (0, 1)):
+        raise where.error("choice", f"must be 0 or 1 (the index of the preferred candidate), "
+                          f"got {choice!r}")
+    choice = int(choice)
+    prompt = _parse_vertex_prompt(row, where)
+    candidates = [_answer(row[f"candidate_{i}"], f"candidate_{i}", where) for i in (0, 1)]
+    return _preference(row, where, prompt, candidates[choice], candidates[1 - choice],
+                       rejected_field=f"candidate_{1 - choice}")
+
+
+def _parse_implicit(row: dict, where: _Where) -> Preference:
+    chosen, rejected = row["chosen"], row["rejected"]
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        return _preference(row, where, *_split_hh(chosen, rejected, where))
+    if isinstance(chosen, (list, tuple)) and isinstance(rejected, (list, tuple)):
+        return _preference(row, where, *_split_conversations(chosen, rejected, where))
+    raise where.error("rejected", f"without a prompt field, chosen and rejected must both be "
+                      f"dialogue text (Anthropic HH) or both message lists; got "
+                      f"{_kind(chosen)} and {_kind(rejected)}")
+
+
+def _split_hh(chosen: str, rejected: str, where: _Where) -> tuple[str, str, str]:
+    """Split two Anthropic HH dialogues into (shared prompt, chosen answer, rejected answer).
+
+    The answers may be empty: in HH an empty final Assistant turn is a real label (the
+    labeller preferred saying nothing to a harmful answer); the harmless-base test split
+    has four such rows.
+    """
+    for field, dialogue in (("chosen", chosen), ("rejected", rejected)):
+        if ASSISTANT_TURN not in dialogue:
+            raise where.error(field, f"has no Assistant turn; an Anthropic HH dialogue reads "
+                              f"{HUMAN_TURN!r} question {ASSISTANT_TURN!r} answer ...")
+    shared = os.path.commonprefix([chosen, rejected])
+    end = shared.rfind(ASSISTANT_TURN)
+    if end < 0:
+        raise where.error("rejected", "shares no prefix with chosen up to an Assistant turn; "
+                          "both must be the same dialogue with different final answers")
+    end += len(ASSISTANT_TURN)
+    return chosen[:end], chosen[end:].lstrip(), rejected[end:].lstrip()
+
+
+def _split_conversations(chosen: list, rejected: list, where: _Where
+                         ) -> tuple[tuple[dict, ...], str, str]:
+    """Split TRL implicit-prompt message lists into (shared messages, chosen, rejected)."""
+    chosen_messages = _messages(chosen, "chosen", where)
+    rejected_messages = _messages(rejected, "rejected", where)
+    shared = 0
+    for c, r in zip(chosen_messages, rejected_messages):
+        if c != r:
+            break
+        shared += 1
+    if shared == 0:
+        raise where.error("rejected", "shares no messages with chosen; both must be the "
+                          "same conversation with different final answers")
+    answers = [_answer(messages[shared:], field, where) for field, messages in
+               (("chosen", chosen_messages), ("rejected", rejected_messages))]
+    return chosen_messages[:shared], answers[0], answers[1]
+
+
+def _parse_ranking(row: dict, where: _Where) -> Ranking:
+    for field in ("prob_chosen", "margin"):
+        if field in row:
+            raise where.error(field, "applies to pairwise rows, not rankings")
+    prompt = _prompt(row["prompt"], "prompt", where)
+    completions = row["completions"]
+    if not isinstance(completions, (list, tuple)):
+        raise where.error("completions", f"must be a list of answers, got {_kind(completions)}")
+    k = len(completions)
+    if k < 2:
+        raise where.error("completions", f"has {k} answer(s); a ranking needs K >= 2")
+    answers = tuple(_answer(c, f"completions[{i}]", where) for i, c in enumerate(completions))
+    first_index: dict[str, int] = {}
+    for i, answer in enumerate(answers):
+        j = first_index.setdefault(answer.strip(), i)
+        if j != i:
+            raise where.error("completions", f"answers {j} and {i} are identical; each answer "
+                              "must appear once")
+    return Ranking(prompt, answers, _permutation(row["ranking"], k, where), source=where.source)
+
+
+def _permutation(ranking: Any, k: int, where: _Where) -> tuple[int, ...]:
+    """Check that ``ranking`` is a permutation of range(k); say why when it is not."""
+    need = f"ranking must list each index 0..{k - 1} of completions once, best first"
+    if not (isinstance(ranking, (list, tuple)) and all(_is_int(i) for i in ranking)):
+        raise where.error("ranking", f"must be a list of integer indices; {need}")
+    if len(ranking) != k:
+        raise where.error("ranking", f"wrong length: {len(ranking)} indices for {k} "
+                          f"completions; {need}")
+    seen: set[int] = set()
+    for i in ranking:
+        if not 0 <= i < k:
+            raise where.error("ranking", f"index {i} out of range; {need}")
+        if i in seen:
+            raise where.error("ranking", f"duplicate index {i}; {need}")
+        seen.add(i)
+    return tuple(ranking)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Order matters: the first shape with one of its ``marks`` in the row is the row's shape.
+_COMPARISON_SHAPES = [
+    _Shape("ranking", ("prompt", "completions", "ranking"), ("completions", "ranking"),
+           _parse_ranking),
+    _Shape("Vertex AI", ("input_text", "candidate_0", "candidate_1", "choice"),
+           ("candidate_0", "candidate_1", "choice", "input_text"), _parse_vertex),
+    _Shape("TRL", ("prompt", "chosen", "rejected"), ("prompt",), _parse_trl),
+    _Shape("implicit prompt / Anthropic HH", ("chosen", "rejected"), ("chosen", "rejected"),
+           _parse_implicit),
+]
+
+
+# --- demonstration shapes -------------------------------------------------------------
+
+def _parse_chat(row: dict, where: _Where) -> Demonstration:
+    messages = _messages(row["messages"], "messages", where)
+    if messages[-1]["role"] != "assistant":
+        raise where.error("messages", f"the last message must be the answer (role "
+                          f"'assistant'), got role {messages[-1]['role']!r}")
+    if len(messages) < 2:
+        raise where.error("messages", "needs at least one message before the assistant's "
+                          "answer (for plain text without a prompt, use a 'text' row)")
+    answer = _text(messages[-1]["content"], f"messages[{len(messages) - 1}]", where)
+    return Demonstration(messages[:-1], answer, source=where.source)
+
+
+def _parse_prompt_completion(row: dict, where: _Where) -> Demonstration:
+    return Demonstration(_prompt(row["prompt"], "prompt", where),
+                         _answer(row["completion"], "completion", where), source=where.source)
+
+
+def _parse_text(row: dict, where: _Where) -> Demonstration:
+    return Demonstration("", _text(row["text"], "text", where), source=where.source)
+
+
+_DEMONSTRATION_SHAPES = [
+    _Shape("chat", ("messages",), ("messages",), _parse_chat),
+    _Shape("prompt/completion", ("prompt", "completion"), ("prompt", "completion"),
+           _parse_prompt_completion),
+    _Shape("pretraining text", ("text",), ("text",), _parse_text),
+]
+
+
+# --- prompt shapes --------------------------------------------------------------------
+
+def _parse_chat_prompt(row: dict, where: _Where) -> tuple[dict, ...]:
+    messages = _messages(row["messages"], "messages", where)
+    if messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not messages:
+        raise where.error("messages", "has no messages before the assistant's answer")
+    return messages
+
+
+def _parse_vertex_prompt(row: dict, where: _Where) -> str:
+    if not isinstance(row["input_text"], str):
+        raise where.error("input_text", f"must be text, got {_kind(row['input_text'])}")
+    return row["input_text"]
+
+
+_PROMPT_SHAPES = [
+    _Shape("prompt", ("prompt",), ("prompt",),
+           lambda row, where: _prompt(row["prompt"], "prompt", where)),
+    _Shape("Vertex AI", ("input_text",), ("input_text",), _parse_vertex_prompt),
+    _Shape("chat", ("messages",), ("messages",), _parse_chat_prompt),
+    _Shape("implicit prompt / Anthropic HH", ("chosen", "rejected"), ("chosen", "rejected"),
+           lambda row, where: _parse_implicit(row, where).prompt),
+]

@@ -1,0 +1,208 @@
+"""Read rows from data files, and write JSONL atomically.
+
+:func:`read_rows` turns any supported source into ``(line, row)`` pairs, where ``row``
+is a plain ``dict`` and ``line`` is 1-based, so every later error can say where the
+row came from:
+
+- ``.jsonl`` / ``.jsonl.gz``: the line in the file. Blank lines are skipped but still
+  counted, so the number is the one an editor shows.
+- ``.json`` (one list of objects): the object's position in the list.
+- ``.parquet``: the row number.
+- a folder saved by ``datasets``' ``save_to_disk``: the row number in the split.
+
+A folder written by ``datasets.DatasetDict.save_to_disk`` holds several splits; pick
+one with ``split="train"`` or the ``"FOLDER:train"`` shorthand, which fits in a
+config file. pyarrow and ``datasets`` are imported only when such a file is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from rlxf.errors import DataError
+
+SUPPORTED = ".jsonl, .jsonl.gz, .json (a list of objects), .parquet, " \
+            "or a folder saved by datasets' save_to_disk"
+_ONE_OBJECT = "each line must be one JSON object"
+
+
+def read_rows(path: str | os.PathLike, *, split: str | None = None
+              ) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line, row)`` for every row of ``path``, ``line`` 1-based (see module doc).
+
+    ``split`` names the split of a ``DatasetDict`` folder; ``"FOLDER:SPLIT"`` is the
+    same thing written in the path. The path is checked before this returns, so a
+    missing file raises here, not at the first ``next()``.
+
+    Raises:
+        DataError: the file is missing or of an unknown kind, the split is wrong, or
+            a row is not a JSON object.
+    """
+    rows = iter_rows(path, split=split)
+    return (_raise_bad(line, row) for line, row in rows)
+
+
+def iter_rows(path: str | os.PathLike, *, split: str | None = None
+              ) -> Iterator[tuple[int, dict | DataError]]:
+    """Like :func:`read_rows`, but a row that is not a JSON object comes back as its
+    :class:`DataError` instead of ending the read, so a caller can skip it and go on.
+
+    Problems with the file as a whole (missing, unreadable, wrong split) still raise.
+    """
+    path, split = _parse_split(str(path), split)
+    name = path if split is None else f"{path}:{split}"
+    if os.path.isdir(path):
+        return _read_saved_dataset(path, split)
+    if not os.path.exists(path):
+        raise DataError(f"no such file or folder (current folder: {os.getcwd()})", path=name)
+    if split is not None:
+        raise DataError(f"split {split!r} given, but only a save_to_disk folder has splits",
+                        path=path)
+    lower = path.lower()
+    if lower.endswith((".jsonl", ".jsonl.gz")):
+        return _read_jsonl(path)
+    if lower.endswith(".json"):
+        return _read_json_list(path)
+    if lower.endswith(".parquet"):
+        return _read_parquet(path)
+    raise DataError(f"unknown kind of data file; use {SUPPORTED}", path=path)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Write ``rows`` to ``path`` as JSONL (gzipped if it ends in ``.gz``); return the count.
+
+    Rows are dicts or record dataclasses (written with ``dataclasses.asdict``, which the
+    loaders in :mod:`rlxf.data.formats` read back). Parent folders are created. The
+    file is written to a temporary name beside it and renamed into place, so readers
+    never see half a file and an error leaves any old file untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    count = 0
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            out = gzip.GzipFile(fileobj=raw, mode="wb") if path.name.endswith(".gz") else raw
+            for row in rows:
+                if dataclasses.is_dataclass(row) and not isinstance(row, type):
+                    row = dataclasses.asdict(row)
+                out.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+                count += 1
+            if out is not raw:
+                out.close()  # writes the gzip trailer; ``raw`` stays open until the with ends
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return count
+
+
+def _raise_bad(line: int, row: dict | DataError) -> tuple[int, dict]:
+    if isinstance(row, DataError):
+        raise row
+    return line, row
+
+
+def _parse_split(path: str, split: str | None) -> tuple[str, str | None]:
+    """Take a ``FOLDER:SPLIT`` suffix off ``path`` when FOLDER is an existing folder."""
+    if os.path.exists(path) or ":" not in path:
+        return path, split
+    folder, _, suffix = path.rpartition(":")
+    if not suffix or not os.path.isdir(folder) or any(c in suffix for c in "/\\"):
+        return path, split
+    if split is not None and split != suffix:
+        raise DataError(f"split {suffix!r} in the path contradicts split={split!r}; give one",
+                        path=path)
+    return folder, suffix
+
+
+def _read_jsonl(path: str) -> Iterator[tuple[int, dict | DataError]]:
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    # Read bytes and decode line by line, so bad UTF-8 is reported with its line too.
+    with opener(path, "rb") as f:
+        for line, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield line, DataError(f"not UTF-8 text: {e}", path=path, line=line)
+                continue
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield line, DataError(f"not valid JSON: {e}; {_ONE_OBJECT}", path=path, line=line)
+                continue
+            if not isinstance(row, dict):
+                row = DataError(f"a JSON {type(row).__name__}, not an object; {_ONE_OBJECT}",
+                                path=path, line=line)
+            yield line, row
+
+
+def _read_json_list(path: str) -> Iterator[tuple[int, dict | DataError]]:
+    with open(path, encoding="utf-8-sig") as f:
+        try:
+            rows = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"not valid JSON: {e}; a .json file holds one list of objects "
+                            "(for one object per line, name the file .jsonl)", path=path) from None
+    if not isinstance(rows, list):
+        raise DataError(f"a JSON {type(rows).__name__}, not a list; a .json file holds one "
+                        "list of objects", path=path)
+    return _enumerate_objects(rows, path)
+
+
+def _enumerate_objects(rows: list, path: str) -> Iterator[tuple[int, dict | DataError]]:
+    for line, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            row = DataError(f"a JSON {type(row).__name__}, not an object; the list must hold "
+                            "only objects", path=path, line=line)
+        yield line, row
+
+
+def _read_parquet(path: str) -> Iterator[tuple[int, dict]]:
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        batches = pyarrow.parquet.ParquetFile(path).iter_batches(batch_size=1024)
+        line = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                line += 1
+                yield line, row
+    except pyarrow.ArrowException as e:
+        raise DataError(f"cannot read Parquet: {e}", path=path) from None
+
+
+def _read_saved_dataset(folder: str, split: str | None) -> Iterator[tuple[int, dict]]:
+    is_dict = os.path.exists(os.path.join(folder, "dataset_dict.json"))
+    if not is_dict and not os.path.exists(os.path.join(folder, "state.json")):
+        raise DataError(f"a folder, but not one saved by datasets' save_to_disk; use {SUPPORTED}",
+                        path=folder)
+    if not is_dict and split is not None:
+        raise DataError(f"split {split!r} given, but this folder holds one dataset without "
+                        "splits; drop the split", path=folder)
+    import datasets
+
+    dataset = datasets.load_from_disk(folder)
+    if is_dict:
+        splits = sorted(dataset)
+        if split is None and len(splits) != 1:
+            raise DataError(f"holds the splits {splits}; choose one with split=... or "
+                            f"'{folder}:{splits[0]}'", path=folder)
+        if split is not None and split not in dataset:
+            raise DataError(f"no split {split!r}; it holds {splits}", path=folder)
+        dataset = dataset[split if split is not None else splits[0]]
+    return _enumerate_rows(dataset)
+
+
+def _enumerate_rows(dataset) -> Iterator[tuple[int, dict]]:
+    for line, row in enumerate(dataset, 1):
+        yield line, dict(row)

@@ -1,0 +1,71 @@
+"""Sampling answers from a causal LM with Hugging Face ``generate``.
+
+Prompts are rendered and split from answers exactly as in training (see
+``rlxf.data.tokenize``), left-padded, and sampled in length-sorted batches. Each
+answer reports whether the model ended it (emitted EOS) — the gold oracle and the
+PPO EOS penalty both need to know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlxf.data.records import Prompt
+from rlxf.data.tokenize import prompt_text
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt: Prompt
+    text: str
+    """The answer, decoded, without the separator and without EOS."""
+    ended: bool
+    """True when the model emitted EOS within ``max_new_tokens``."""
+    token_ids: tuple[int, ...]
+    """The answer's tokens up to and including EOS."""
+
+
+def encode_prompts(prompts: list[Prompt], tokenizer, separator: str) -> list[list[int]]:
+    return [tokenizer(prompt_text(p, tokenizer, separator)[0], add_special_tokens=False)["input_ids"]
+            for p in prompts]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, temperature: float = 1.0,
+             top_p: float = 1.0, greedy: bool = False, batch_size: int = 32, separator: str = " ",
+             seed: int | None = None, progress: bool = False) -> list[Generation]:
+    """One sampled (or greedy) answer per prompt, in the order of ``prompts``."""
+    from rlxf.progress import progress as bar
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    encoded = encode_prompts(prompts, tokenizer, separator)
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    out: list[Generation | None] = [None] * len(prompts)
+    was_training = model.training
+    model.eval()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
+    for start in bar(range(0, len(order), batch_size), desc="generate", enabled=progress):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (B, P) left-padded
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(idx):
+            n = len(encoded[i])
+            ids[row, width - n:] = torch.tensor(encoded[i])
+            mask[row, width - n:] = 1
+        seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=not greedy,
+                              max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)
+        for row, i in enumerate(idx):
+            answer = seqs[row, width:].tolist()
+            ended = eos in answer
+            answer = answer[:answer.index(eos) + 1] if ended else answer
+            text = tokenizer.decode([t for t in answer if t != eos], skip_special_tokens=True)
+            sep = prompt_text(prompts[i], tokenizer, separator)[1]
+            out[i] = Generation(prompts[i], text.removeprefix(sep) if sep else text, ended, tuple(answer))
+    model.train(was_training)
+    return out

@@ -1,0 +1,127 @@
+"""Loading and saving models the way users do: ``transformers`` from a path or hub id.
+
+Everything goes through ``from_pretrained``/``save_pretrained`` so that what rlxf
+writes loads with plain ``transformers`` and what a user trained elsewhere loads
+in rlxf. Weights are safetensors only; ``trust_remote_code`` stays off unless the
+config turns it on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rlxf.errors import ConfigError
+
+log = logging.getLogger("rlxf")
+
+DType = Literal["float32", "bfloat16", "float16", "auto"]
+
+
+@dataclass(kw_only=True)
+class LoraConfig:
+    enabled: bool = False
+    """Train a LoRA adapter (peft) instead of all weights."""
+    r: int = 8
+    """LoRA rank."""
+    alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: list[str] | None = None
+    """Module names to adapt; null adapts every linear layer ('all-linear')."""
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"lora.r must be ≥ 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name_or_path: str
+    """A local directory in Hugging Face format, or a hub id (needs the network)."""
+    tokenizer: str | None = None
+    """Tokenizer path or id; null uses name_or_path."""
+    dtype: DType = "float32"
+    """Weight dtype. float32 is exact on CPU; bfloat16 halves memory on GPUs."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to load."""
+    trust_remote_code: bool = False
+    """Run model code shipped with the checkpoint. Off by default: it executes arbitrary Python."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Parameter-efficient fine-tuning with LoRA."""
+
+
+def _torch_dtype(name: DType):
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False,
+                   padding_side: Literal["left", "right"] = "right"):
+    """A tokenizer with a pad token (the EOS token when the checkpoint has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ConfigError(f"cannot load a tokenizer from '{name_or_path}': {err}") from None
+    if tok.eos_token is None:
+        raise ConfigError(f"the tokenizer at '{name_or_path}' has no EOS token; rlxf needs one to end answers")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_causal_lm(cfg: ModelConfig, *, path: str | None = None):
+    """The causal LM of ``cfg`` (or the one at ``path``, with ``cfg``'s dtype and trust settings)."""
+    from transformers import AutoModelForCausalLM
+
+    name = path or cfg.name_or_path
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=_torch_dtype(cfg.dtype), revision=None if path else cfg.revision,
+            trust_remote_code=cfg.trust_remote_code)
+    except OSError as err:
+        raise ConfigError(f"cannot load a causal LM from '{name}': {err}") from None
+    return model
+
+
+def disable_dropout(model) -> None:
+    """Set every dropout probability to 0: RLHF needs the same log-probs in rollout and update."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def add_lora(model, lora: LoraConfig):
+    """Wrap ``model`` with a fresh LoRA adapter; only the adapter's weights will train."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=lora.target_modules or "all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_cfg)
+
+
+def save_model(model, tokenizer, out: str | Path, *, merge_lora: bool = True) -> Path:
+    """Save in Hugging Face format (safetensors). A LoRA model is merged first, so
+    ``AutoModelForCausalLM.from_pretrained(out)`` loads it without peft."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if merge_lora and hasattr(model, "merge_and_unload"):
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out

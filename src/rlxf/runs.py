@@ -1,0 +1,151 @@
+"""The run directory: the files every stage leaves behind, and resuming from them.
+
+    OUT/
+      config.yaml       the resolved config (re-running with a different one is refused)
+      metrics.jsonl     one JSON object per logged step: {"step": 10, "loss": ..., ...}
+      checkpoints/      step-000100/ ... the newest ``keep`` of them, written atomically
+      final/            Hugging Face ``save_pretrained`` format, safetensors
+      summary.json      headline numbers; its presence marks the run complete
+
+Re-running the same command on the same ``OUT`` resumes from the newest checkpoint:
+``metrics.jsonl`` is cut back to that step, so a resumed run's log reads exactly like
+an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlxf.config import to_dict
+from rlxf.errors import ConfigError
+
+log = logging.getLogger("rlxf")
+
+_STEP_DIR = "step-{:06d}"
+
+
+class Run:
+    """One run directory. Create it with :meth:`open`."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.checkpoints = out / "checkpoints"
+        self.final = out / "final"
+        self.metrics_path = out / "metrics.jsonl"
+        self.summary_path = out / "summary.json"
+
+    @classmethod
+    def open(cls, out: str | Path, config: Any) -> "Run":
+        """Create ``out`` for ``config``, or reopen it if it holds a run of the same config."""
+        run = cls(Path(out))
+        resolved = to_dict(config)
+        config_path = run.out / "config.yaml"
+        if config_path.exists():
+            previous = yaml.safe_load(config_path.read_text()) or {}
+            changed = _diff(previous, resolved)
+            if changed:
+                raise ConfigError(
+                    f"{run.out} holds a run with a different config ({', '.join(changed[:5])} changed); "
+                    f"pass a new out=DIR, or delete {run.out} to start over")
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        _atomic_write(config_path, yaml.safe_dump(resolved, sort_keys=False))
+        return run
+
+    # -- completion ---------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        return self.summary_path.exists()
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads(self.summary_path.read_text())
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        _atomic_write(self.summary_path, json.dumps(summary, indent=2, default=float) + "\n")
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        """Append one step's metrics (plain numbers) to ``metrics.jsonl``."""
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop rows logged after ``after_step`` (they were written after the checkpoint we resume from)."""
+        kept = [row for row in self.metrics() if row["step"] <= after_step]
+        _atomic_write(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def latest_checkpoint(self) -> Path | None:
+        done = sorted(p for p in self.checkpoints.glob("step-*") if not p.name.endswith(".tmp"))
+        return done[-1] if done else None
+
+    def new_checkpoint_dir(self, step: int) -> Path:
+        """A fresh temporary directory; :meth:`commit_checkpoint` makes it visible."""
+        tmp = self.checkpoints / (_STEP_DIR.format(step) + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit_checkpoint(self, tmp: Path, keep: int) -> Path:
+        """Rename the finished checkpoint into place, then prune all but the newest ``keep``."""
+        final = tmp.with_name(tmp.name.removesuffix(".tmp"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        done = sorted(p for p in self.checkpoints.glob("step-*") if not p.name.endswith(".tmp"))
+        for old in done[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Timer:
+    """Wall-clock seconds since creation."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,201 @@
+"""Supervised fine-tuning: teach a causal LM to give the demonstrated answers.
+
+The loss is the mean negative log-likelihood of the answer tokens only (InstructGPT
+§3.5, "Supervised fine-tuning"); prompt tokens are context, not targets. With an
+empty prompt a record is plain text and every token is a target, so the same stage
+also pre-trains (Tinyworld's base model is built this way).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from rlxf.data.tokenize import IGNORE, Example, TokenizeStats, collate, pack, tokenize_demonstrations
+from rlxf.errors import ConfigError
+from rlxf.models.loading import ModelConfig, add_lora, load_causal_lm, load_tokenizer, save_model
+from rlxf.progress import progress
+from rlxf.runs import Run, Timer
+from rlxf.training import (TrainConfig, load_checkpoint, make_optimizer, micro_batch_indices,
+                           resolve_device, save_checkpoint, seed_everything, total_steps)
+
+log = logging.getLogger("rlxf")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    train: str
+    """Demonstrations: JSONL/JSON/Parquet file or saved HF dataset dir ({prompt, completion}, {messages} or {text})."""
+    eval: str | None = None
+    """Held-out demonstrations for the eval loss; null holds out eval_fraction of train."""
+    eval_fraction: float = 0.05
+    """Share of train held out for evaluation when eval is null (0 disables evaluation)."""
+    split: str | None = None
+    """Split to read from a saved HF DatasetDict."""
+    max_length: int = 512
+    """Maximum tokens per training sequence (prompt + answer, or a packed sequence)."""
+    packing: bool = False
+    """Pack several examples into each sequence (no cross-attention between them)."""
+    separator: str = " "
+    """Text put between a plain-text prompt and its answer."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows (counted and reported) instead of stopping at the first one."""
+
+    def validate(self) -> None:
+        if self.max_length < 2:
+            raise ConfigError(f"data.max_length must be ≥ 2, got {self.max_length}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclass(kw_only=True)
+class Config(TrainConfig):
+    """``rlxf sft``: supervised fine-tuning on demonstrations."""
+
+    model: ModelConfig
+    """The model to fine-tune."""
+    data: DataConfig
+    """The demonstrations."""
+    lr: float = 1e-5
+    """Peak learning rate (AdamW)."""
+
+
+def run(cfg: Config) -> dict:
+    """Train, evaluate and save; resume from the newest checkpoint of ``cfg.out`` if any."""
+    run_dir = Run.open(cfg.out, cfg)
+    if run_dir.complete:
+        log.info("%s is already complete; delete it to train again", run_dir.out)
+        return run_dir.summary()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, revision=cfg.model.revision,
+                               trust_remote_code=cfg.model.trust_remote_code)
+    train_set, eval_set, stats = _load_data(cfg, tokenizer)
+    model = load_causal_lm(cfg.model)
+    if cfg.model.lora.enabled:
+        model = add_lora(model, cfg.model.lora)
+    model.to(device).train()
+
+    n_steps = total_steps(cfg, len(train_set))
+    optimizer, scheduler = make_optimizer(model.parameters(), cfg, n_steps)
+    start, window = 0, []
+    if (ckpt := run_dir.latest_checkpoint()) is not None:
+        start, extra = load_checkpoint(ckpt, modules=(model,), optimizer=optimizer, scheduler=scheduler)
+        window = extra["loss_window"]
+        log.info("resuming from %s (step %d of %d)", ckpt, start, n_steps)
+    run_dir.truncate_metrics(start)
+
+    batches = micro_batch_indices(len(train_set), cfg.batch_size, cfg.seed, start=start * cfg.grad_accum)
+    pad_id = tokenizer.pad_token_id
+    timer = Timer()
+    eval_loss = None
+    bar = progress(range(start, n_steps), desc="sft", initial=start, total=n_steps, enabled=cfg.progress)
+    for step in bar:
+        micro = [collate([train_set[i] for i in next(batches)], pad_id, packed=cfg.data.packing)
+                 for _ in range(cfg.grad_accum)]
+        n_tokens = sum(int((b["labels"] != IGNORE).sum()) for b in micro)
+        step_loss = 0.0
+        for batch in micro:
+            loss_sum, _ = _token_nll(model, batch, device)
+            (loss_sum / n_tokens).backward()
+            step_loss += loss_sum.item() / n_tokens
+        grad_norm = _clip(model, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.append(step_loss)
+        done = step + 1
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        row = {}
+        if done % cfg.log_every == 0 or done == n_steps:
+            row.update(loss=sum(window) / len(window), grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
+                       tokens=n_tokens)
+            window = []
+        if eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps):
+            eval_loss = evaluate(model, eval_set, pad_id, device, cfg.batch_size, packed=cfg.data.packing)
+            row["eval_loss"] = eval_loss
+            model.train()
+        if row:
+            run_dir.log(done, row)
+        if (cfg.save_every and done % cfg.save_every == 0) or done == n_steps:
+            tmp = run_dir.new_checkpoint_dir(done)
+            save_checkpoint(tmp, modules=(model,), optimizer=optimizer, scheduler=scheduler, step=done,
+                            extra={"loss_window": window})
+            run_dir.commit_checkpoint(tmp, cfg.keep_checkpoints)
+    bar.close()
+
+    save_model(model, tokenizer, run_dir.final)
+    last = [r for r in run_dir.metrics() if "loss" in r]
+    summary = {
+        "stage": "sft",
+        "steps": n_steps,
+        "resumed_from_step": start,
+        "train_examples": len(train_set),
+        "eval_examples": len(eval_set),
+        "truncated_examples": stats.truncated,
+        "final_train_loss": last[-1]["loss"] if last else None,
+        "final_eval_loss": eval_loss,
+        "eval_perplexity": math.exp(eval_loss) if eval_loss is not None else None,
+        "seconds": timer.elapsed(),
+        "final": str(run_dir.final),
+    }
+    run_dir.write_summary(summary)
+    return summary
+
+
+def _load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], TokenizeStats]:
+    from rlxf.data.formats import load_demonstrations
+
+    d = cfg.data
+    train = load_demonstrations(d.train, split=d.split, skip_bad=d.skip_bad_rows)
+    if d.eval is not None:
+        held = load_demonstrations(d.eval, split=d.split, skip_bad=d.skip_bad_rows)
+    elif d.eval_fraction > 0 and len(train) > 1:
+        g = torch.Generator().manual_seed(cfg.seed)
+        order = torch.randperm(len(train), generator=g).tolist()
+        n_eval = max(1, round(d.eval_fraction * len(train)))
+        held, train = [train[i] for i in order[:n_eval]], [train[i] for i in sorted(order[n_eval:])]
+    else:
+        held = []
+    if not train:
+        raise ConfigError(f"data.train ({d.train}) holds no demonstrations")
+    stats = TokenizeStats()
+    train_ex = tokenize_demonstrations(train, tokenizer, max_length=d.max_length, separator=d.separator, stats=stats)
+    eval_ex = tokenize_demonstrations(held, tokenizer, max_length=d.max_length, separator=d.separator)
+    if d.packing:
+        train_ex, eval_ex = pack(train_ex, d.max_length), pack(eval_ex, d.max_length)
+    log.info("sft data: %d train and %d eval sequences (%d answer tokens)", len(train_ex), len(eval_ex),
+             stats.answer_tokens)
+    return train_ex, eval_ex, stats
+
+
+def _token_nll(model, batch: dict, device) -> tuple[torch.Tensor, int]:
+    """Summed next-token NLL over labelled tokens, and their count."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+    labels = batch.pop("labels")
+    logits = model(**batch, use_cache=False).logits[:, :-1]  # (B, T-1, V); no cache: packed masks need it
+    targets = labels[:, 1:]  # (B, T-1)
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+    return loss, int((targets != IGNORE).sum())
+
+
+@torch.no_grad()
+def evaluate(model, examples: list[Example], pad_id: int, device, batch_size: int, *, packed: bool = False) -> float:
+    """Mean NLL per answer token over ``examples``."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        loss, n = _token_nll(model, collate(examples[i:i + batch_size], pad_id, packed=packed), device)
+        total, count = total + loss.item(), count + n
+    return total / max(count, 1)
+
+
+def _clip(model, max_norm: float | None) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is None:
+        return float(torch.norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))

@@ -1,0 +1,183 @@
+"""What every training stage shares: the loop settings, seeding, optimiser, checkpoints.
+
+A stage owns its loop (STYLE: plain loops, no Trainer subclassing); these are the
+pieces that would otherwise be written three times. Resume is exact: a checkpoint
+holds the trainable weights, the optimiser and scheduler state and every RNG state,
+and the data order is a pure function of ``(seed, epoch)``, so step ``k`` sees the
+same batch whether or not the run was interrupted before it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rlxf.errors import ConfigError
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    out: str
+    """Run directory (config.yaml, metrics.jsonl, checkpoints/, final/, summary.json)."""
+    seed: int = 0
+    """Seed for data order, initialisation and sampling."""
+    lr: float = 1e-5
+    """Peak learning rate (AdamW)."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    """Learning-rate decay after warm-up."""
+    warmup_steps: int = 0
+    """Optimiser steps of linear warm-up from 0 to lr."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value; null disables clipping."""
+    batch_size: int = 8
+    """Examples per micro-batch (one forward/backward)."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step; the effective batch is batch_size × grad_accum."""
+    epochs: float = 1.0
+    """Passes over the training data (fractions allowed); ignored when max_steps is set."""
+    max_steps: int | None = None
+    """Optimiser steps to run; null derives them from epochs."""
+    log_every: int = 10
+    """Write a metrics.jsonl row every this many steps."""
+    eval_every: int | None = None
+    """Evaluate every this many steps (and always at the end); null evaluates only at the end."""
+    save_every: int | None = None
+    """Checkpoint every this many steps; null checkpoints only at the end."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def validate(self) -> None:
+        for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("eval_every", "save_every", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be ≥ 1 or null, got {value}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ConfigError(f"epochs must be > 0 when max_steps is null, got {self.epochs}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {list(self.adam_betas)}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def total_steps(cfg: TrainConfig, n_examples: int) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    per_step = cfg.batch_size * cfg.grad_accum
+    return max(1, math.ceil(cfg.epochs * n_examples / per_step))
+
+
+def make_optimizer(params, cfg: TrainConfig, n_steps: int, *, lr_multiplier: float = 1.0):
+    """AdamW with the configured warm-up and decay (transformers' schedulers)."""
+    from transformers import get_scheduler
+
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=cfg.lr * lr_multiplier, betas=tuple(cfg.adam_betas),
+                            weight_decay=cfg.weight_decay)
+    sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=n_steps)
+    return opt, sched
+
+
+def micro_batch_indices(n_examples: int, batch_size: int, seed: int, start: int = 0) -> Iterator[list[int]]:
+    """Example indices of micro-batch ``start``, ``start + 1``, ... for ever.
+
+    Each epoch is a fresh permutation drawn from a generator seeded by ``(seed, epoch)``,
+    so micro-batch ``i`` is the same whatever happened before it (exact resume). The
+    last micro-batch of an epoch may be short; batches never straddle two epochs.
+    """
+    per_epoch = math.ceil(n_examples / batch_size)
+    i = start
+    while True:
+        epoch, k = divmod(i, per_epoch)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n_examples, generator=g).tolist()
+        for j in range(k, per_epoch):
+            yield order[j * batch_size:(j + 1) * batch_size]
+        i = (epoch + 1) * per_epoch
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def trainable_state(*modules: torch.nn.Module) -> dict[str, torch.Tensor]:
+    state = {}
+    for m, module in enumerate(modules):
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                state[f"{m}.{name}"] = p.detach().contiguous().cpu()
+    return state
+
+
+def save_checkpoint(path: Path, *, modules: tuple[torch.nn.Module, ...], optimizer, scheduler,
+                    step: int, extra: dict | None = None) -> None:
+    """Trainable weights as safetensors; optimiser, scheduler, RNG and ``extra`` in ``state.pt``."""
+    from safetensors.torch import save_file
+
+    save_file(trainable_state(*modules), str(path / "trainable.safetensors"))
+    torch.save({
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng_torch": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rng_python": random.getstate(),
+        "extra": extra or {},
+    }, path / "state.pt")
+
+
+def load_checkpoint(path: Path, *, modules: tuple[torch.nn.Module, ...], optimizer, scheduler) -> tuple[int, dict]:
+    """Restore what :func:`save_checkpoint` wrote; returns ``(step, extra)``.
+
+    ``state.pt`` is read with ``weights_only=True``: tensors and plain containers only,
+    never arbitrary pickled objects.
+    """
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    with torch.no_grad():
+        for m, module in enumerate(modules):
+            for name, p in module.named_parameters():
+                if p.requires_grad:
+                    p.copy_(weights[f"{m}.{name}"])
+    state = torch.load(path / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_torch"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    random.setstate(_as_random_state(state["rng_python"]))
+    return state["step"], state["extra"]
+
+
+def _as_random_state(value):
+    # weights_only loading turns the nested tuples of random.getstate() into lists
+    version, internal, gauss = value
+    return version, tuple(internal), gauss

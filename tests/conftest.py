@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny real models (GPT-2, Llama, Qwen2 shapes) and a tokenizer built here.
+
+Nothing is downloaded: the tokenizer is trained on a few sentences and the models
+are randomly initialised from small configs, then saved and loaded back through
+the same ``from_pretrained`` path users take.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+HH_TEST = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
+
+SENTENCES = [
+    "question : what color is the fox ? answer : the fox is red .",
+    "question : where does the owl live ? answer : the owl lives in the forest .",
+    "question : what does the bear eat ? answer : the bear eats fish .",
+    "say hello to tom . hello tom !",
+    "two plus three is five . one plus one is two .",
+] * 20
+
+
+def make_tokenizer(vocab_size: int = 400):
+    from rlxf.models.tokenizer import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(SENTENCES, vocab_size=vocab_size, min_frequency=1)
+
+
+def make_model(arch: str, vocab_size: int, seed: int = 0):
+    """A randomly initialised tiny model of a real architecture."""
+    import torch
+    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
+
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        cfg = GPT2Config(vocab_size=vocab_size, n_positions=128, n_embd=32, n_layer=2, n_head=4,
+                         bos_token_id=1, eos_token_id=1)
+        return GPT2LMHeadModel(cfg)
+    small = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                 bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**small))
+    if arch == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**small))
+    raise ValueError(arch)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A saved tiny GPT-2 with its tokenizer, in Hugging Face format."""
+    out = tmp_path_factory.mktemp("tiny-gpt2")
+    make_model("gpt2", len(tokenizer)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def demo_rows(n: int = 64) -> list[dict]:
+    """Demonstrations with a pattern a tiny model can learn within a few dozen steps."""
+    colors = ["red", "blue", "green", "black"]
+    animals = ["fox", "owl", "bear", "cat", "dog", "frog", "duck", "wolf"]
+    rows = []
+    for i in range(n):
+        a, c = animals[i % len(animals)], colors[(i * 3) % len(colors)]
+        rows.append({"prompt": f"question : what color is the {a} ? answer :", "completion": f"the {a} is {c} ."})
+    return rows

@@ -1,0 +1,92 @@
+"""The typed config system: YAML + dotted overrides, unknown keys, types, validation, help."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlxf.config import dump_yaml, field_docs, help_text, load_config
+from rlxf.errors import ConfigError
+from rlxf.stages import sft
+
+
+def _cfg(tmp_path, text: str, *overrides: str) -> sft.Config:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return load_config(sft.Config, path, list(overrides))
+
+
+BASE = "out: runs/x\nmodel: {name_or_path: m}\ndata: {train: d.jsonl}\n"
+
+
+def test_yaml_then_overrides_win(tmp_path):
+    cfg = _cfg(tmp_path, BASE + "lr: 0.1\n", "lr=1e-4", "data.max_length=256", "model.lora.enabled=true")
+    assert cfg.lr == 1e-4  # PyYAML reads 1e-4 as a string: it must still become a float
+    assert cfg.data.max_length == 256
+    assert cfg.model.lora.enabled is True
+    assert cfg.model.lora.r == 8  # nested defaults survive a partial section
+
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.max_lenght'; did you mean 'data.max_length'"):
+        _cfg(tmp_path, BASE, "data.max_lenght=3")
+    with pytest.raises(ConfigError, match=r"unknown config key 'nonsense'"):
+        _cfg(tmp_path, BASE + "nonsense: 1\n")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=two", r"'batch_size' must be int, got 'two'"),
+    ("batch_size=1.5", r"'batch_size' must be int"),
+    ("data.packing=maybe", r"'data.packing' must be true or false"),
+    ("lr_schedule=exp", r"'lr_schedule' must be one of 'constant', 'linear', 'cosine'"),
+    ("model=3", r"model: expected a mapping"),
+    ("lr=fast", r"'lr' must be a number"),
+])
+def test_wrong_types_name_the_key(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        _cfg(tmp_path, BASE, override)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=0", "batch_size must be ≥ 1"),
+    ("data.max_length=1", "data.max_length must be ≥ 2"),
+    ("model.lora.r=0", "lora.r must be ≥ 1"),
+    ("data.eval_fraction=1.5", r"data.eval_fraction must be in \[0, 1\)"),
+    ("max_steps=null", None),
+])
+def test_validation_runs_before_any_work(tmp_path, override, message):
+    if message is None:
+        assert _cfg(tmp_path, BASE, override).max_steps is None
+        return
+    with pytest.raises(ConfigError, match=message):
+        _cfg(tmp_path, BASE, override)
+
+
+def test_missing_required_key_says_what_it_is(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing required config key 'data.train' \(Demonstrations"):
+        _cfg(tmp_path, "out: x\nmodel: {name_or_path: m}\ndata: {}\n")
+
+
+def test_bad_yaml_and_bad_override_forms(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        _cfg(tmp_path, "out: [unclosed\n")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(sft.Config, tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        _cfg(tmp_path, BASE, "lr")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = _cfg(tmp_path, BASE, "adam_betas=[0.8, 0.9]")
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_yaml(cfg))
+    assert load_config(sft.Config, again) == cfg
+
+
+def test_help_comes_from_field_docstrings():
+    docs = field_docs(sft.Config)
+    assert docs["lr"] == "Peak learning rate (AdamW)."
+    assert "Run directory" in docs["out"]  # inherited from TrainConfig
+    text = help_text(sft.Config)
+    assert "data.max_length (int, default 512)" in text
+    assert "model.lora.r (int, default 8)" in text
+    assert "out (str, required)" in text

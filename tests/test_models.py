@@ -1,0 +1,76 @@
+"""Loading and saving through the public from_pretrained path; tokenizer training; generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model
+
+from rlxf.errors import ConfigError
+from rlxf.models.generation import generate
+from rlxf.models.loading import LoraConfig, ModelConfig, add_lora, load_causal_lm, load_tokenizer, save_model
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_tiny_architectures_round_trip(tmp_path, tokenizer, arch):
+    model = make_model(arch, len(tokenizer)).eval()  # eval: GPT-2's dropout would differ per call
+    model.save_pretrained(tmp_path / "src")
+    tokenizer.save_pretrained(tmp_path / "src")
+    loaded = load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "src")))
+    assert type(loaded).__name__ == type(model).__name__
+    ids = torch.tensor([tokenizer("the fox is red .")["input_ids"]])
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+    assert not list((tmp_path / "src").glob("*.bin")), "weights must be safetensors"
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot load a causal LM from"):
+        load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "nothing-here")))
+    with pytest.raises(ConfigError, match="cannot load a tokenizer from"):
+        load_tokenizer(str(tmp_path / "nothing-here"))
+
+
+def test_trust_remote_code_is_off_by_default():
+    assert ModelConfig(name_or_path="x").trust_remote_code is False
+
+
+def test_bpe_tokenizer_round_trips_text(tokenizer, tmp_path):
+    text = "question : what color is the fox ? answer : the fox is red ."
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    tokenizer.save_pretrained(tmp_path)
+    again = load_tokenizer(str(tmp_path))
+    assert again(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert again.pad_token == "<|pad|>" and again.eos_token == "<|endoftext|>"
+
+
+def test_lora_model_saves_merged_and_loads_without_peft(tmp_path, tokenizer):
+    model = make_model("llama", len(tokenizer))
+    peft_model = add_lora(model, LoraConfig(enabled=True, r=4))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():  # make the adapter non-zero so merging matters
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    ids = torch.tensor([tokenizer("the owl is blue .")["input_ids"]])
+    expected = peft_model(ids).logits
+    save_model(peft_model, tokenizer, tmp_path / "merged")
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(plain(ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_generation_reports_ending_and_strips_separator(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = load_causal_lm(ModelConfig(name_or_path=str(tiny_model_dir)))
+    prompts = ["question : what color is the fox ? answer :", "say hello to tom ."]
+    a = generate(model, tok, prompts, max_new_tokens=6, seed=3)
+    b = generate(model, tok, prompts, max_new_tokens=6, seed=3)
+    assert [g.text for g in a] == [g.text for g in b]  # seeded sampling is reproducible
+    for g in a:
+        assert len(g.token_ids) <= 6
+        assert g.ended == (g.token_ids[-1] == tok.eos_token_id)
+        assert not g.text.startswith(" ")
+    greedy = generate(model, tok, prompts[:1] * 3, max_new_tokens=5, greedy=True)
+    assert len({g.text for g in greedy}) == 1

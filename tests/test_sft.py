@@ -1,0 +1,124 @@
+"""The SFT stage end to end on a tiny model: learning, the run directory, LoRA, packing, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import demo_rows, write_jsonl
+
+from rlxf.config import load_config
+from rlxf.errors import ConfigError, DataError
+from rlxf.stages import sft
+
+
+def _config(tmp_path, model_dir, *overrides: str) -> sft.Config:
+    data = write_jsonl(tmp_path / "demos.jsonl", demo_rows(64))
+    base = [f"model.name_or_path={model_dir}", f"data.train={data}", f"out={tmp_path / 'run'}",
+            "lr=1e-2", "max_steps=80", "batch_size=8", "progress=false", "eval_every=40", "save_every=20"]
+    return load_config(sft.Config, None, base + list(overrides))
+
+
+def test_sft_learns_and_leaves_a_complete_run_directory(tmp_path, tiny_model_dir):
+    summary = sft.run(_config(tmp_path, tiny_model_dir))
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(10, 81, 10))
+    assert rows[-1]["loss"] < 0.7 * rows[0]["loss"], rows  # learning happened
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(evals) == 2 and evals[-1] < evals[0]
+    assert (out / "config.yaml").exists() and (out / "summary.json").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000060", "step-000080"]
+    assert summary["final_eval_loss"] == evals[-1]
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    tok = AutoTokenizer.from_pretrained(out / "final")
+    ids = tok("question : what color is the fox ? answer :", return_tensors="pt")["input_ids"]
+    seq = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert seq.shape[1] > ids.shape[1]
+    # the model learnt the answer pattern "the <animal> is ..."
+    assert tok.decode(seq[0, ids.shape[1]:]).startswith(" the fox is")
+
+
+def test_finished_run_is_not_trained_again_and_changed_config_is_refused(tmp_path, tiny_model_dir):
+    first = sft.run(_config(tmp_path, tiny_model_dir, "max_steps=5"))
+    assert sft.run(_config(tmp_path, tiny_model_dir, "max_steps=5")) == first
+    with pytest.raises(ConfigError, match=r"different config \(lr changed\)"):
+        sft.run(_config(tmp_path, tiny_model_dir, "max_steps=5", "lr=1e-3"))
+
+
+def test_lora_trains_only_the_adapter_and_saves_a_plain_model(tmp_path, tiny_model_dir):
+    summary = sft.run(_config(tmp_path, tiny_model_dir, "model.lora.enabled=true", "model.lora.r=8",
+                              "lr=1e-2", "max_steps=30", "save_every=10"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    from safetensors.torch import load_file
+
+    ckpt = load_file(str(tmp_path / "run" / "checkpoints" / "step-000030" / "trainable.safetensors"))
+    assert ckpt and all("lora_" in k for k in ckpt)  # only adapter weights are trainable
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(summary["final"]) is not None
+
+
+def test_packing_trains(tmp_path, tiny_model_dir):
+    sft.run(_config(tmp_path, tiny_model_dir, "data.packing=true", "data.max_length=128", "max_steps=20",
+                    "eval_every=10", "batch_size=2"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_bad_row_stops_before_training(tmp_path, tiny_model_dir):
+    rows = demo_rows(8)
+    rows[5] = {"prompt": "question : what ?", "completion": ""}
+    write_jsonl(tmp_path / "bad.jsonl", rows)
+    cfg = _config(tmp_path, tiny_model_dir, f"data.train={tmp_path / 'bad.jsonl'}")
+    with pytest.raises(DataError, match=r"bad.jsonl:6: field 'completion'"):
+        sft.run(cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def _final_weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "final" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir):
+    """SIGKILL mid-run, re-run the same command: same metrics, same final weights."""
+    data = write_jsonl(tmp_path / "demos.jsonl", demo_rows(64))
+    args = [f"model.name_or_path={tiny_model_dir}", f"data.train={data}", "lr=3e-3", "max_steps=60",
+            "batch_size=4", "grad_accum=2", "log_every=5", "save_every=5", "progress=false", "eval_every=20"]
+    cmd = [sys.executable, "-m", "rlxf.cli", "sft", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd + [f"out={tmp_path / 'whole'}"], check=True, capture_output=True, env=env)
+
+    proc = subprocess.Popen(cmd + [f"out={tmp_path / 'killed'}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / "checkpoints" / "step-000015").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "summary.json").exists()
+
+    resumed = subprocess.run(cmd + [f"out={tmp_path / 'killed'}"], check=True, capture_output=True, text=True,
+                             env=env)
+    summary = json.loads(resumed.stdout)
+    assert 15 <= summary["resumed_from_step"] < 60
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert summary["final_train_loss"] == whole["final_train_loss"]
+    assert summary["final_eval_loss"] == whole["final_eval_loss"]
+    assert (tmp_path / "killed" / "metrics.jsonl").read_text() == (tmp_path / "whole" / "metrics.jsonl").read_text()
+    a, b = _final_weights(tmp_path / "whole"), _final_weights(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
