@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -41,6 +42,15 @@ def make_db(path: Path, tasks: list[tuple], labellers: list[str], admins: list[s
             store.add_user(name, role, invite_ttl_s=3600)
             store.set_password(name, PASSWORD)
     return url, store
+
+
+def sql(store: Store, query: str, *params) -> list[tuple]:
+    """Run SQL on the store's database file directly (to inspect it, or to move time)."""
+    con = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        return con.execute(query, params).fetchall()
+    finally:
+        con.close()
 
 
 def free_port() -> int:
@@ -156,6 +166,9 @@ class Labeller:
 
     def close(self) -> None:
         self.http.close()
+
+
+SAVED = re.compile(r"^/(?:assignments/(\d+)|next)\?saved=1$")  # where a saved label leads
 
 
 def expected_label(kind: str, answers: list[str], form: dict[str, str]

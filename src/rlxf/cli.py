@@ -18,8 +18,11 @@ from rlxf.errors import RlxfError
 COMMANDS = {
     ("sft",): "rlxf.stages.sft",
     ("tinyworld", "build"): "rlxf.tinyworld.build",
-    ("tinyworld", "data"): "rlxf.tinyworld.data",
     ("demo",): "rlxf.pipeline",
+    ("annotate", "users"): "rlxf.feedback.human.users",
+    ("annotate", "import"): "rlxf.feedback.human.importer",
+    ("annotate", "serve"): "rlxf.feedback.human.server",
+    ("annotate", "export"): "rlxf.feedback.human.export",
 }
 
 

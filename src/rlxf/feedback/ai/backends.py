@@ -1,0 +1,101 @@
+"""The ``judge:`` config section shared by ``rlxf label``, ``label-eval`` and ``critique``.
+
+    judge:
+      backend: hf                 # a local transformers model ...
+      model: path/or/hub-id
+    judge:
+      backend: openai             # ... or any OpenAI-compatible server
+      model: meta-llama/Llama-3.1-70B-Instruct
+      base_url: http://localhost:8000/v1
+      api_key_env: OPENAI_API_KEY # the key's *name*; the key itself is never written down
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rlxf.errors import ConfigError
+from rlxf.feedback.ai.cache import ResponseCache
+from rlxf.feedback.ai.judge import Judge
+from rlxf.models.loading import DType
+
+
+@dataclass(kw_only=True)
+class JudgeConfig:
+    model: str
+    """hf: a local folder or hub id; openai: the model name the server knows."""
+    backend: Literal["hf", "openai"] = "hf"
+    """'hf' runs the model here with transformers; 'openai' calls an OpenAI-compatible server."""
+    tokenizer: str | None = None
+    """hf: tokenizer path or id; null uses model."""
+    dtype: DType = "float32"
+    """hf: weight dtype."""
+    revision: str | None = None
+    """hf: hub revision."""
+    trust_remote_code: bool = False
+    """hf: run model code shipped with the checkpoint (off: it executes arbitrary Python)."""
+    device: str = "auto"
+    """hf: 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    batch_size: int = 8
+    """hf: sequences per forward pass."""
+    base_url: str | None = None
+    """openai: the API root, e.g. http://localhost:8000/v1."""
+    endpoint: Literal["completions", "chat"] = "completions"
+    """openai: /v1/completions (log-probs, direct scoring) or /v1/chat/completions."""
+    api_key_env: str | None = None
+    """openai: name of the environment variable holding the API key (null: no key)."""
+    concurrency: int = 8
+    """openai: requests in flight at once."""
+    timeout: float = 60.0
+    """openai: seconds before a request is abandoned (and retried)."""
+    max_retries: int = 6
+    """openai: retries per request after timeouts, connection errors, 408/429/5xx, malformed JSON."""
+    backoff: float = 0.5
+    """openai: first retry waits about this many seconds; each further one doubles it (with jitter)."""
+    max_backoff: float = 30.0
+    """openai: longest wait between retries, unless the server's Retry-After asks for more."""
+    top_logprobs: int = 5
+    """openai: alternatives per token to request; the answers "1"/"2" are looked up among them."""
+    answer_max_tokens: int = 8
+    """openai: tokens generated for an answer (read by the strict parser when there are no log-probs)."""
+
+    def validate(self) -> None:
+        if self.backend == "openai":
+            if not self.base_url:
+                raise ConfigError("judge.backend=openai needs judge.base_url (e.g. http://localhost:8000/v1)")
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ConfigError(f"judge.base_url must start with http:// or https://, got {self.base_url!r}")
+        elif self.base_url:
+            raise ConfigError("judge.base_url is set but judge.backend is 'hf'; set judge.backend=openai")
+        for name in ("concurrency", "batch_size", "top_logprobs", "answer_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"judge.{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.max_retries < 0 or self.timeout <= 0 or self.backoff < 0:
+            raise ConfigError("judge.max_retries must be ≥ 0, judge.timeout > 0 and judge.backoff ≥ 0")
+
+
+def make_judge(cfg: JudgeConfig, cache_path: str | Path | None) -> Judge:
+    """The configured backend, caching finished requests in ``cache_path`` (SQLite)."""
+    cache = ResponseCache(cache_path) if cache_path else None
+    if cfg.backend == "openai":
+        from rlxf.feedback.ai.http_judge import OpenAIJudge
+
+        api_key = None
+        if cfg.api_key_env:
+            api_key = os.environ.get(cfg.api_key_env)
+            if not api_key:
+                raise ConfigError(f"judge.api_key_env names ${cfg.api_key_env}, which is not set; "
+                                  f"export {cfg.api_key_env}=... (the key is never written to the run)")
+        return OpenAIJudge(cfg.base_url, cfg.model, endpoint=cfg.endpoint, api_key=api_key,
+                           concurrency=cfg.concurrency, timeout=cfg.timeout, max_retries=cfg.max_retries,
+                           backoff=cfg.backoff, max_backoff=cfg.max_backoff, top_logprobs=cfg.top_logprobs,
+                           answer_max_tokens=cfg.answer_max_tokens, cache=cache)
+    from rlxf.feedback.ai.hf_judge import HFJudge
+    from rlxf.models.loading import ModelConfig
+
+    model = ModelConfig(name_or_path=cfg.model, tokenizer=cfg.tokenizer, dtype=cfg.dtype, revision=cfg.revision,
+                        trust_remote_code=cfg.trust_remote_code)
+    return HFJudge.load(model, device=cfg.device, batch_size=cfg.batch_size, cache=cache)

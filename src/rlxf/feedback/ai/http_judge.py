@@ -1,0 +1,272 @@
+"""Any OpenAI-compatible server as the judge (vLLM, llama.cpp's server, hosted APIs), via httpx.
+
+Requests go to ``{base_url}/completions`` (or ``/chat/completions`` with
+``endpoint="chat"``). What makes this safe to point at a paid API for hours:
+
+- **Cache**: each successful response is stored in a
+  :class:`~rlxf.feedback.ai.cache.ResponseCache` under a hash of (model, endpoint kind,
+  full request body) before it is used, so a re-run or a crashed run never pays twice.
+- **Retries**: timeouts, connection errors, HTTP 408/429/5xx and malformed JSON are
+  retried up to ``max_retries`` times, waiting ``backoff * 2**attempt`` seconds with
+  jitter (half fixed, half random, capped at ``max_backoff``), or at least the server's
+  ``Retry-After``. Other 4xx answers are the request's fault and fail at once.
+- **Concurrency**: at most ``concurrency`` requests in flight (a thread pool).
+- **No log-probs, no guessing**: when the server returns no usable log-probs, the
+  generated text goes through the strict parser (:mod:`.parse`); text it cannot read
+  comes back as ``method="unparseable"``, for the caller to count.
+
+The API key is sent as a bearer token and never logged or stored.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import httpx
+
+from rlxf.feedback.ai.cache import ResponseCache, request_key
+from rlxf.feedback.ai.judge import AnswerScores, JudgeRequestError, NoLogprobs, cut_at_stop
+from rlxf.feedback.ai.parse import parse_choice
+from rlxf.feedback.ai.scoring import ChoiceScore, logsumexp
+
+log = logging.getLogger("rlxf")
+
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_SKIP_CHARS = " \t\n*_`\"'"  # leading tokens of these chars only are skipped before the answer
+_TOKEN_MARKS = "Ġ▁"  # byte-level and sentencepiece space markers some servers leave in tokens
+
+
+class OpenAIJudge:
+    """A judge behind an OpenAI-compatible HTTP API."""
+
+    def __init__(self, base_url: str, model: str, *, endpoint: Literal["completions", "chat"] = "completions",
+                 api_key: str | None = None, concurrency: int = 8, timeout: float = 60.0, max_retries: int = 6,
+                 backoff: float = 0.5, max_backoff: float = 30.0, top_logprobs: int = 5,
+                 answer_max_tokens: int = 8, cache: ResponseCache | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = base_url.rstrip("/") + ("/chat/completions" if endpoint == "chat" else "/completions")
+        self.model, self.endpoint, self.identity = model, endpoint, f"{model} via {base_url}"
+        self.concurrency, self.max_retries = concurrency, max_retries
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.top_logprobs, self.answer_max_tokens = top_logprobs, answer_max_tokens
+        self.cache = cache
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport,
+                                    limits=httpx.Limits(max_connections=concurrency))
+        self._counts: Counter = Counter()
+        self._lock = threading.Lock()
+        self._jitter = random.Random()
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            counts = dict(self._counts)
+        if self.cache is not None:
+            counts.update(cache_hits=self.cache.hits, cache_misses=self.cache.misses)
+        return counts
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- the three judge methods ------------------------------------------------------------
+
+    def answer_logprobs(self, prompts: Sequence[str], answers: Sequence[str]) -> list[AnswerScores]:
+        """Log-probs of the answers at the judge's first real output token (whitespace and
+        markdown tokens before it are skipped); the strict text parser when there are none."""
+        def one(prompt: str) -> AnswerScores:
+            body = self._body(prompt, max_tokens=self.answer_max_tokens, temperature=0.0)
+            if self.endpoint == "chat":
+                body.update(logprobs=True, top_logprobs=self.top_logprobs)
+            else:
+                body["logprobs"] = self.top_logprobs
+            choice = self._post(body)["choices"][0]
+            text = _text(choice)
+            top = _first_answer_position(choice.get("logprobs"))
+            if top:
+                lps = _answer_logprobs(top, answers)
+                if lps is not None:
+                    return AnswerScores("logprobs", lps, text=text)
+            picked = parse_choice(text) if len(answers) == 2 else None
+            if picked is None:
+                return AnswerScores("unparseable", text=text)
+            return AnswerScores("text", choice=picked, text=text)
+
+        return self._map(one, prompts)
+
+    def score_choices(self, prompts: Sequence[str], choices: Sequence[str]) -> list[list[ChoiceScore]]:
+        """log P(choice | prompt) from the server's echoed prompt log-probs (completions only:
+        one request per prompt carrying all ``prompt + choice`` texts). A token that
+        straddles the prompt/choice boundary counts wholly for the choice."""
+        if self.endpoint == "chat":
+            raise NoLogprobs("the chat endpoint cannot echo prompt log-probs; use endpoint=completions")
+
+        def one(prompt: str) -> list[ChoiceScore]:
+            body = self._body([prompt + c for c in choices], max_tokens=1, temperature=0.0)
+            body.update(echo=True, logprobs=0)
+            out = sorted(self._post(body)["choices"], key=lambda c: c.get("index", 0))
+            if len(out) != len(choices):
+                raise NoLogprobs(f"asked to score {len(choices)} texts, the server returned {len(out)}")
+            return [_echoed_logprob(c.get("logprobs"), len(prompt), len(prompt) + len(text))
+                    for c, text in zip(out, choices)]
+
+        return self._map(one, prompts)
+
+    def generate(self, prompts: Sequence[str], *, max_tokens: int, temperature: float, n: int = 1,
+                 stop: Sequence[str] = (), seed: int = 0) -> list[list[str]]:
+        """``n`` completions per prompt; the seed is sent (servers that honour it are reproducible)."""
+        def one(prompt: str) -> list[str]:
+            body = self._body(prompt, max_tokens=max_tokens, temperature=temperature)
+            body.update(n=n, seed=seed)
+            if stop:
+                body["stop"] = list(stop)
+            out = sorted(self._post(body)["choices"], key=lambda c: c.get("index", 0))
+            return [cut_at_stop(_text(c), stop) for c in out]  # also here: not every server honours stop
+
+        return self._map(one, prompts)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _body(self, prompt: str | list[str], **params: Any) -> dict[str, Any]:
+        if self.endpoint == "chat":
+            return {"model": self.model, "messages": [{"role": "user", "content": prompt}], **params}
+        return {"model": self.model, "prompt": prompt, **params}
+
+    def _map(self, fn: Callable, items: Sequence) -> list:
+        if len(items) <= 1 or self.concurrency == 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(fn, items))
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The server's JSON answer to ``body``: from the cache, or fetched with retries and cached."""
+        key = request_key(model=self.model, endpoint=self.endpoint, params=body)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            return hit
+        problem = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self._count("retries")
+            wait = None
+            self._count("requests")
+            try:
+                response = self._client.post(self.url, json=body)
+            except httpx.TimeoutException:
+                self._count("timeouts")
+                problem = "timed out"
+            except httpx.TransportError as err:
+                self._count("connection_errors")
+                problem = f"connection error: {type(err).__name__}"
+            else:
+                if response.status_code == 200:
+                    try:
+                        data = response.json()
+                        if not isinstance(data, dict) or not data.get("choices"):
+                            raise ValueError("no 'choices' in the answer")
+                    except ValueError as err:
+                        self._count("malformed")
+                        problem = f"malformed answer ({err})"
+                    else:
+                        if self.cache is not None:
+                            self.cache.put(key, data)
+                        return data
+                elif response.status_code in RETRY_STATUS:
+                    self._count(f"http_{response.status_code}")
+                    problem = f"HTTP {response.status_code}"
+                    wait = _retry_after(response.headers.get("retry-after"))
+                else:
+                    raise JudgeRequestError(f"{self.url} refused the request: HTTP {response.status_code}: "
+                                            f"{response.text[:300]}")
+            if attempt < self.max_retries:
+                delay = self._delay(attempt)
+                time.sleep(max(delay, wait) if wait is not None else delay)
+        self._count("failed")
+        raise JudgeRequestError(f"{self.url}: gave up after {self.max_retries + 1} attempts (last: {problem})")
+
+    def _delay(self, attempt: int) -> float:
+        """Exponential backoff with jitter: half of the step fixed, half uniformly random."""
+        step = min(self.max_backoff, self.backoff * 2 ** attempt)
+        return step / 2 + self._jitter.uniform(0, step / 2)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds, or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _text(choice: dict) -> str:
+    if "message" in choice:
+        return (choice["message"] or {}).get("content") or ""
+    return choice.get("text") or ""
+
+
+def _positions(logprobs: dict | None) -> list[tuple[str, dict[str, float]]]:
+    """``(sampled token, {token: logprob} of its top alternatives)`` per generated position,
+    from either the legacy completions format or the newer ``content`` list format."""
+    if not isinstance(logprobs, dict):
+        return []
+    if isinstance(logprobs.get("content"), list):
+        out = []
+        for pos in logprobs["content"]:
+            top = {t["token"]: t["logprob"] for t in pos.get("top_logprobs") or []}
+            out.append((pos.get("token", ""), top))
+        return out
+    tokens, tops = logprobs.get("tokens") or [], logprobs.get("top_logprobs") or []
+    return [(tok, dict(top or {})) for tok, top in zip(tokens, tops)]
+
+
+def _first_answer_position(logprobs: dict | None) -> dict[str, float] | None:
+    for token, top in _positions(logprobs):
+        if token.strip(_SKIP_CHARS + _TOKEN_MARKS):
+            return top or None
+    return None
+
+
+def _answer_logprobs(top: dict[str, float], answers: Sequence[str]) -> tuple[float, ...] | None:
+    """Per answer, log-sum-exp over the top tokens that spell it (" 1", "1", "▁1").
+
+    An answer absent from the top-k has at most the smallest listed probability, and
+    gets that bound. ``None`` when no answer is listed at all.
+    """
+    floor = min(top.values())
+    found = []
+    for answer in answers:
+        terms = [lp for tok, lp in top.items() if tok.strip().strip(_TOKEN_MARKS).strip() == answer.strip()]
+        found.append(logsumexp(terms) if terms else None)
+    if all(f is None for f in found):
+        return None
+    return tuple(floor if f is None else f for f in found)
+
+
+def _echoed_logprob(logprobs: dict | None, start: int, end: int) -> ChoiceScore:
+    """Sum of the echoed log-probs of the tokens covering characters ``[start, end)``."""
+    if not isinstance(logprobs, dict) or not logprobs.get("text_offset") or not logprobs.get("token_logprobs"):
+        raise NoLogprobs("the server did not echo prompt log-probs (needs echo=true and logprobs support)")
+    total, tokens = 0.0, []
+    for tok, lp, offset in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["text_offset"]):
+        if offset < end and offset + len(tok) > start:
+            if lp is None:
+                raise NoLogprobs("the server echoed no log-prob for a scored token")
+            total += lp
+            tokens.append(tok)
+    return ChoiceScore(total, tuple(tokens))

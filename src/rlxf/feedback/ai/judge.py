@@ -1,0 +1,91 @@
+"""The judge interface every backend implements, and what it returns.
+
+A *judge* is a language model asked to compare or rate answers. RLAIF needs three
+things from it, so a backend has three batched methods (everything else -- templates,
+both orders, chain-of-thought, averaging -- is built on top, in :mod:`.labeller`):
+
+- ``answer_logprobs(prompts, answers)``: how likely the judge's next token is each
+  answer ("1" or "2"), summed over every way its tokenizer can write that answer;
+- ``score_choices(prompts, choices)``: the log-probability of whole candidate
+  continuations (the ratings "1".."10" of direct scoring, "10" possibly two tokens);
+- ``generate(prompts, ...)``: sampled text (rationales, critiques, revisions).
+
+Backends: :class:`~rlxf.feedback.ai.hf_judge.HFJudge` (a local transformers model,
+exact log-probs) and :class:`~rlxf.feedback.ai.http_judge.OpenAIJudge` (any
+OpenAI-compatible server, cached, with retries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from rlxf.errors import RlxfError
+from rlxf.feedback.ai.scoring import ChoiceScore
+
+
+class JudgeRequestError(RlxfError):
+    """A judge request failed for good (retries exhausted, or a 4xx the server will repeat)."""
+
+
+class NoLogprobs(RlxfError):
+    """The backend cannot give log-probabilities for this request (the caller parses text)."""
+
+
+@dataclass(frozen=True)
+class AnswerScores:
+    """A judge's verdict on which answer comes next.
+
+    ``method`` says where it came from:
+
+    - ``"logprobs"``: ``logprobs[i]`` is log P(next token spells ``answers[i]``);
+    - ``"text"``: the server gave no usable log-probs, and the strict parser read
+      answer ``choice`` from the generated ``text`` (a hard, one-hot verdict);
+    - ``"unparseable"``: neither worked; ``text`` holds what the judge wrote.
+    """
+
+    method: Literal["logprobs", "text", "unparseable"]
+    logprobs: tuple[float, ...] = ()
+    choice: int | None = None
+    text: str = ""
+
+    def distribution(self, n: int) -> list[float] | None:
+        """P(answer i) over the ``n`` answers, or ``None`` when unparseable."""
+        if self.method == "logprobs":
+            from rlxf.feedback.ai.scoring import softmax
+
+            return softmax(list(self.logprobs))
+        if self.method == "text":
+            return [1.0 if i == self.choice else 0.0 for i in range(n)]
+        return None
+
+
+class Judge(Protocol):
+    """What :mod:`.labeller` needs from a backend. ``identity`` names the model for
+    summaries; ``stats()`` returns counters (requests, cache hits, retries, ...)."""
+
+    identity: str
+
+    def answer_logprobs(self, prompts: Sequence[str], answers: Sequence[str]) -> list[AnswerScores]:
+        ...
+
+    def score_choices(self, prompts: Sequence[str], choices: Sequence[str]) -> list[list[ChoiceScore]]:
+        """For each prompt, one :class:`ChoiceScore` per choice. Raises :class:`NoLogprobs`
+        when the backend cannot score continuations."""
+        ...
+
+    def generate(self, prompts: Sequence[str], *, max_tokens: int, temperature: float, n: int = 1,
+                 stop: Sequence[str] = (), seed: int = 0) -> list[list[str]]:
+        """``n`` completions per prompt (greedy at temperature 0), each cut before any ``stop``."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        ...
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any stop string."""
+    end = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
+    return text[:end]
+

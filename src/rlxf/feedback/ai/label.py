@@ -1,0 +1,307 @@
+"""Label answer pairs with an AI judge (RLAIF): soft preference labels for a reward model.
+
+    rlxf label data=pairs.jsonl out=runs/labels judge.model=path/to/judge template=helpful
+
+Input (``data``): any pair file :func:`rlxf.data.load_preferences` reads -- its
+``chosen``/``rejected`` are taken as two *unlabelled* answers A and B (any existing
+label is ignored), rankings give all their pairs -- or rows ``{"prompt", "answers":
+[...]}`` with K >= 2 answers, which give all C(K, 2) pairs.
+
+Output, in the run directory ``out``:
+
+- ``preferences.jsonl``: one row per labelled pair, ``prompt/chosen/rejected/prob_chosen``
+  where ``chosen`` is the answer the judge prefers, so ``prob_chosen >= 0.5`` (ties go
+  to A). ``rlxf reward`` reads it as soft labels. Extra fields record how the label
+  came about: ``p_first_ab``/``p_first_ba`` (the judge's P(position 1) in each order),
+  ``flipped``, ``principle``, ``rationales`` (chain-of-thought), ``source``.
+- ``unlabelled.jsonl``: the pairs that got no label, with ``reason`` "unparseable"
+  (no answer could be read from the judge; see ``unparsed`` for what it wrote) or
+  "failed: ..." (a request failed after all retries). They are never guessed and never
+  written to ``preferences.jsonl``.
+- ``summary.json``: counts, order-flip rate and position bias, label methods,
+  unparseable count, requests, retries, cache hits, seconds.
+- ``judge_cache.sqlite``: every finished judge request. Re-running the same command
+  after a crash or Ctrl-C resumes: finished judgements come from the cache, free.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from rlxf.errors import ConfigError, DataError, RlxfError
+from rlxf.feedback.ai.backends import JudgeConfig, make_judge
+from rlxf.feedback.ai.judge import Judge, JudgeRequestError
+from rlxf.feedback.ai.labeller import JudgeSettings, PairJudgement, judge_pairs
+from rlxf.feedback.ai.scoring import mean
+from rlxf.runs import Run, Timer
+
+log = logging.getLogger("rlxf")
+
+
+@dataclass(kw_only=True)
+class Config:
+    """``rlxf label``: AI preference labels for answer pairs."""
+
+    out: str
+    """Run directory (preferences.jsonl, unlabelled.jsonl, summary.json, judge_cache.sqlite)."""
+    data: str
+    """Pairs to label: any preference file (chosen/rejected read as unlabelled A/B) or {prompt, answers} rows."""
+    judge: JudgeConfig
+    """The judge model and its backend."""
+    split: str | None = None
+    """Split to read from a saved HF DatasetDict."""
+    skip_bad_rows: bool = False
+    """Skip malformed input rows (counted) instead of stopping at the first one."""
+    limit: int | None = None
+    """Label only the first this many pairs (a cheap trial run); null labels all."""
+    template: str = "helpful"
+    """Labelling prompt: a built-in (summarize, helpful, harmless, tinyworld) or a YAML file path."""
+    constitution: str | None = None
+    """Sample one principle per pair into the preamble: 'default' or a YAML file; null: none."""
+    both_orders: bool = True
+    """Judge each pair in both orders and average (removes position bias; twice the judge calls)."""
+    require_both_orders: bool = True
+    """With both_orders, leave a pair unlabelled unless both orders gave a readable answer."""
+    cot: bool = False
+    """Chain-of-thought: the judge writes a rationale before the answer is scored."""
+    samples: int = 1
+    """Rationales per prompt with cot (self-consistency: their distributions are averaged)."""
+    temperature: float = 0.0
+    """Sampling temperature of rationales (0 = greedy; samples > 1 needs > 0)."""
+    rationale_max_tokens: int = 128
+    """Longest rationale, in tokens."""
+    chunk_size: int = 64
+    """Pairs sent to the judge per batch (progress and failure accounting happen per chunk)."""
+    max_failed_pairs: int = 20
+    """Stop when more pairs than this failed after all retries (the server is likely down)."""
+    cache: str | None = None
+    """SQLite cache of judge requests; null: OUT/judge_cache.sqlite. Share one to reuse judgements across runs."""
+    seed: int = 0
+    """Seed for principle choice and rationale sampling."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def validate(self) -> None:
+        if self.samples < 1:
+            raise ConfigError(f"samples must be ≥ 1, got {self.samples}")
+        if self.samples > 1 and not self.cot:
+            raise ConfigError("samples > 1 (self-consistency) samples rationales; set cot=true")
+        if self.samples > 1 and self.temperature <= 0:
+            raise ConfigError("samples > 1 at temperature 0 would repeat one rationale; set temperature > 0 "
+                              "(the RLAIF paper uses 1.0)")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be ≥ 0, got {self.temperature}")
+        if self.chunk_size < 1 or self.rationale_max_tokens < 1 or self.max_failed_pairs < 0:
+            raise ConfigError("chunk_size and rationale_max_tokens must be ≥ 1, max_failed_pairs ≥ 0")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be ≥ 1 or null, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two answers to one prompt, not yet labelled. ``prompt`` is text or a message tuple."""
+
+    prompt: object
+    a: str
+    b: str
+    source: str = ""
+
+
+def run(cfg: Config) -> dict:
+    """Label ``cfg.data``; resume from the cache if ``cfg.out`` holds an unfinished run."""
+    run_dir = Run.open(cfg.out, cfg)
+    if run_dir.complete:
+        log.info("%s is already complete; delete it to label again", run_dir.out)
+        return run_dir.summary()
+    timer = Timer()
+    pairs, skipped = read_pairs(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows, limit=cfg.limit)
+    judge = make_judge(cfg.judge, cfg.cache or run_dir.out / "judge_cache.sqlite")
+    results = label_all(judge, pairs, settings_of(cfg), chunk_size=cfg.chunk_size,
+                        max_failed=cfg.max_failed_pairs, progress=cfg.progress)
+    write_results(run_dir.out, pairs, results)
+    summary = {"command": "label", "input": cfg.data, "skipped_rows": skipped, "judge": judge.identity,
+               "template": cfg.template, **label_summary(results), **judge_stats(judge),
+               "seconds": timer.elapsed(), "preferences": str(run_dir.out / "preferences.jsonl")}
+    run_dir.write_summary(summary)
+    log.info("labelled %d of %d pairs (%d unparseable, %d failed); order flips %.1f%%", summary["labelled"],
+             summary["pairs"], summary["unparseable_pairs"], summary["failed_pairs"],
+             100 * (summary["flip_rate"] or 0.0))
+    return summary
+
+
+def settings_of(cfg: Config) -> JudgeSettings:
+    """The :class:`JudgeSettings` a label config describes (templates and constitution loaded)."""
+    from rlxf.feedback.ai.constitution import load_constitution
+    from rlxf.feedback.ai.templates import load_template
+
+    return JudgeSettings(template=load_template(cfg.template), both_orders=cfg.both_orders,
+                         require_both_orders=cfg.require_both_orders, cot=cfg.cot, samples=cfg.samples,
+                         temperature=cfg.temperature, rationale_max_tokens=cfg.rationale_max_tokens,
+                         constitution=load_constitution(cfg.constitution) if cfg.constitution else None,
+                         seed=cfg.seed)
+
+
+# --- input ---------------------------------------------------------------------------------
+
+def read_pairs(path: str, *, split: str | None = None, skip_bad: bool = False,
+               limit: int | None = None) -> tuple[list[Pair], int]:
+    """The pairs to label and the number of skipped bad rows (see the module docstring)."""
+    from rlxf.data.readers import read_rows
+
+    first = next(iter(read_rows(path, split=split)), None)
+    if first is None:
+        raise DataError("holds no rows", path=str(path))
+    if "answers" in first[1]:
+        pairs, skipped = _answer_lists(path, split, skip_bad)
+    else:
+        from rlxf.data.formats import load_preferences
+
+        loaded = load_preferences(path, split=split, skip_bad=skip_bad)
+        pairs = [Pair(p.prompt, p.chosen, p.rejected, p.source) for p in loaded]
+        skipped = loaded.skipped
+    if not pairs:
+        raise DataError("holds no pairs to label", path=str(path))
+    return pairs[:limit] if limit else pairs, skipped
+
+
+def _answer_lists(path: str, split: str | None, skip_bad: bool) -> tuple[list[Pair], int]:
+    """Rows ``{"prompt", "answers": [K >= 2 different answers]}`` -> all C(K, 2) pairs."""
+    from rlxf.data.readers import iter_rows
+
+    pairs, skipped = [], 0
+    for line, row in iter_rows(path, split=split):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            pairs += _row_pairs(row, f"{path}:{line}", path, line)
+        except DataError:
+            if not skip_bad:
+                raise
+            skipped += 1
+    return pairs, skipped
+
+
+def _row_pairs(row: dict, source: str, path: str, line: int) -> list[Pair]:
+    prompt, answers = row.get("prompt"), row.get("answers")
+    if not isinstance(prompt, (str, list)) or not prompt:
+        raise DataError("must be text or a list of {role, content} messages", path=path, line=line, field="prompt")
+    if isinstance(prompt, list):
+        prompt = tuple(prompt)
+    if not isinstance(answers, list) or len(answers) < 2 or not all(isinstance(a, str) and a.strip()
+                                                                     for a in answers):
+        raise DataError("must be a list of at least two non-empty answers", path=path, line=line, field="answers")
+    if len({a.strip() for a in answers}) != len(answers):
+        raise DataError("has identical answers; each answer must appear once", path=path, line=line,
+                        field="answers")
+    return [Pair(prompt, a, b, source) for a, b in combinations(answers, 2)]
+
+
+# --- judging ------------------------------------------------------------------------------
+
+def label_all(judge: Judge, pairs: Sequence[Pair], settings: JudgeSettings, *, chunk_size: int,
+              max_failed: int, progress: bool) -> list[PairJudgement | str]:
+    """A :class:`PairJudgement` per pair, or the error message of a pair whose requests failed.
+
+    Chunks go to the judge whole; when a chunk fails, its pairs are redone one by one
+    (the cache serves what already finished), so one bad pair costs only itself.
+    """
+    from rlxf.feedback.ai.templates import context_text
+    from rlxf.progress import progress as bar
+
+    results: list[PairJudgement | str] = []
+    failed = 0
+    for start in bar(range(0, len(pairs), chunk_size), desc="label", total=-(-len(pairs) // chunk_size),
+                     enabled=progress):
+        chunk = [(context_text(p.prompt), p.a, p.b) for p in pairs[start:start + chunk_size]]
+        try:
+            results += judge_pairs(judge, chunk, settings)
+            continue
+        except JudgeRequestError as err:
+            log.warning("a judge request failed (%s); judging this chunk pair by pair", err)
+        for triple in chunk:
+            try:
+                results += judge_pairs(judge, [triple], settings)
+            except JudgeRequestError as err:
+                failed += 1
+                results.append(f"failed: {err}")
+                if failed > max_failed:
+                    raise RlxfError(f"{failed} pairs failed after all retries (last: {err}); is the judge "
+                                    "server up? Finished judgements are cached: re-run to resume") from None
+    return results
+
+
+def label_summary(results: Sequence[PairJudgement | str]) -> dict:
+    """Counts and bias statistics of a labelling run (the keys of summary.json)."""
+    judged = [r for r in results if isinstance(r, PairJudgement)]
+    labelled = [r for r in judged if r.prob_a is not None]
+    methods = Counter(m for r in judged for m in r.methods)
+    checked = [r for r in judged if r.flipped is not None]
+    flips = [r for r in checked if r.flipped]
+    p_first = [p for r in judged for p in (r.p_first_ab, r.p_first_ba) if p is not None]
+    mean_first = mean(p_first) if p_first else None
+    return {
+        "pairs": len(results),
+        "labelled": len(labelled),
+        "unparseable_pairs": len(judged) - len(labelled),
+        "failed_pairs": len(results) - len(judged),
+        "judgements": sum(methods.values()),
+        "unparseable_judgements": methods["unparseable"],
+        "label_methods": dict(methods),
+        "flip_rate": len(flips) / len(checked) if checked else None,
+        "flips_to_first": sum(r.p_first_ab > 0.5 for r in flips),
+        "flips_to_second": sum(r.p_first_ab < 0.5 for r in flips),
+        "mean_prob_first_position": mean_first,
+        "favoured_position": None if mean_first is None else
+        ("first" if mean_first > 0.5 else "second" if mean_first < 0.5 else "neither"),
+        "mean_confidence": mean([max(r.prob_a, 1 - r.prob_a) for r in labelled]) if labelled else None,
+        "prob_a_mean": mean([r.prob_a for r in labelled]) if labelled else None,
+    }
+
+
+def judge_stats(judge: Judge) -> dict:
+    """Cache hits (judge calls a re-run got for free), misses (calls actually made; for an
+    HTTP judge each is one request, whatever its retries) and the backend's own counters."""
+    stats = judge.stats()
+    return {"cache_hits": stats.get("cache_hits", 0), "cache_misses": stats.get("cache_misses", 0),
+            "retries": stats.get("retries", 0), "judge_stats": stats}
+
+
+# --- output -------------------------------------------------------------------------------
+
+def preference_row(pair: Pair, r: PairJudgement) -> dict:
+    """The ``preferences.jsonl`` row of a labelled pair: chosen = the judge's pick."""
+    a_wins = r.prob_a >= 0.5
+    row = {"prompt": plain_prompt(pair.prompt), "chosen": pair.a if a_wins else pair.b,
+           "rejected": pair.b if a_wins else pair.a, "prob_chosen": r.prob_a if a_wins else 1.0 - r.prob_a,
+           "p_first_ab": r.p_first_ab, "p_first_ba": r.p_first_ba, "flipped": r.flipped,
+           "principle": r.principle, "source": pair.source}
+    if r.rationales:
+        row["rationales"] = list(r.rationales)
+    return row
+
+
+def write_results(out: Path, pairs: Sequence[Pair], results: Sequence[PairJudgement | str]) -> tuple[int, int]:
+    """Write preferences.jsonl and unlabelled.jsonl; returns their row counts."""
+    from rlxf.data.readers import write_jsonl
+
+    labelled, unlabelled = [], []
+    for pair, r in zip(pairs, results, strict=True):
+        if isinstance(r, PairJudgement) and r.prob_a is not None:
+            labelled.append(preference_row(pair, r))
+        else:
+            reason = r if isinstance(r, str) else "unparseable"
+            unlabelled.append({"prompt": plain_prompt(pair.prompt), "answer_a": pair.a, "answer_b": pair.b,
+                               "reason": reason, "source": pair.source,
+                               "unparsed": list(r.unparsed) if isinstance(r, PairJudgement) else []})
+    write_jsonl(Path(out) / "preferences.jsonl", labelled)
+    write_jsonl(Path(out) / "unlabelled.jsonl", unlabelled)
+    return len(labelled), len(unlabelled)
+
+
+def plain_prompt(prompt: object) -> object:
+    return [dict(m) for m in prompt] if isinstance(prompt, tuple) else prompt

@@ -1,0 +1,156 @@
+"""Export the labels as preference data, with inter-annotator agreement.
+
+Writes into the folder ``out``:
+
+- ``pairs.jsonl``: ``prompt/chosen/rejected/prob_chosen`` rows (TRL shape, read by
+  ``rlxf.data.load_preferences``) from pairwise tasks, and from ranking tasks when
+  ``rankings: pairs`` (each ranking of K answers gives its C(K, 2) pairs);
+- ``rankings.jsonl``: ``prompt/completions/ranking`` rows when ``rankings: rankings``;
+- ``agreement.json``: pairwise percent agreement, Krippendorff's alpha, Fleiss' kappa
+  and each labeller's agreement with the others (see ``agreement.py``).
+
+Rows also carry ``task_id`` and ``votes`` (labels behind the row), and with
+``votes: all`` the ``annotator``; the loaders ignore these extra fields.
+
+How several labels of one task become rows (``votes``):
+
+- ``majority``: one row per task. For a pair, the answer most labellers preferred; a
+  tie wins, or two options draw, and the row is a tie. For a ranking, the Borda
+  consensus: answers ordered by their mean position over the labels (a draw goes to the
+  answer stored first).
+- ``all``: one row per label, so the reward model sees the disagreement.
+
+A tie becomes ``prob_chosen: 0.5`` with ``ties: half`` and no row with ``ties: exclude``.
+Skips are never exported.
+
+    rlxf annotate export database=sqlite:///labels.db out=labels/ votes=majority
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rlxf.data import Ranking, write_jsonl
+from rlxf.errors import ConfigError
+from rlxf.feedback.human.agreement import agreement_report, comparison_items
+from rlxf.feedback.human.store import Label, Task, open_store, parse_database_url
+
+log = logging.getLogger("rlxf")
+
+
+@dataclass
+class Config:
+    database: str = "sqlite:///annotate.db"
+    """The annotation database (sqlite:///relative.db or sqlite:////absolute.db)."""
+    out: str = "annotations"
+    """Folder for pairs.jsonl, rankings.jsonl and agreement.json."""
+    votes: Literal["majority", "all"] = "majority"
+    """One row per task from the majority (Borda for rankings), or one row per label."""
+    ties: Literal["exclude", "half"] = "exclude"
+    """Leave ties out, or export them as prob_chosen 0.5."""
+    rankings: Literal["rankings", "pairs"] = "rankings"
+    """Write ranking tasks as prompt/completions/ranking rows, or as their C(K,2) pairs."""
+    min_labels: int = 1
+    """Export only tasks with at least this many labels (skips do not count)."""
+
+    def validate(self) -> None:
+        parse_database_url(self.database)
+        if self.min_labels < 1:
+            raise ConfigError(f"min_labels must be >= 1, got {self.min_labels}")
+
+
+def run(cfg: Config) -> dict:
+    store = open_store(cfg.database)
+    pairs: list[dict] = []
+    rankings: list[dict] = []
+    judged = []  # (task, labeller, K, outcome, ranking) for agreement
+    for task, labels in store.labelled_tasks():
+        labels = [label for label in labels if label.outcome != "skip"]
+        judged += [(task.id, la.user_name, task.k, la.outcome, la.ranking) for la in labels]
+        if len(labels) < cfg.min_labels:
+            continue
+        if task.k == 2:
+            pairs += pair_rows(task, labels, cfg.votes, cfg.ties)
+        else:
+            for row in ranking_rows(task, labels, cfg.votes):
+                if cfg.rankings == "rankings":
+                    rankings.append(row)
+                else:
+                    pairs += _expand(row)
+    report = agreement_report(comparison_items(judged))
+
+    out = Path(cfg.out)
+    write_jsonl(out / "pairs.jsonl", pairs)
+    files = [str(out / "pairs.jsonl")]
+    if cfg.rankings == "rankings":
+        write_jsonl(out / "rankings.jsonl", rankings)
+        files.append(str(out / "rankings.jsonl"))
+    (out / "agreement.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    files.append(str(out / "agreement.json"))
+    log.info("exported %d pair rows and %d ranking rows to %s", len(pairs), len(rankings), out)
+    agreement = report.as_dict()
+    agreement.pop("per_labeller")
+    return {"pairs": len(pairs), "rankings": len(rankings), "files": files,
+            "agreement": agreement}
+
+
+def pair_rows(task: Task, labels: list[Label], votes: str, ties: str) -> list[dict]:
+    """Rows for a pairwise task from its (non-skip) labels; see the module doc."""
+    if votes == "all":
+        results = [(_winner(label), 1, label.user_name) for label in labels]
+    else:
+        tally = Counter(_winner(label) for label in labels)
+        (top, n), *rest = tally.most_common()
+        drawn = bool(rest) and rest[0][1] == n
+        results = [("tie" if drawn else top, len(labels), None)]
+    rows = []
+    for winner, n_votes, annotator in results:
+        if winner == "tie" and ties == "exclude":
+            continue
+        first = 0 if winner == "tie" else winner
+        row = {"prompt": task.prompt, "chosen": task.answers[first],
+               "rejected": task.answers[1 - first],
+               "prob_chosen": 0.5 if winner == "tie" else 1.0,
+               "task_id": task.id, "votes": n_votes}
+        if annotator is not None:
+            row["annotator"] = annotator
+        rows.append(row)
+    return rows
+
+
+def ranking_rows(task: Task, labels: list[Label], votes: str) -> list[dict]:
+    """``prompt/completions/ranking`` rows for a ranking task; see the module doc."""
+    def row(ranking, n_votes: int) -> dict:
+        return {"prompt": task.prompt, "completions": list(task.answers),
+                "ranking": list(ranking), "task_id": task.id, "votes": n_votes}
+
+    if votes == "all":
+        return [row(label.ranking, 1) | {"annotator": label.user_name} for label in labels]
+    return [row(borda(task.k, [label.ranking for label in labels]), len(labels))]
+
+
+def borda(k: int, rankings: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """Consensus of several rankings of k answers (each best first): answers sorted by
+    their total position (the Borda count, de Borda 1781), a draw going to the lower index.
+    """
+    total = [0] * k
+    for ranking in rankings:
+        for place, answer in enumerate(ranking):
+            total[answer] += place
+    return tuple(sorted(range(k), key=lambda answer: (total[answer], answer)))
+
+
+def _winner(label: Label) -> int | str:
+    return "tie" if label.outcome == "tie" else label.ranking[0]
+
+
+def _expand(row: dict) -> list[dict]:
+    ranking = Ranking(row["prompt"], tuple(row["completions"]), tuple(row["ranking"]))
+    extra = {key: row[key] for key in ("task_id", "votes", "annotator") if key in row}
+    return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
+             "prob_chosen": 1.0} | extra for p in ranking.pairs()]

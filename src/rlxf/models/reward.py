@@ -1,0 +1,228 @@
+"""Reward models: a causal LM with a scalar head, read at the answer's last token.
+
+A reward model is ``AutoModelForSequenceClassification`` with ``num_labels=1`` built
+from a causal-LM checkpoint: the backbone's weights are loaded and a new linear
+``score`` head maps each position's last hidden state to a number. The reward of
+``prompt + separator + answer + EOS`` is that number at the last real token
+(InstructGPT §3.5: "a scalar reward" from the final token).
+
+Normalisation (InstructGPT §3.5: "we normalize the reward model using a bias so that
+the labeler demonstrations achieve a mean score of 0") is stored in the saved
+``config.json`` as ``rlxf_reward_normalization = {"shift", "scale", "reference"}``.
+:func:`score` and :func:`score_texts` return ``(raw - shift) / scale``; plain
+``transformers`` loads the same checkpoint and its ``.logits`` are the *raw* scores.
+
+The PPO stage relies on this module's names: :func:`init_reward_model`,
+:func:`load_reward_model`, :func:`reward_inputs`, :func:`score`, :func:`score_texts`,
+:func:`token_values` (the raw per-token head output, to initialise a value function).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from rlxf.data.records import Prompt
+from rlxf.data.tokenize import encode_pair
+from rlxf.errors import ConfigError
+from rlxf.models.loading import LoraConfig, ModelConfig, _torch_dtype, disable_dropout, load_tokenizer
+
+NORMALIZATION_KEY = "rlxf_reward_normalization"
+
+
+# ----------------------------------------------------------------------------- building and loading
+
+def init_reward_model(cfg: ModelConfig):
+    """A reward model from the causal LM (or reward model) at ``cfg.name_or_path``.
+
+    A new ``score`` head is drawn from N(0, 1/sqrt(hidden_size + 1)) with zero bias
+    (Huang et al. 2024, "The N implementation details of RLHF with PPO", detail 5:
+    the output starts near 0 whatever the backbone). A checkpoint that already has a
+    ``score`` head (an earlier reward model) keeps it but loses its normalisation,
+    which training would make stale. Dropout is off; ``config.pad_token_id`` is the
+    tokenizer's.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.name_or_path, revision=cfg.revision,
+                               trust_remote_code=cfg.trust_remote_code)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            cfg.name_or_path, num_labels=1, dtype=_torch_dtype(cfg.dtype), revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code, output_loading_info=True)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot build a reward model from '{cfg.name_or_path}': {err}") from None
+    head = _head(model)
+    if any(key.startswith("score.") for key in info["missing_keys"]):
+        with torch.no_grad():
+            head.weight.normal_(0.0, 1.0 / math.sqrt(model.config.hidden_size + 1))
+            if head.bias is not None:
+                head.bias.zero_()
+    if hasattr(model.config, NORMALIZATION_KEY):
+        delattr(model.config, NORMALIZATION_KEY)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    disable_dropout(model)
+    return model
+
+
+def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_code: bool = False):
+    """A trained reward model, in eval mode, dropout off; :func:`score` applies its normalisation."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load a reward model from '{path}': {err}") from None
+    if model.config.num_labels != 1:
+        raise ConfigError(f"'{path}' has {model.config.num_labels} output labels; a reward model has 1")
+    _head(model)
+    disable_dropout(model)
+    return model.eval()
+
+
+def add_reward_lora(model, lora: LoraConfig):
+    """Wrap ``model`` with a LoRA adapter; the ``score`` head stays fully trainable (and is saved)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=lora.target_modules or "all-linear", task_type="SEQ_CLS",
+                              modules_to_save=["score"])
+    return get_peft_model(model, peft_cfg)
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+def reward_normalization(model) -> tuple[float, float]:
+    """``(shift, scale)`` that :func:`score` applies; ``(0.0, 1.0)`` for an unnormalised model."""
+    norm = getattr(_unwrap(model).config, NORMALIZATION_KEY, None) or {}
+    return float(norm.get("shift", 0.0)), float(norm.get("scale", 1.0))
+
+
+def set_reward_normalization(model, shift: float, scale: float = 1.0, reference: str = "") -> None:
+    """Store the normalisation in the model's config (so ``save_pretrained`` writes it)."""
+    if not (math.isfinite(shift) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"normalisation needs a finite shift and a positive scale, got {shift}, {scale}")
+    setattr(_unwrap(model).config, NORMALIZATION_KEY,
+            {"shift": float(shift), "scale": float(scale), "reference": reference})
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def encode_answer(prompt: Prompt, answer: str, tokenizer, *, separator: str = " ", max_length: int = 512,
+                  ended: bool = True) -> tuple[list[int], bool]:
+    """Token ids of ``prompt + separator + answer (+ EOS if ended)``, and whether they were cut.
+
+    Too long: the prompt loses tokens from its start, then the answer from its end
+    (a cut answer keeps no EOS: it did not end within ``max_length``).
+    """
+    prompt_ids, answer_ids = encode_pair(prompt, answer, tokenizer, separator)
+    if not ended:
+        answer_ids = answer_ids[:-1]
+    if len(prompt_ids) + len(answer_ids) <= max_length:
+        return prompt_ids + answer_ids, False
+    keep = max(0, max_length - len(answer_ids))
+    prompt_ids = prompt_ids[len(prompt_ids) - keep:] if keep else []
+    return (prompt_ids + answer_ids)[:max_length], True
+
+
+def pad_right(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask``, both (B, T), right-padded with ``pad_id``."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (B, T)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def reward_inputs(prompts: list[Prompt], answers: list[str], tokenizer, separator: str = " ",
+                  max_length: int = 512, ended: list[bool] | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``/``attention_mask`` (B, T) for scoring ``answers`` to ``prompts``.
+
+    Each row is ``prompt + separator + answer + EOS`` as in training
+    (:func:`rlxf.data.tokenize.encode_pair`); an answer with ``ended[i] = False`` (the
+    policy never emitted EOS) gets no EOS, so the model sees that it did not end.
+    """
+    if len(prompts) != len(answers) or (ended is not None and len(ended) != len(answers)):
+        raise ValueError("prompts, answers (and ended) must have the same length")
+    ended = [True] * len(answers) if ended is None else ended
+    seqs = [encode_answer(p, a, tokenizer, separator=separator, max_length=max_length, ended=e)[0]
+            for p, a, e in zip(prompts, answers, ended)]
+    return pad_right(seqs, tokenizer.pad_token_id)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The raw ``score`` head over the backbone's last hidden states: (B, T).
+
+    Positions follow the attention mask (``cumsum - 1``), so a left-padded row gets the
+    same values at its real tokens as the same row right-padded. Values at padding
+    positions are meaningless. PPO initialises its value function from these.
+    """
+    hf = _unwrap(model)
+    backbone = getattr(hf, hf.base_model_prefix)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=False).last_hidden_state  # (B, T, H)
+    return _head(hf)(hidden).squeeze(-1).float()  # (B, T)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token, for left or right padding: (B,).
+
+    Read from the mask, not from ``input_ids != pad_token_id`` (what the HF head
+    does), which is wrong when the pad token is the EOS token that ends an answer.
+    """
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # (T,)
+    return (positions * attention_mask.long()).argmax(-1)  # (B,)
+
+
+def raw_score(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The unnormalised reward at the last real token: (B,)."""
+    values = token_values(model, input_ids, attention_mask)  # (B, T)
+    last = last_token_index(attention_mask)  # (B,)
+    return values.gather(1, last.unsqueeze(1)).squeeze(1)  # (B,)
+
+
+def score(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The normalised reward ``(raw - shift) / scale`` at the last real token: (B,)."""
+    shift, scale = reward_normalization(model)
+    return (raw_score(model, input_ids, attention_mask) - shift) / scale
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, prompts: list[Prompt], answers: list[str], *, batch_size: int = 32,
+                separator: str = " ", ended: list[bool] | None = None, max_length: int = 512) -> list[float]:
+    """Normalised rewards of ``answers`` to ``prompts``, in order (batched, no gradients)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[float] = []
+    for start in range(0, len(answers), batch_size):
+        end = start + batch_size
+        batch = reward_inputs(prompts[start:end], answers[start:end], tokenizer, separator=separator,
+                              max_length=max_length, ended=None if ended is None else ended[start:end])
+        out += score(model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).tolist()
+    model.train(was_training)
+    return out
+
+
+# ----------------------------------------------------------------------------- internals
+
+def _unwrap(model):
+    """The Hugging Face model inside a peft wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _head(model):
+    head = getattr(_unwrap(model), "score", None)
+    if head is None:
+        raise ConfigError(f"{type(_unwrap(model)).__name__} has no 'score' head; rlxf reward models are "
+                          "decoder models loaded with AutoModelForSequenceClassification")
+    return head

@@ -1,0 +1,434 @@
+"""Reward-model training: learn a scalar reward from pairwise, K-wise or soft preferences.
+
+InstructGPT §3.5: a causal LM with a scalar head is trained so that the preferred
+answer scores higher, ``loss = -log σ(r(x, y_w) - r(x, y_l))``. Three variants, each a
+pure function in :mod:`rlxf.rl.reward_loss`:
+
+- **pairs** (``bradley_terry``): each comparison is one batch element; an optional
+  per-row margin asks the chosen answer to win by at least that much (Llama 2, eq. 2);
+- **K-wise** (``kwise``): a ranking of K answers is one batch element; its K answers are
+  scored in one forward pass and the loss is averaged over its C(K, 2) pairs, the
+  paper's fix for the overfitting of shuffling a ranking's pairs as independent rows;
+- **soft labels** (``soft``): cross-entropy against a preference probability
+  ``prob_chosen`` (RLAIF, Lee et al. 2023, §2.3).
+
+``data.loss=auto`` derives the loss from the data: rankings are kept whole (K-wise),
+pairs use soft labels if any row has ``prob_chosen`` ≠ 1, else Bradley-Terry.
+
+After training the reward is shifted so that reference answers (by default the
+held-out split's chosen answers) score mean 0, optionally scaled to std 1 (InstructGPT
+§3.5); the shift and scale are saved in the model's ``config.json`` (see
+:mod:`rlxf.models.reward`). Held-out metrics (accuracy, mean margin ``r_w - r_l``,
+calibration error of ``σ(r_w - r_l)``) are measured on the raw, unnormalised rewards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rlxf.errors import ConfigError, DataError
+from rlxf.models.loading import ModelConfig, load_tokenizer, save_model
+from rlxf.models.reward import (add_reward_lora, encode_answer, init_reward_model, pad_right, raw_score,
+                                score_texts, set_reward_normalization)
+from rlxf.progress import progress
+from rlxf.rl.reward_loss import (bradley_terry_loss, expected_calibration_error, kwise_ranking_loss,
+                                 pairwise_accuracy, soft_label_loss)
+from rlxf.runs import Run, Timer
+from rlxf.training import (TrainConfig, load_checkpoint, make_optimizer, micro_batch_indices, resolve_device,
+                           save_checkpoint, seed_everything, total_steps)
+
+log = logging.getLogger("rlxf")
+
+LossChoice = Literal["auto", "bradley_terry", "kwise", "soft"]
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    train: str
+    """Comparisons: JSONL/JSON/Parquet file or saved HF dataset dir (TRL pairs, Vertex AI, Anthropic HH, rankings, soft labels)."""
+    eval: str | None = None
+    """Held-out comparisons; null holds out eval_fraction of the train prompts."""
+    eval_fraction: float = 0.1
+    """Share of train prompts held out when eval is null (all rows of a prompt go to one side; 0 disables)."""
+    split: str | None = None
+    """Split to read from a saved HF DatasetDict."""
+    max_length: int = 512
+    """Maximum tokens of prompt + answer; longer ones lose prompt tokens from the start first."""
+    separator: str = " "
+    """Text put between a plain-text prompt and its answer."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows (counted and reported) instead of stopping at the first one."""
+    loss: LossChoice = "auto"
+    """auto: rankings K-wise, pairs soft if any prob_chosen ≠ 1 else Bradley-Terry; bradley_terry: every pair (rankings flattened) independent, hard labels; kwise: rankings grouped, hard labels; soft: every pair (rankings flattened) with its probability."""
+    margin: bool = False
+    """Use each row's 'margin' in the Bradley-Terry loss: -log σ(r_w - r_l - margin)."""
+
+    def validate(self) -> None:
+        if self.max_length < 2:
+            raise ConfigError(f"data.max_length must be ≥ 2, got {self.max_length}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.margin and self.loss == "soft":
+            raise ConfigError("data.margin applies to the Bradley-Terry loss, not to loss=soft; "
+                              "set data.margin=false or data.loss=bradley_terry")
+
+
+@dataclass(kw_only=True)
+class NormalizeConfig:
+    enabled: bool = True
+    """After training, shift rewards so that the reference answers score mean 0."""
+    reference: str = "chosen"
+    """'chosen': the held-out split's chosen (best-ranked) answers, the train split's when nothing is held out; or a demonstrations file ({prompt, completion})."""
+    scale: bool = False
+    """Also divide by the reference answers' standard deviation (std 1)."""
+
+    def validate(self) -> None:
+        if self.scale and not self.enabled:
+            raise ConfigError("normalize.scale=true needs normalize.enabled=true")
+        if self.enabled and self.reference != "chosen" and not Path(self.reference).exists():
+            raise ConfigError(f"normalize.reference must be 'chosen' or a demonstrations file; "
+                              f"{self.reference} does not exist")
+
+
+@dataclass(kw_only=True)
+class Config(TrainConfig):
+    """``rlxf reward``: train a reward model on preference data."""
+
+    model: ModelConfig
+    """The causal LM (e.g. the SFT model) whose backbone the reward model starts from."""
+    data: DataConfig
+    """The comparisons."""
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    """Bias normalisation after training."""
+    batch_size: int = 8
+    """Comparisons per micro-batch: pairs, or whole rankings under the K-wise loss."""
+
+
+@dataclass
+class Group:
+    """One batch element: answers to one prompt, best first, scored in one forward pass.
+
+    A ranking (``is_ranking``; loss averaged over its C(K, 2) pairs) or a pair
+    (chosen, rejected) with its soft label ``prob_chosen`` and ``margin``.
+    """
+
+    sequences: list[list[int]]  # K token-id lists, best first
+    is_ranking: bool
+    prob_chosen: float = 1.0
+    margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class LossPlan:
+    """How the loss treats the data: rankings ``kwise`` (grouped) or ``pairs`` (flattened);
+    pairs ``bradley_terry`` (optionally with margin) or ``soft``."""
+
+    rankings: Literal["kwise", "pairs"]
+    pairs: Literal["bradley_terry", "soft"]
+    margin: bool = False
+
+
+def run(cfg: Config) -> dict:
+    """Train, evaluate, normalise and save; resume from the newest checkpoint of ``cfg.out`` if any."""
+    run_dir = Run.open(cfg.out, cfg)
+    if run_dir.complete:
+        log.info("%s is already complete; delete it to train again", run_dir.out)
+        return run_dir.summary()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, revision=cfg.model.revision,
+                               trust_remote_code=cfg.model.trust_remote_code)
+    data = _load_data(cfg, tokenizer)
+    model = init_reward_model(cfg.model)
+    if cfg.model.lora.enabled:
+        model = add_reward_lora(model, cfg.model.lora)
+    model.to(device).train()
+
+    train_set, eval_set, plan = data["train"], data["eval"], data["plan"]
+    n_steps = total_steps(cfg, len(train_set))
+    optimizer, scheduler = make_optimizer(model.parameters(), cfg, n_steps)
+    start, window, eval_metrics = 0, _empty_window(), None
+    if (ckpt := run_dir.latest_checkpoint()) is not None:
+        start, extra = load_checkpoint(ckpt, modules=(model,), optimizer=optimizer, scheduler=scheduler)
+        window, eval_metrics = extra["window"], extra["eval"]
+        log.info("resuming from %s (step %d of %d)", ckpt, start, n_steps)
+    run_dir.truncate_metrics(start)
+
+    batches = micro_batch_indices(len(train_set), cfg.batch_size, cfg.seed, start=start * cfg.grad_accum)
+    pad_id = tokenizer.pad_token_id
+    timer = Timer()
+    bar = progress(range(start, n_steps), desc="reward", initial=start, total=n_steps, enabled=cfg.progress)
+    for step in bar:
+        micro = [[train_set[i] for i in next(batches)] for _ in range(cfg.grad_accum)]
+        n_groups = sum(len(groups) for groups in micro)
+        step_loss = 0.0
+        for groups in micro:
+            loss, diffs, outcomes = _forward(model, groups, plan, pad_id, device)
+            (loss * len(groups) / n_groups).backward()  # the step's loss is the mean over its groups
+            step_loss += loss.item() * len(groups) / n_groups
+            window["diffs"] += diffs.tolist()
+            window["outcomes"] += outcomes.tolist()
+        grad_norm = _clip(model, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window["losses"].append(step_loss)
+        done = step + 1
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        row = {}
+        if done % cfg.log_every == 0 or done == n_steps:
+            row.update(loss=sum(window["losses"]) / len(window["losses"]),
+                       **_pair_metrics(torch.tensor(window["diffs"]), torch.tensor(window["outcomes"])),
+                       grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
+            window = _empty_window()
+        if eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps):
+            eval_metrics = evaluate(model, eval_set, plan, pad_id, device, cfg.batch_size)
+            row.update({f"eval_{k}": v for k, v in eval_metrics.items()})
+            model.train()
+        if row:
+            run_dir.log(done, row)
+        if (cfg.save_every and done % cfg.save_every == 0) or done == n_steps:
+            tmp = run_dir.new_checkpoint_dir(done)
+            save_checkpoint(tmp, modules=(model,), optimizer=optimizer, scheduler=scheduler, step=done,
+                            extra={"window": window, "eval": eval_metrics})
+            run_dir.commit_checkpoint(tmp, cfg.keep_checkpoints)
+    bar.close()
+
+    normalization = None
+    if cfg.normalize.enabled:
+        normalization = _normalize(model, tokenizer, cfg, data["reference"])
+    save_model(model, tokenizer, run_dir.final)
+    last = [r for r in run_dir.metrics() if "loss" in r]
+    summary = {
+        "stage": "reward",
+        "steps": n_steps,
+        "resumed_from_step": start,
+        "loss": {"rankings": plan.rankings, "pairs": plan.pairs, "margin": plan.margin},
+        "train_comparisons": len(train_set),
+        "train_pairs": sum(_n_pairs(g) for g in train_set),
+        "eval_comparisons": len(eval_set),
+        "eval_pairs": sum(_n_pairs(g) for g in eval_set),
+        "skipped_rows": data["skipped"],
+        "truncated_answers": data["truncated"],
+        "final_train_loss": last[-1]["loss"] if last else None,
+        "final_train_accuracy": last[-1]["accuracy"] if last else None,
+        "heldout": eval_metrics,
+        "normalization": normalization,
+        "seconds": timer.elapsed(),
+        "final": str(run_dir.final),
+    }
+    run_dir.write_summary(summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- the loss
+
+def _forward(model, groups: list[Group], plan: LossPlan, pad_id: int, device
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean loss over ``groups``, and every pair's ``r_w - r_l`` and label, for the metrics.
+
+    All answers of all groups go through the model in one forward pass.
+    """
+    seqs = [s for g in groups for s in g.sequences]
+    batch = pad_right(seqs, pad_id)
+    rewards = raw_score(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))  # (N,)
+    per_group = list(torch.split(rewards, [len(g.sequences) for g in groups]))  # each (K_g,), best first
+    rankings = [r for r, g in zip(per_group, groups) if g.is_ranking]
+    pairs = [(r, g) for r, g in zip(per_group, groups) if not g.is_ranking]
+    loss = rewards.new_zeros(())
+    if rankings:
+        padded = torch.nn.utils.rnn.pad_sequence(rankings, batch_first=True)  # (R, K)
+        k_mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(r, dtype=torch.bool) for r in rankings],
+                                                 batch_first=True)  # (R, K)
+        loss = loss + kwise_ranking_loss(padded, k_mask) * len(rankings)
+    if pairs:
+        r_w = torch.stack([r[0] for r, _ in pairs])  # (P,)
+        r_l = torch.stack([r[1] for r, _ in pairs])  # (P,)
+        if plan.pairs == "soft":
+            prob = torch.tensor([g.prob_chosen for _, g in pairs], device=r_w.device)
+            pair_loss = soft_label_loss(r_w, r_l, prob)
+        else:
+            margin = torch.tensor([g.margin for _, g in pairs], device=r_w.device) if plan.margin else None
+            pair_loss = bradley_terry_loss(r_w, r_l, margin)
+        loss = loss + pair_loss * len(pairs)
+    diffs, outcomes = [], []
+    for r, g in zip(per_group, groups):
+        i, j = torch.triu_indices(len(r), len(r), offset=1)  # all (better, worse) index pairs
+        diffs.append((r[i] - r[j]).detach().float().cpu())
+        outcomes.append(torch.full((len(i),), 1.0 if g.is_ranking else g.prob_chosen))
+    return loss / len(groups), torch.cat(diffs), torch.cat(outcomes)
+
+
+def _pair_metrics(diffs: torch.Tensor, outcomes: torch.Tensor) -> dict[str, float]:
+    """accuracy (the label's favourite scored higher), margin (mean r_w - r_l), ECE of σ(r_w - r_l)."""
+    if diffs.numel() == 0:
+        return {}
+    favoured = torch.where(outcomes >= 0.5, diffs, -diffs)  # r(label's favourite) - r(other)
+    return {
+        "accuracy": pairwise_accuracy(favoured, torch.zeros_like(favoured)).item(),
+        "margin": diffs.mean().item(),
+        "ece": expected_calibration_error(torch.sigmoid(diffs), outcomes).item(),
+    }
+
+
+@torch.no_grad()
+def evaluate(model, groups: list[Group], plan: LossPlan, pad_id: int, device, batch_size: int) -> dict[str, float]:
+    """Held-out loss, pairwise accuracy, mean margin and calibration error (raw rewards)."""
+    model.eval()
+    total, diffs, outcomes = 0.0, [], []
+    for i in range(0, len(groups), batch_size):
+        chunk = groups[i:i + batch_size]
+        loss, d, o = _forward(model, chunk, plan, pad_id, device)
+        total += loss.item() * len(chunk)
+        diffs.append(d)
+        outcomes.append(o)
+    return {"loss": total / len(groups), **_pair_metrics(torch.cat(diffs), torch.cat(outcomes))}
+
+
+def _empty_window() -> dict[str, list[float]]:
+    return {"losses": [], "diffs": [], "outcomes": []}
+
+
+def _n_pairs(group: Group) -> int:
+    k = len(group.sequences)
+    return k * (k - 1) // 2
+
+
+def _clip(model, max_norm: float | None) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is None:
+        return float(torch.norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+# ----------------------------------------------------------------------------- data
+
+def _load_data(cfg: Config, tokenizer) -> dict:
+    """Read, split by prompt, choose the loss and tokenize; also the normalisation reference."""
+    from rlxf.data.formats import load_comparisons
+    from rlxf.data.records import Ranking
+
+    d = cfg.data
+    loaded = load_comparisons(d.train, split=d.split, skip_bad=d.skip_bad_rows)
+    skipped = loaded.skipped
+    if d.eval is not None:
+        held = load_comparisons(d.eval, split=d.split, skip_bad=d.skip_bad_rows)
+        skipped += held.skipped
+        train = list(loaded)
+    else:
+        train, held = _split_by_prompt(list(loaded), d.eval_fraction, cfg.seed)
+    if not train:
+        raise ConfigError(f"data.train ({d.train}) holds no comparisons")
+    plan = _plan_loss(d.loss, d.margin, train + list(held))
+
+    truncated = 0
+
+    def encode(prompt, answer) -> list[int]:
+        nonlocal truncated
+        ids, cut = encode_answer(prompt, answer, tokenizer, separator=d.separator, max_length=d.max_length)
+        truncated += cut
+        return ids
+
+    def groups(comparisons) -> list[Group]:
+        out = []
+        for c in comparisons:
+            if isinstance(c, Ranking) and plan.rankings == "kwise":
+                out.append(Group([encode(c.prompt, a) for a in c.ordered], is_ranking=True))
+                continue
+            for pair in c.pairs() if isinstance(c, Ranking) else [c]:
+                out.append(Group([encode(pair.prompt, pair.chosen), encode(pair.prompt, pair.rejected)],
+                                 is_ranking=False, prob_chosen=pair.prob_chosen, margin=pair.margin))
+        return out
+
+    train_groups, eval_groups = groups(train), groups(held)
+    if truncated:
+        log.warning("%d answers were longer than data.max_length=%d with their prompt and were cut",
+                    truncated, d.max_length)
+    reference_side, reference_name = (held, "held-out") if held else (train, "train")
+    reference = _chosen_answers(reference_side)
+    log.info("reward data: %d train and %d eval comparisons; loss: rankings %s, pairs %s%s",
+             len(train_groups), len(eval_groups), plan.rankings, plan.pairs, " with margin" if plan.margin else "")
+    return {"train": train_groups, "eval": eval_groups, "plan": plan, "skipped": skipped,
+            "truncated": truncated,
+            "reference": (f"chosen answers of the {reference_name} split", reference)}
+
+
+def _prompt_key(prompt) -> str:
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
+def _split_by_prompt(comparisons: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out ``fraction`` of the distinct prompts (seeded), with all their rows."""
+    if fraction <= 0:
+        return comparisons, []
+    prompts = list(dict.fromkeys(_prompt_key(c.prompt) for c in comparisons))
+    if len(prompts) < 2:
+        return comparisons, []
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(prompts), generator=g).tolist()
+    held_prompts = {prompts[i] for i in order[:max(1, round(fraction * len(prompts)))]}
+    train = [c for c in comparisons if _prompt_key(c.prompt) not in held_prompts]
+    held = [c for c in comparisons if _prompt_key(c.prompt) in held_prompts]
+    return train, held
+
+
+def _plan_loss(choice: LossChoice, margin: bool, comparisons: list) -> LossPlan:
+    """Resolve ``data.loss`` against the data; refuse soft labels where hard ones are needed."""
+    from rlxf.data.records import Preference
+
+    soft = next((c for c in comparisons if isinstance(c, Preference) and c.prob_chosen != 1.0), None)
+    if choice == "auto":
+        plan = LossPlan("kwise", "soft" if soft else "bradley_terry", margin)
+    elif choice == "soft":
+        plan = LossPlan("pairs", "soft", margin)
+    else:
+        plan = LossPlan("kwise" if choice == "kwise" else "pairs", "bradley_terry", margin)
+        if soft is not None:
+            raise DataError(f"is {soft.prob_chosen} (a soft label), but data.loss={choice} needs hard labels "
+                            "(prob_chosen = 1); use data.loss=soft or auto", path=soft.source, field="prob_chosen")
+    if plan.margin and plan.pairs == "soft":
+        raise DataError(f"is {soft.prob_chosen} (a soft label); data.margin=true needs hard labels, or set "
+                        "data.margin=false to train on the soft labels", path=soft.source, field="prob_chosen")
+    return plan
+
+
+def _chosen_answers(comparisons: list) -> list[tuple]:
+    """Distinct (prompt, preferred answer): a pair's chosen, a ranking's best."""
+    from rlxf.data.records import Ranking
+
+    seen = {}
+    for c in comparisons:
+        best = c.ordered[0] if isinstance(c, Ranking) else c.chosen
+        seen.setdefault((_prompt_key(c.prompt), best), (c.prompt, best))
+    return list(seen.values())
+
+
+def _normalize(model, tokenizer, cfg: Config, chosen: tuple[str, list[tuple]]) -> dict:
+    """Shift (and scale) so the reference answers score mean 0 (std 1); InstructGPT §3.5."""
+    from rlxf.data.formats import load_demonstrations
+
+    if cfg.normalize.reference == "chosen":
+        name, answers = chosen
+    else:
+        demos = load_demonstrations(cfg.normalize.reference)
+        name, answers = f"demonstrations in {cfg.normalize.reference}", [(x.prompt, x.completion) for x in demos]
+    if len(answers) < 2:
+        raise ConfigError(f"normalisation needs at least 2 reference answers; {name} has {len(answers)}")
+    raw = score_texts(model, tokenizer, [p for p, _ in answers], [a for _, a in answers],
+                      batch_size=cfg.batch_size * 2, separator=cfg.data.separator,
+                      max_length=cfg.data.max_length)
+    shift = statistics.fmean(raw)
+    scale = statistics.stdev(raw) if cfg.normalize.scale else 1.0
+    if scale <= 0:
+        raise ConfigError(f"the reference answers ({name}) all score the same; cannot scale to std 1")
+    reference = f"{name} ({len(answers)} answers)"
+    set_reward_normalization(model, shift, scale, reference)
+    log.info("normalised rewards: shift %.4f, scale %.4f on %s", shift, scale, reference)
+    return {"shift": shift, "scale": scale, "reference": reference}

@@ -1,0 +1,150 @@
+"""Build Tinyworld's data, tokenizer and base model from a seed (`rlxf tinyworld build`).
+
+    OUT/data/        pretrain, sft and prompt splits as JSONL (rlxf's standard formats)
+    OUT/pretrain/    the pre-training run (an `rlxf sft` run on {text} rows: resumable)
+    OUT/base/        the base model + tokenizer in Hugging Face format
+
+The base model is a tiny GPT-2 (4 layers, 128 wide, ~0.9M parameters) with a
+byte-level BPE tokenizer trained on the corpus, pre-trained on the *unaligned* corpus:
+it answers with the corpus's mix of good, wrong, rude and rambling text.
+
+Pre-training takes several minutes on two CPU cores, so the package ships the base
+model this command builds with its defaults (``SHIPPED``, 3.5 MB, with the config that
+built it in ``build.json``); the demo uses it and writes only the data, which takes
+seconds. Re-running a build reuses whatever of it is finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlxf.config import dump_yaml, from_dict
+from rlxf.errors import ConfigError
+from rlxf.runs import Timer
+
+log = logging.getLogger("rlxf")
+
+SHIPPED = Path(__file__).parent / "assets" / "base"
+
+
+@dataclass(kw_only=True)
+class Config:
+    """``rlxf tinyworld build``: data, tokenizer and pre-trained base model."""
+
+    out: str = "tinyworld"
+    """Output directory (data/, pretrain/, base/)."""
+    seed: int = 0
+    """Seed for the data, the initialisation and the training order."""
+    n_pretrain: int = 20000
+    """Pre-training documents."""
+    n_sft_train: int = 2000
+    """SFT demonstrations on train prompts."""
+    n_sft_eval: int = 200
+    """SFT demonstrations on held-out prompts (eval loss)."""
+    n_prompts_train: int = 2000
+    """Train prompts (PPO rollouts, preference data)."""
+    n_prompts_heldout: int = 200
+    """Held-out prompts (evaluation)."""
+    vocab_size: int = 512
+    """Byte-level BPE vocabulary size."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_embd: int = 128
+    """Hidden width."""
+    n_head: int = 4
+    """Attention heads."""
+    max_length: int = 128
+    """Context length (and packed pre-training sequence length)."""
+    steps: int = 600
+    """Pre-training optimiser steps."""
+    batch_size: int = 32
+    """Packed sequences per step."""
+    lr: float = 3e-3
+    """Peak pre-training learning rate."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def validate(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if min(self.n_pretrain, self.n_sft_train, self.n_prompts_train, self.n_prompts_heldout) < 1:
+            raise ConfigError("every split needs at least one row")
+
+
+def run(cfg: Config) -> dict:
+    """Build (or reuse) everything under ``cfg.out``; returns paths and timings."""
+    out = Path(cfg.out)
+    timer = Timer()
+    data = write_data(cfg, out)
+    init = out / "init"
+    if not (init / "config.json").exists():
+        _initial_model(cfg, data, init)
+    summary = _pretrain(cfg, data, init, out / "pretrain")
+    base = out / "base"
+    if not (base / "config.json").exists():
+        import shutil
+
+        shutil.copytree(summary["final"], base, dirs_exist_ok=True)
+        (base / "build.json").write_text(dump_yaml(cfg))
+    return {"base": str(base), "data": str(data), "pretrain_eval_loss": summary["final_eval_loss"],
+            "seconds": timer.elapsed()}
+
+
+def write_data(cfg: Config, out: Path) -> Path:
+    """The data files alone (pure Python, seconds), into ``out/data``."""
+    from rlxf.tinyworld.corpus import write_dataset
+
+    data = Path(out) / "data"
+    if not (data / "prompts_heldout.jsonl").exists():
+        write_dataset(data, cfg.seed, n_pretrain=cfg.n_pretrain, n_sft_train=cfg.n_sft_train,
+                      n_sft_eval=cfg.n_sft_eval, n_prompts_train=cfg.n_prompts_train,
+                      n_prompts_heldout=cfg.n_prompts_heldout)
+    return data
+
+
+def paths(out: str | Path, base: str | Path | None = None) -> dict[str, Path]:
+    """Where a build in ``out`` keeps each file (``base`` overrides the model's place)."""
+    out = Path(out)
+    files = {stem: out / "data" / f"{stem}.jsonl" for stem in
+             ("pretrain", "pretrain_heldout", "sft_train", "sft_eval", "prompts_train", "prompts_heldout")}
+    return {"base": Path(base) if base else out / "base", **files}
+
+
+def _initial_model(cfg: Config, data: Path, init: Path) -> None:
+    """Train the tokenizer on the corpus and save a seeded, randomly initialised GPT-2."""
+    import json
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlxf.models.tokenizer import train_bpe_tokenizer
+
+    texts = [json.loads(line)["text"] for line in (data / "pretrain.jsonl").read_text().splitlines()]
+    tokenizer = train_bpe_tokenizer(texts, cfg.vocab_size, model_max_length=cfg.max_length)
+    torch.manual_seed(cfg.seed)
+    model = GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(tokenizer), n_positions=cfg.max_length, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(init)
+    tokenizer.save_pretrained(init)
+    log.info("tinyworld: %d-token tokenizer, %.2fM-parameter GPT-2", len(tokenizer),
+             sum(p.numel() for p in model.parameters()) / 1e6)
+
+
+def _pretrain(cfg: Config, data: Path, init: Path, run_dir: Path) -> dict:
+    from rlxf.stages import sft
+
+    pretrain = from_dict(sft.Config, {
+        "out": str(run_dir), "seed": cfg.seed, "lr": cfg.lr, "warmup_steps": min(50, cfg.steps // 10),
+        "weight_decay": 0.01, "batch_size": cfg.batch_size, "max_steps": cfg.steps, "log_every": 25,
+        "eval_every": max(1, cfg.steps // 4), "save_every": max(1, cfg.steps // 4), "progress": cfg.progress,
+        "model": {"name_or_path": str(init)},
+        "data": {"train": str(data / "pretrain.jsonl"), "eval": str(data / "pretrain_heldout.jsonl"),
+                 "max_length": cfg.max_length, "packing": True},
+    })
+    return sft.run(pretrain)

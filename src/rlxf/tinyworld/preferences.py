@@ -1,0 +1,186 @@
+"""Tinyworld preference data: a policy's answers, ranked by simulated labellers.
+
+``rlxf tinyworld preferences policy=DIR out=DIR`` does what InstructGPT's comparison
+data collection does (Ouyang et al. 2022, §3.5): for each prompt it samples K answers
+from a policy (typically the SFT model) and has one labeller, drawn from the panel
+(:func:`rlxf.tinyworld.labellers.default_panel`), rank them best to worst.
+
+    OUT/
+      rankings_train.jsonl   {prompt, completions, ranking} + gold, ended, labeller, task, kind, id
+      rankings_heldout.jsonl the same on held-out prompts (no train prompt asks the same thing)
+      pairs_train.jsonl      {prompt, chosen, rejected} + gold_chosen, gold_rejected, ended_chosen,
+      pairs_heldout.jsonl    ended_rejected, labeller, task, kind, id: ALL C(K, 2) pairs of each
+                             ranking (the same labels, flattened; for the pairwise loss)
+      config.yaml, summary.json
+
+``gold`` is the gold oracle's total score of each answer, so a reward model can be
+checked against the true order as well as against the noisy labels; ``ended`` says
+whether the policy ended the answer (an unended answer is scored as not fluent).
+Duplicate or empty answers to one prompt are re-sampled a few times; a prompt left
+with fewer than two different answers is dropped (counted in the summary). The
+summary reports how often the labels agree with the gold order and how often two
+labellers of the panel would agree (InstructGPT's 72.6%).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from rlxf.errors import ConfigError
+from rlxf.runs import Run, Timer
+from rlxf.tinyworld.labellers import TEMPERATURE
+
+log = logging.getLogger("rlxf")
+
+RESAMPLE_ROUNDS = 4  # extra sampling rounds for prompts with duplicate or empty answers
+
+
+@dataclass(kw_only=True)
+class Config:
+    """``rlxf tinyworld preferences``: sample answers from a policy, have simulated labellers rank them."""
+
+    policy: str
+    """The model that writes the answers (e.g. the Tinyworld SFT model), Hugging Face format with its tokenizer."""
+    out: str
+    """Output directory (rankings_*.jsonl, pairs_*.jsonl, summary.json)."""
+    n_train: int = 1000
+    """Train prompts to label."""
+    n_heldout: int = 200
+    """Held-out prompts to label (for evaluating reward models)."""
+    k: int = 4
+    """Answers sampled and ranked per prompt (InstructGPT: 4 to 9)."""
+    max_new_tokens: int = 48
+    """Longest answer the policy may write; longer ones count as never ended."""
+    temperature: float = 1.0
+    """Sampling temperature of the policy (1.0 samples its own distribution)."""
+    labeller_temperature: float = TEMPERATURE
+    """Bradley-Terry noise of the simulated labellers (0.12: ~73% inter-labeller agreement)."""
+    seed: int = 0
+    """Seed for prompts, sampling and labellers."""
+    batch_size: int = 256
+    """Answers generated per batch."""
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda', ..."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def validate(self) -> None:
+        if self.k < 2:
+            raise ConfigError(f"k must be ≥ 2 (a ranking compares answers), got {self.k}")
+        if min(self.n_train, self.n_heldout, self.max_new_tokens, self.batch_size) < 1:
+            raise ConfigError("n_train, n_heldout, max_new_tokens and batch_size must be ≥ 1")
+        if self.temperature <= 0 or self.labeller_temperature <= 0:
+            raise ConfigError("temperature and labeller_temperature must be > 0")
+
+
+def run(cfg: Config) -> dict:
+    """Sample, label and write both splits; a finished ``out`` is returned as is."""
+    from rlxf.data.readers import write_jsonl
+    from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
+    from rlxf.tinyworld.labellers import default_panel
+    from rlxf.tinyworld.prompts import sample_prompts
+    from rlxf.training import resolve_device
+
+    run_dir = Run.open(cfg.out, cfg)
+    if run_dir.complete:
+        return run_dir.summary()
+    timer = Timer()
+    tokenizer = load_tokenizer(cfg.policy, padding_side="left")
+    model = load_causal_lm(ModelConfig(name_or_path=cfg.policy)).to(resolve_device(cfg.device)).eval()
+    panel = default_panel(cfg.seed, temperature=cfg.labeller_temperature)
+    summary = {"stage": "tinyworld preferences", "policy": cfg.policy, "k": cfg.k}
+    for split, n in (("train", cfg.n_train), ("heldout", cfg.n_heldout)):
+        prompts = sample_prompts(n, cfg.seed, split)
+        answers = _sample_distinct(model, tokenizer, prompts, cfg, split)
+        pick = random.Random(f"tinyworld/preferences/{cfg.seed}/{split}")
+        rankings = []
+        for tp, sampled in zip(prompts, answers):
+            if len(sampled) < 2:
+                continue
+            labeller = pick.choice(panel)  # one labeller ranks all of a prompt's answers
+            rankings.append(_ranking_row(tp, sampled, labeller))
+        pairs = [pair for row in rankings for pair in _pair_rows(row)]
+        write_jsonl(run_dir.out / f"rankings_{split}.jsonl", rankings)
+        write_jsonl(run_dir.out / f"pairs_{split}.jsonl", pairs)
+        summary[split] = {"prompts": n, "dropped_prompts": n - len(rankings), "rankings": len(rankings),
+                          "pairs": len(pairs), **_report(rankings, pairs, panel)}
+        log.info("tinyworld preferences %s: %d rankings, %d pairs; labels agree with gold on %s of them",
+                 split, len(rankings), len(pairs), summary[split]["labels_vs_gold"])
+    summary["seconds"] = timer.elapsed()
+    summary["files"] = {p.stem: str(p) for p in sorted(run_dir.out.glob("*.jsonl"))}
+    run_dir.write_summary(summary)
+    return summary
+
+
+def _sample_distinct(model, tokenizer, prompts, cfg: Config, split: str) -> list[list[tuple[str, bool]]]:
+    """Up to K different, non-empty ``(answer, ended)`` per prompt, re-sampling clashes."""
+    from rlxf.models.generation import generate
+
+    slots = [(i, j) for i in range(len(prompts)) for j in range(cfg.k)]
+    got: list[list[tuple[str, bool]]] = [[] for _ in prompts]
+    for round_ in range(1 + RESAMPLE_ROUNDS):
+        if not slots:
+            break
+        seed = random.Random(f"tinyworld/preferences/{cfg.seed}/{split}/{round_}").randrange(2**31)
+        out = generate(model, tokenizer, [prompts[i].text for i, _ in slots], max_new_tokens=cfg.max_new_tokens,
+                       temperature=cfg.temperature, batch_size=cfg.batch_size, seed=seed,
+                       progress=cfg.progress)
+        missing = []
+        for (i, j), g in zip(slots, out):
+            text = g.text.strip()
+            if text and all(text != a for a, _ in got[i]):
+                got[i].append((text, g.ended))
+            else:
+                missing.append((i, j))
+        slots = missing
+    return got
+
+
+def _ranking_row(tp, sampled: list[tuple[str, bool]], labeller) -> dict:
+    from rlxf.tinyworld.oracle import score
+
+    completions = [a for a, _ in sampled]
+    ended = [e for _, e in sampled]
+    return {"prompt": tp.text, "completions": completions,
+            "ranking": list(labeller.rank(tp, completions, ended)),
+            "gold": [score(tp, a, e).total for a, e in sampled], "ended": ended,
+            "labeller": labeller.name, "task": tp.task, "kind": tp.kind, "id": tp.id}
+
+
+def _pair_rows(row: dict) -> list[dict]:
+    """All C(K, 2) (better, worse) pairs of one labelled ranking."""
+    pairs = []
+    for b, w in combinations(row["ranking"], 2):
+        pairs.append({"prompt": row["prompt"], "chosen": row["completions"][b], "rejected": row["completions"][w],
+                      "gold_chosen": row["gold"][b], "gold_rejected": row["gold"][w],
+                      "ended_chosen": row["ended"][b], "ended_rejected": row["ended"][w],
+                      "labeller": row["labeller"], "task": row["task"], "kind": row["kind"], "id": row["id"]})
+    return pairs
+
+
+def _report(rankings: list[dict], pairs: list[dict], panel) -> dict:
+    """How good the labels are: agreement with gold and between labellers; the answers' gold."""
+    def mean(xs) -> float | None:
+        xs = list(xs)
+        return sum(xs) / len(xs) if xs else None  # None: nothing to measure (e.g. every pair a gold tie)
+
+    ordered = [p for p in pairs if p["gold_chosen"] != p["gold_rejected"]]
+    # expected agreement of two different labellers of the panel on each pair (Bradley-Terry choices)
+    inter = []
+    for p in pairs:
+        ended = (p["ended_chosen"], p["ended_rejected"])
+        probs = [lab.prob(p["prompt"], p["chosen"], p["rejected"], ended) for lab in panel]
+        inter.append(mean(a * b + (1 - a) * (1 - b) for a, b in combinations(probs, 2)))
+    answers = [(g, e) for r in rankings for g, e in zip(r["gold"], r["ended"])]
+    return {
+        "labels_vs_gold": mean(p["gold_chosen"] > p["gold_rejected"] for p in ordered),
+        "gold_ties": len(pairs) - len(ordered),
+        "inter_labeller_expected": mean(inter),
+        "mean_answers_per_prompt": mean(len(r["completions"]) for r in rankings),
+        "answer_gold_mean": mean(g for g, _ in answers),
+        "answers_ended": mean(e for _, e in answers),
+    }

@@ -1,0 +1,44 @@
+"""Building Tinyworld's tokenizer and base model; the shipped base model matches its recipe."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from rlxf.config import from_dict, to_dict
+from rlxf.tinyworld import build
+from rlxf.tinyworld.world import VOCABULARY
+
+
+def test_small_build_end_to_end_and_reuse(tmp_path):
+    cfg = from_dict(build.Config, {
+        "out": str(tmp_path / "tw"), "n_pretrain": 400, "n_sft_train": 20, "n_sft_eval": 5, "n_prompts_train": 20,
+        "n_prompts_heldout": 10, "vocab_size": 400, "n_layer": 1, "n_embd": 32, "n_head": 2, "steps": 30,
+        "batch_size": 8, "lr": 1e-2, "progress": False})
+    first = build.run(cfg)
+    files = build.paths(cfg.out)
+    assert all(p.exists() for p in files.values())
+    rows = [json.loads(line) for line in (tmp_path / "tw" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert len(evals) >= 4 and evals[-1] < 0.8 * evals[0], evals  # pre-training learnt something
+    assert yaml.safe_load((files["base"] / "build.json").read_text()) == to_dict(cfg)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(files["base"])
+    text = " ".join(sorted(VOCABULARY))
+    assert tok.decode(tok(text)["input_ids"]) == text  # byte-level BPE: every world word round-trips
+    assert AutoModelForCausalLM.from_pretrained(files["base"]).config.n_layer == 1
+    again = build.run(cfg)  # a finished build is reused, not redone
+    assert again["pretrain_eval_loss"] == first["pretrain_eval_loss"]
+    assert again["seconds"] < first["seconds"]
+
+
+def test_shipped_base_model_was_built_by_the_default_recipe():
+    recipe = yaml.safe_load((build.SHIPPED / "build.json").read_text())
+    defaults = to_dict(build.Config())
+    assert {k: v for k, v in recipe.items() if k not in ("out", "progress")} == \
+           {k: v for k, v in defaults.items() if k not in ("out", "progress")}
+    assert (build.SHIPPED / "model.safetensors").stat().st_size < 8_000_000
+    assert not list(build.SHIPPED.glob("*.bin")) and not list(build.SHIPPED.glob("*.pt"))
