@@ -6,7 +6,7 @@ data point, then each completion will potentially undergo K - 1 separate gradien
 updates. The model tends to overfit after a single epoch." This script checks that
 claim on Tinyworld with the same labels used both ways:
 
-1. build (or reuse) Tinyworld's base model; fine-tune it on the demonstrations (SFT);
+1. write Tinyworld's data; fine-tune the shipped base model on the demonstrations (SFT);
 2. sample K answers per prompt from the SFT model, ranked by simulated labellers
    (``rlxf tinyworld preferences``);
 3. train two reward models from the SFT model, same learning rate, same comparisons
@@ -15,7 +15,7 @@ claim on Tinyworld with the same labels used both ways:
 4. after every epoch, score every train and held-out answer and report pairwise
    accuracy against the labels (noisy) and against the gold oracle's order.
 
-    python benchmarks/rm_kwise_vs_pairs.py --tinyworld /tmp/tw --out /tmp/rm-bench --epochs 4
+    python benchmarks/rm_kwise_vs_pairs.py --out /tmp/rm-bench --epochs 4
 
 Results go to OUT/results.json and are printed as a Markdown table.
 """
@@ -32,7 +32,7 @@ import torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tinyworld", default="tinyworld", help="Tinyworld build directory (built if missing)")
+    parser.add_argument("--base", default=None, help="base model (default: the one rlxf ships)")
     parser.add_argument("--out", default="runs/rm-kwise-vs-pairs")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--k", type=int, default=4, help="answers ranked per prompt")
@@ -53,10 +53,11 @@ def main() -> None:
 
     setup_logging()
     out = Path(args.out)
-    base = build.run(from_dict(build.Config, {"out": args.tinyworld, "seed": args.seed, "progress": False}))["base"]
-    files = build.paths(args.tinyworld)
+    build.write_data(from_dict(build.Config, {"out": str(out / "tinyworld"), "seed": args.seed}), out / "tinyworld")
+    files = build.paths(out / "tinyworld")
+    base = args.base or str(build.SHIPPED)
     policy = sft.run(from_dict(sft.Config, {
-        "out": str(out / "sft"), "seed": args.seed, "lr": 1e-3, "warmup_steps": 20, "batch_size": 32,
+        "out": str(out / "sft"), "seed": args.seed, "lr": 1e-3, "warmup_steps": 20, "batch_size": 16,
         "max_steps": args.sft_steps, "log_every": 25, "eval_every": args.sft_steps, "progress": False,
         "model": {"name_or_path": base},
         "data": {"train": str(files["sft_train"]), "eval": str(files["sft_eval"]), "max_length": 128}}))["final"]

@@ -126,7 +126,10 @@ def test_cache_serves_a_second_judge_and_long_prompts_are_cut(tmp_path, tokenize
     assert second.stats()["forward_rows"] == 0 and second.stats()["cache_hits"] == 3
     long = " ".join(["the fox is red ."] * 60)  # ~300 tokens, the model has 128 positions
     [scores] = first.answer_logprobs([long], ["1", "2"])
-    assert first.stats()["truncated"] >= 1 and all(math.isfinite(v) for v in scores.logprobs)
+    # three rows were cut: the prompt alone, and with " " + "1" and " " + "2" (two-token answers)
+    assert first.stats()["truncated"] == 3 and all(math.isfinite(v) for v in scores.logprobs)
+    [[text]] = first.generate([long], max_tokens=5, temperature=0.0)  # cut to fit, not an index error
+    assert first.stats()["truncated"] == 4 and isinstance(text, str)
 
 
 def test_cot_and_self_consistency_average_the_samples(tokenizer):

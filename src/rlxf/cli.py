@@ -17,6 +17,9 @@ from rlxf.errors import RlxfError
 # command words -> module; the module's docstring's first line is its help line
 COMMANDS = {
     ("sft",): "rlxf.stages.sft",
+    ("reward",): "rlxf.stages.reward",
+    ("ppo",): "rlxf.stages.ppo",
+    ("tinyworld", "preferences"): "rlxf.tinyworld.preferences",
     ("tinyworld", "build"): "rlxf.tinyworld.build",
     ("demo",): "rlxf.pipeline",
     ("annotate", "users"): "rlxf.feedback.human.users",

@@ -94,15 +94,22 @@ def total_steps(cfg: TrainConfig, n_examples: int) -> int:
     return max(1, math.ceil(cfg.epochs * n_examples / per_step))
 
 
-def make_optimizer(params, cfg: TrainConfig, n_steps: int, *, lr_multiplier: float = 1.0):
-    """AdamW with the configured warm-up and decay (transformers' schedulers)."""
+def make_optimizer(params, cfg: TrainConfig, n_steps: int):
+    """AdamW with the configured warm-up and decay (transformers' schedulers).
+
+    ``params``: parameters (those that require grad are trained) or parameter groups
+    (dicts, a group may set its own ``lr``).
+    """
     from transformers import get_scheduler
 
-    params = [p for p in params if p.requires_grad]
-    if not params:
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        groups = [g for g in params if g["params"]]
+    else:
+        groups = [{"params": [p for p in params if p.requires_grad]}]
+    if not groups or not groups[0]["params"]:
         raise ConfigError("the model has no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=cfg.lr * lr_multiplier, betas=tuple(cfg.adam_betas),
-                            weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
     sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=n_steps)
     return opt, sched
 
@@ -123,6 +130,26 @@ def micro_batch_indices(n_examples: int, batch_size: int, seed: int, start: int 
         for j in range(k, per_epoch):
             yield order[j * batch_size:(j + 1) * batch_size]
         i = (epoch + 1) * per_epoch
+
+
+def full_batch_indices(n_examples: int, batch_size: int, seed: int, start: int = 0) -> Iterator[list[int]]:
+    """Like :func:`micro_batch_indices`, but every batch has exactly ``batch_size``
+    indices: the epochs' permutations are read as one stream, so a batch may span
+    the end of one epoch and the start of the next (PPO needs equal rollout batches)."""
+    epoch_cache: dict[int, list[int]] = {}
+
+    def order(epoch: int) -> list[int]:
+        if epoch not in epoch_cache:
+            epoch_cache.clear()
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            epoch_cache[epoch] = torch.randperm(n_examples, generator=g).tolist()
+        return epoch_cache[epoch]
+
+    k = start
+    while True:
+        positions = range(k * batch_size, (k + 1) * batch_size)
+        yield [order(p // n_examples)[p % n_examples] for p in positions]
+        k += 1
 
 
 # ----------------------------------------------------------------------------- checkpoints

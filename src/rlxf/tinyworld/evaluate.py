@@ -52,3 +52,9 @@ def win_rate(a: list[float], b: list[float]) -> float:
     if len(a) != len(b) or not a:
         raise ValueError("win_rate needs two equally long, non-empty score lists")
     return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a)
+
+
+def gold_totals(prompts: list[str], answers: list[str], ended: list[bool]) -> list[float]:
+    """The gold oracle's total per answer, in the shape PPO's ``track`` and
+    ``reward.function`` expect: ``rlxf.tinyworld.evaluate:gold_totals``."""
+    return [score(p, a, e).total for p, a, e in zip(prompts, answers, ended)]

@@ -97,15 +97,15 @@ def run(cfg: Config) -> dict:
     from rlxf.feedback.ai.templates import context_text
     from rlxf.progress import progress
 
-    run_dir = Run.open(cfg.out, cfg)
-    if run_dir.complete:
-        return run_dir.summary()
     timer = Timer()
     demos = load_demonstrations(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows)
     demos = list(demos)[:cfg.limit] if cfg.limit else list(demos)
     if not demos:
         raise RlxfError(f"{cfg.data} holds no answers to revise")
     constitution = load_constitution(cfg.constitution)
+    run_dir = Run.open(cfg.out, cfg)
+    if run_dir.complete:
+        return run_dir.summary()
     judge = make_judge(cfg.judge, cfg.cache or run_dir.out / "judge_cache.sqlite")
     items = [Revision(context_text(d.prompt), d.completion, d.completion, [], [], []) for d in demos]
     failed = 0

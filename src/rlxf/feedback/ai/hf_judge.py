@@ -117,7 +117,7 @@ class HFJudge:
                             temperature=temperature, n=n, stop=list(stop), seed=seed) for p in prompts]
 
         def compute(idx: list[int]) -> list[dict]:
-            repeated = [prompts[i] for i in idx for _ in range(n)]
+            repeated = [self._fit(prompts[i], max_tokens) for i in idx for _ in range(n)]
             gens = generate(self.model, self.tokenizer, repeated, max_new_tokens=max_tokens,
                             temperature=max(temperature, 1e-5), greedy=temperature == 0,
                             batch_size=self.batch_size, separator="", seed=seed)
@@ -144,6 +144,17 @@ class HFJudge:
                 seqs.add(tuple(tok(text, add_special_tokens=False)["input_ids"]))
             self._variants[answer] = sorted(seqs)
         return self._variants[answer]
+
+    def _fit(self, prompt: str, max_tokens: int) -> str:
+        """``prompt``, cut at the start so that it and ``max_tokens`` new tokens fit the context."""
+        if not self.max_positions:
+            return prompt
+        ids = self._encode(prompt)
+        room = self.max_positions - max_tokens - 4  # 4: slack for re-tokenizing the cut text
+        if len(ids) <= room:
+            return prompt
+        self._counts["truncated"] += 1
+        return self.tokenizer.decode(ids[len(ids) - max(room, 1):])
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -114,14 +114,15 @@ class Pair:
 
 def run(cfg: Config) -> dict:
     """Label ``cfg.data``; resume from the cache if ``cfg.out`` holds an unfinished run."""
+    timer = Timer()
+    pairs, skipped = read_pairs(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows, limit=cfg.limit)
+    settings = settings_of(cfg)  # templates and constitution load (and fail) before any work
     run_dir = Run.open(cfg.out, cfg)
     if run_dir.complete:
         log.info("%s is already complete; delete it to label again", run_dir.out)
         return run_dir.summary()
-    timer = Timer()
-    pairs, skipped = read_pairs(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows, limit=cfg.limit)
     judge = make_judge(cfg.judge, cfg.cache or run_dir.out / "judge_cache.sqlite")
-    results = label_all(judge, pairs, settings_of(cfg), chunk_size=cfg.chunk_size,
+    results = label_all(judge, pairs, settings, chunk_size=cfg.chunk_size,
                         max_failed=cfg.max_failed_pairs, progress=cfg.progress)
     write_results(run_dir.out, pairs, results)
     summary = {"command": "label", "input": cfg.data, "skipped_rows": skipped, "judge": judge.identity,

@@ -48,11 +48,12 @@ def run(cfg: Config) -> dict:
     from rlxf.feedback.ai.backends import make_judge
     from rlxf.feedback.ai.scoring import mean
 
+    timer = Timer()
+    loaded = load_preferences(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows)
+    settings = label.settings_of(cfg)
     run_dir = Run.open(cfg.out, cfg)
     if run_dir.complete:
         return run_dir.summary()
-    timer = Timer()
-    loaded = load_preferences(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows)
     prefs = list(loaded)[:cfg.limit] if cfg.limit else list(loaded)
     decided = [p for p in prefs if p.prob_chosen != 0.5]
     pairs, human_a = [], []
@@ -64,7 +65,7 @@ def run(cfg: Config) -> dict:
         pairs.append(label.Pair(p.prompt, a, b, p.source))
         human_a.append(a_is_chosen == human_prefers_chosen)
     judge = make_judge(cfg.judge, cfg.cache or run_dir.out / "judge_cache.sqlite")
-    results = label.label_all(judge, pairs, label.settings_of(cfg), chunk_size=cfg.chunk_size,
+    results = label.label_all(judge, pairs, settings, chunk_size=cfg.chunk_size,
                               max_failed=cfg.max_failed_pairs, progress=cfg.progress)
 
     rows, truth, predicted, soft = [], [], [], []

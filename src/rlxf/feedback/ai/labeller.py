@@ -94,11 +94,14 @@ def judge_pairs(judge: Judge, pairs: Sequence[tuple[str, str, str]], s: JudgeSet
         rationales = judge.generate(prompts, max_tokens=s.rationale_max_tokens, temperature=s.temperature,
                                     n=s.samples, stop=s.template.rationale_stop, seed=s.seed)
         scored = [after_rationale(s.template, p, r) for p, rs in zip(prompts, rationales) for r in rs]
+        owner = [k for k, rs in enumerate(rationales) for _ in rs]  # which prompt each scored text extends
     else:
         rationales = [[] for _ in prompts]
-        scored = prompts
-    per_prompt = len(scored) // len(prompts) if prompts else 0
+        scored, owner = prompts, list(range(len(prompts)))
     verdicts = judge.answer_logprobs(scored, LABELS)
+    by_prompt: list[list] = [[] for _ in prompts]
+    for k, verdict in zip(owner, verdicts):
+        by_prompt[k].append(verdict)
 
     out = []
     for i, principle in enumerate(principles):
@@ -106,7 +109,7 @@ def judge_pairs(judge: Judge, pairs: Sequence[tuple[str, str, str]], s: JudgeSet
         methods, reasons, unparsed = [], [], []
         for o in range(len(orders)):
             k = i * len(orders) + o
-            samples = verdicts[k * per_prompt:(k + 1) * per_prompt]
+            samples = by_prompt[k]
             methods += [v.method for v in samples]
             reasons += rationales[k]
             unparsed += [v.text for v in samples if v.method == "unparseable"]

@@ -1,0 +1,417 @@
+"""Side-by-side: the same prompts answered by two models, with their scores (``rlxf sxs``).
+
+    rlxf sxs model_a=runs/sft/final model_b=runs/ppo/final prompts=heldout.jsonl \\
+        reward_model=runs/reward/final gold=rlxf.tinyworld.evaluate:gold_totals \\
+        name_a=sft name_b=ppo out=runs/sxs
+    rlxf sxs data=answers.jsonl column_a=sft column_b=ppo out=runs/sxs
+
+Answers come either from two models, each sampling one answer per prompt of an
+eval prompt file (:func:`rlxf.models.generation.generate`, same seed for both), or
+from a JSONL/JSON/Parquet file with a prompt column and two answer columns (answers
+read from a file count as ended, unless a boolean column ``<column>_ended`` says
+otherwise). Each answer is scored by the reward model and by the ``gold`` function
+when they are configured.
+
+Output in ``out``: ``sxs.csv`` and ``sxs.html`` (the table; model output is text,
+always HTML-escaped), ``summary.json`` (per score: means and win rates, ties counted
+half) and ``config.yaml``; the first rows are printed as a table on the terminal.
+
+:func:`side_by_side` builds the same table from answers already in memory (the
+pipeline calls it); :class:`AnswersConfig` and :func:`collect_answers` are shared
+with ``rlxf autosxs``.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from rlxf.data.records import Prompt
+from rlxf.errors import ConfigError, DataError
+from rlxf.models.loading import DType
+from rlxf.runs import Run, Timer
+
+log = logging.getLogger("rlxf")
+
+Scorer = Callable[[list, list[str], list[bool]], list[float]]
+"""``(prompts, answers, ended) -> one float per answer``: PPO's ``reward.function`` shape."""
+
+
+@dataclass(kw_only=True)
+class GenerationConfig:
+    max_new_tokens: int = 64
+    """Longest sampled answer, in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature (0 = greedy decoding)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1 = off)."""
+    separator: str = " "
+    """Text between a plain-text prompt and its answer (as in training)."""
+    batch_size: int = 32
+    """Prompts per generation batch."""
+    seed: int = 0
+    """Sampling seed, the same for both models."""
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    dtype: DType = "float32"
+    """Weight dtype of the two models (and of the reward model)."""
+
+    def validate(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("generation.temperature must be ≥ 0 and generation.top_p in (0, 1]")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("generation.max_new_tokens and generation.batch_size must be ≥ 1")
+
+
+@dataclass(kw_only=True)
+class AnswersConfig:
+    """Where the two answers to each prompt come from: a file, or two models."""
+
+    data: str | None = None
+    """A JSONL/JSON/Parquet file with a prompt column and two answer columns; null samples from model_a/model_b."""
+    prompt_column: str = "prompt"
+    """Column of data holding the prompt (text, or a list of {role, content} messages)."""
+    column_a: str = "answer_a"
+    """Column of data holding answer A."""
+    column_b: str = "answer_b"
+    """Column of data holding answer B."""
+    split: str | None = None
+    """Split to read from a saved HF DatasetDict (data only)."""
+    skip_bad_rows: bool = False
+    """Skip malformed rows of data (counted in the summary) instead of stopping at the first one."""
+    model_a: str | None = None
+    """Model A (e.g. the SFT baseline): a Hugging Face folder or hub id."""
+    model_b: str | None = None
+    """Model B (e.g. the tuned policy)."""
+    prompts: str | None = None
+    """Eval prompts both models answer: any file rlxf.data.load_prompts reads."""
+    name_a: str = "A"
+    """What to call A in tables and reports (e.g. sft)."""
+    name_b: str = "B"
+    """What to call B (e.g. ppo)."""
+    limit: int | None = None
+    """Use only the first this many prompts (or rows of data); null uses all."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """How model_a and model_b sample their answers."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def validate(self) -> None:
+        models = {"model_a": self.model_a, "model_b": self.model_b, "prompts": self.prompts}
+        if self.data is not None and any(models.values()):
+            raise ConfigError("set either data (a file of answers) or model_a, model_b and prompts, not both")
+        if self.data is None and not all(models.values()):
+            missing = [k for k, v in models.items() if not v]
+            raise ConfigError(f"no answers: set data=FILE with two answer columns, or model_a, model_b and "
+                              f"prompts ({', '.join(missing)} missing)")
+        if self.column_a == self.column_b:
+            raise ConfigError(f"column_a and column_b are both '{self.column_a}'")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be ≥ 1 or null, got {self.limit}")
+
+
+@dataclass(kw_only=True)
+class Config(AnswersConfig):
+    """``rlxf sxs``: a side-by-side table of two models' answers and their scores."""
+
+    out: str
+    """Output directory (sxs.csv, sxs.html, summary.json, config.yaml)."""
+    reward_model: str | None = None
+    """Reward model directory (the final/ of rlxf reward) that scores both answers; null: no reward column."""
+    reward_max_length: int = 512
+    """Tokens of prompt + answer the reward model reads."""
+    gold: str | None = None
+    """A gold score 'module:function(prompts, answers, ended) -> list[float]' (rlxf.tinyworld.evaluate:gold_totals)."""
+    show_rows: int = 10
+    """Rows printed on the terminal (all rows go to the files)."""
+    cell_width: int = 48
+    """Characters per terminal cell before it is cut with '…'."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.gold is not None and ":" not in self.gold:
+            raise ConfigError(f"gold must be 'module:function', got {self.gold!r}")
+        if self.show_rows < 0 or self.cell_width < 8:
+            raise ConfigError("show_rows must be ≥ 0 and cell_width ≥ 8")
+
+
+@dataclass
+class Answers:
+    """Two answers per prompt. ``extra`` holds other requested columns of the input
+    file; ``lines`` the row's line in it (for error messages), both empty for sampled answers."""
+
+    prompts: list[Prompt]
+    a: list[str]
+    b: list[str]
+    ended_a: list[bool]
+    ended_b: list[bool]
+    extra: dict[str, list] = field(default_factory=dict)
+    lines: list[int] = field(default_factory=list)
+    source: str = ""
+    skipped: int = 0
+
+
+def run(cfg: Config) -> dict:
+    """Collect the answers, score them, write sxs.csv/sxs.html/summary.json, print the first rows."""
+    run_dir = Run.open(cfg.out, cfg)
+    if run_dir.complete:
+        log.info("%s is already complete; delete it to compare again", run_dir.out)
+        return run_dir.summary()
+    timer = Timer()
+    answers = collect_answers(cfg)
+    scorers: dict[str, Scorer] = {}
+    if cfg.reward_model:
+        scorers["reward"] = reward_scorer(cfg.reward_model, device=cfg.generation.device,
+                                          dtype=cfg.generation.dtype, separator=cfg.generation.separator,
+                                          max_length=cfg.reward_max_length)
+    if cfg.gold:
+        scorers["gold"] = import_scorer(cfg.gold)
+    table = side_by_side(answers.prompts, answers.a, answers.b, ended_a=answers.ended_a, ended_b=answers.ended_b,
+                         scorers=scorers, name_a=cfg.name_a, name_b=cfg.name_b)
+    table.to_csv(run_dir.out / "sxs.csv", index=False)
+    (run_dir.out / "sxs.html").write_text(to_html(table, title=f"Side by side: {cfg.name_a} vs {cfg.name_b}"))
+    print_table(table, rows=cfg.show_rows, width=cfg.cell_width)
+    summary = {"command": "sxs", "source": answers.source, "skipped_rows": answers.skipped,
+               "name_a": cfg.name_a, "name_b": cfg.name_b,
+               **summarise(table), "table": str(run_dir.out / "sxs.csv"), "seconds": timer.elapsed()}
+    run_dir.write_summary(summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- answers
+
+def collect_answers(cfg: AnswersConfig, *, extra_columns: Sequence[str] = ()) -> Answers:
+    """The answers ``cfg`` describes: read from ``cfg.data``, or sampled from the two models."""
+    if cfg.data is not None:
+        return read_answers(cfg.data, prompt_column=cfg.prompt_column, column_a=cfg.column_a,
+                            column_b=cfg.column_b, extra_columns=extra_columns, limit=cfg.limit, split=cfg.split,
+                            skip_bad=cfg.skip_bad_rows)
+    from rlxf.data.formats import load_prompts
+
+    prompts = list(load_prompts(cfg.prompts))[:cfg.limit]
+    if not prompts:
+        raise DataError("holds no prompts", path=cfg.prompts)
+    a, ended_a = sample_answers(cfg.model_a, prompts, cfg.generation, progress=cfg.progress)
+    b, ended_b = sample_answers(cfg.model_b, prompts, cfg.generation, progress=cfg.progress)
+    return Answers(prompts, a, b, ended_a, ended_b, source=f"{cfg.model_a} vs {cfg.model_b} on {cfg.prompts}")
+
+
+def read_answers(path: str, *, prompt_column: str = "prompt", column_a: str = "answer_a",
+                 column_b: str = "answer_b", extra_columns: Sequence[str] = (), limit: int | None = None,
+                 split: str | None = None, skip_bad: bool = False) -> Answers:
+    """Rows of ``path`` with a prompt and two text answers. A bad row raises a
+    :class:`DataError` naming its line and field (or, with ``skip_bad``, is counted in
+    ``skipped``). Missing extra columns read as None."""
+    from rlxf.data.readers import iter_rows
+
+    out = Answers([], [], [], [], [], {c: [] for c in extra_columns}, source=str(path))
+    for line, row in iter_rows(path, split=split):
+        if limit is not None and len(out.a) >= limit:
+            break
+        try:
+            if isinstance(row, DataError):
+                raise row
+            prompt = _prompt(row.get(prompt_column), path, line, prompt_column)
+            a, ended_a = _answer(row, column_a, path, line)
+            b, ended_b = _answer(row, column_b, path, line)
+        except DataError:
+            if not skip_bad:
+                raise
+            out.skipped += 1
+            continue
+        for target, value in ((out.prompts, prompt), (out.a, a), (out.b, b), (out.ended_a, ended_a),
+                              (out.ended_b, ended_b), (out.lines, line)):
+            target.append(value)
+        for column in extra_columns:
+            out.extra[column].append(row.get(column))
+    if not out.a:
+        raise DataError("holds no rows with a prompt and two answers", path=str(path))
+    return out
+
+
+def _answer(row: dict, column: str, path, line: int) -> tuple[str, bool]:
+    value, ended = row.get(column), row.get(f"{column}_ended", True)
+    if not isinstance(value, str):
+        raise DataError(f"must be the answer text, got {_kind(value)}", path=str(path), line=line, field=column)
+    if not isinstance(ended, bool):
+        raise DataError(f"must be true or false, got {ended!r}", path=str(path), line=line, field=f"{column}_ended")
+    return value, ended
+
+
+def sample_answers(model_path: str, prompts: list[Prompt], gen: GenerationConfig, *,
+                   progress: bool = False) -> tuple[list[str], list[bool]]:
+    """One answer per prompt from the model at ``model_path``, and whether each ended (EOS)."""
+    import torch
+
+    from rlxf.models.generation import generate
+    from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
+    from rlxf.training import resolve_device
+
+    model = load_causal_lm(ModelConfig(name_or_path=model_path, dtype=gen.dtype))
+    model.to(resolve_device(gen.device))
+    tokenizer = load_tokenizer(model_path)
+    log.info("sampling %d answers from %s", len(prompts), model_path)
+    gens = generate(model, tokenizer, prompts, max_new_tokens=gen.max_new_tokens,
+                    temperature=max(gen.temperature, 1e-5), top_p=gen.top_p, greedy=gen.temperature == 0,
+                    batch_size=gen.batch_size, separator=gen.separator, seed=gen.seed, progress=progress)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return [g.text for g in gens], [g.ended for g in gens]
+
+
+def _prompt(value, path, line: int, column: str) -> Prompt:
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m
+                                                 for m in value):
+        return tuple(value)
+    raise DataError(f"must be text or a list of {{role, content}} messages, got {_kind(value)}", path=str(path),
+                    line=line, field=column)
+
+
+def _kind(value) -> str:
+    return "nothing (the column is missing)" if value is None else type(value).__name__
+
+
+# ----------------------------------------------------------------------------- scores
+
+def reward_scorer(path: str, *, device: str = "auto", dtype: DType = "float32", batch_size: int = 32,
+                  separator: str = " ", max_length: int = 512) -> Scorer:
+    """A :data:`Scorer` giving the reward model's normalised score (rlxf.models.reward)."""
+    from rlxf.models.loading import load_tokenizer
+    from rlxf.models.reward import load_reward_model, score_texts
+    from rlxf.training import resolve_device
+
+    model = load_reward_model(path, dtype=dtype).to(resolve_device(device))
+    tokenizer = load_tokenizer(path)
+
+    def score(prompts: list, answers: list[str], ended: list[bool]) -> list[float]:
+        return score_texts(model, tokenizer, prompts, answers, batch_size=batch_size, separator=separator,
+                           ended=ended, max_length=max_length)
+
+    return score
+
+
+def import_scorer(target: str) -> Scorer:
+    """The function ``'module:function'`` names (e.g. ``rlxf.tinyworld.evaluate:gold_totals``)."""
+    module, _, name = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"cannot import '{target}': {err}") from None
+
+
+# ----------------------------------------------------------------------------- the table
+
+def side_by_side(prompts: Sequence[Prompt], answers_a: Sequence[str], answers_b: Sequence[str], *,
+                 ended_a: Sequence[bool] | None = None, ended_b: Sequence[bool] | None = None,
+                 scorers: dict[str, Scorer] | None = None, name_a: str = "A", name_b: str = "B"):
+    """The side-by-side table as a pandas DataFrame, one row per prompt.
+
+    Columns: ``prompt`` (a conversation rendered as ``Role: content`` lines),
+    ``answer_a``, ``answer_b``, and for each scorer ``NAME`` (e.g. ``reward``,
+    ``gold``) ``NAME_a`` and ``NAME_b``; with ``ended_*`` given, also ``ended_a`` and
+    ``ended_b``. Scorers see the original prompts and the ``ended`` flags (all True
+    when not given). ``name_a``/``name_b`` are kept in ``frame.attrs`` for display.
+    """
+    import pandas as pd
+
+    from rlxf.feedback.ai.templates import context_text
+
+    n = len(prompts)
+    if not (len(answers_a) == len(answers_b) == n):
+        raise ValueError(f"{n} prompts but {len(answers_a)} A answers and {len(answers_b)} B answers")
+    flags_a = list(ended_a) if ended_a is not None else [True] * n
+    flags_b = list(ended_b) if ended_b is not None else [True] * n
+    columns = {"prompt": [context_text(p) if not isinstance(p, str) else p for p in prompts],
+               "answer_a": list(answers_a), "answer_b": list(answers_b)}
+    if ended_a is not None or ended_b is not None:
+        columns.update(ended_a=flags_a, ended_b=flags_b)
+    for name, scorer in (scorers or {}).items():
+        columns[f"{name}_a"] = [float(v) for v in scorer(list(prompts), list(answers_a), flags_a)]
+        columns[f"{name}_b"] = [float(v) for v in scorer(list(prompts), list(answers_b), flags_b)]
+    frame = pd.DataFrame(columns)
+    frame.attrs.update(name_a=name_a, name_b=name_b)
+    return frame
+
+
+def score_names(frame) -> list[str]:
+    """The scores in a side-by-side table: ``NAME`` for every ``NAME_a``/``NAME_b`` column pair."""
+    return [c[:-2] for c in frame.columns
+            if c.endswith("_a") and c not in ("answer_a", "ended_a") and f"{c[:-2]}_b" in frame.columns]
+
+
+def summarise(frame) -> dict:
+    """Per score: mean of A and B, and the win rates of A and B (higher score wins, ties
+    count half; rows where either score is NaN are left out)."""
+    out: dict = {"rows": len(frame), "scores": {}}
+    for name in score_names(frame):
+        pairs = [(a, b) for a, b in zip(frame[f"{name}_a"], frame[f"{name}_b"])
+                 if not (math.isnan(a) or math.isnan(b))]
+        if not pairs:
+            out["scores"][name] = {"n": 0}
+            continue
+        wins_b = sum(1.0 if b > a else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+        out["scores"][name] = {"n": len(pairs), "mean_a": sum(a for a, _ in pairs) / len(pairs),
+                               "mean_b": sum(b for _, b in pairs) / len(pairs),
+                               "win_rate_a": 1.0 - wins_b, "win_rate_b": wins_b}
+    return out
+
+
+def display_columns(frame) -> dict[str, str]:
+    """Column name → header shown to people (A and B replaced by their names)."""
+    a, b = frame.attrs.get("name_a", "A"), frame.attrs.get("name_b", "B")
+    heads = {"prompt": "prompt", "answer_a": f"answer of {a}", "answer_b": f"answer of {b}",
+             "ended_a": f"{a} ended", "ended_b": f"{b} ended"}
+    for name in score_names(frame):
+        heads[f"{name}_a"], heads[f"{name}_b"] = f"{name} ({a})", f"{name} ({b})"
+    return {c: heads.get(c, c) for c in frame.columns}
+
+
+def to_html(frame, *, title: str = "Side by side") -> str:
+    """A standalone HTML page holding the table. Every cell is HTML-escaped: model
+    output is shown as text, never interpreted."""
+    table = frame.rename(columns=display_columns(frame)).to_html(
+        index=False, escape=True, na_rep="", float_format=lambda v: f"{v:.3f}", classes="sxs", border=0)
+    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style></head>\n"
+            f"<body><h1>{html.escape(title)}</h1>\n{table}\n</body></html>\n")
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+        "table.sxs{border-collapse:collapse;width:100%}"
+        "table.sxs th,table.sxs td{border:1px solid #ccc;padding:.4em;vertical-align:top;text-align:left;"
+        "white-space:pre-wrap;word-break:break-word}"
+        "table.sxs th{background:#f0f0f0}")
+
+
+def print_table(frame, *, rows: int = 10, width: int = 48, console=None) -> None:
+    """The first ``rows`` rows as a rich table on stderr, cells cut to ``width``
+    characters. Cells are plain :class:`rich.text.Text`, so ``[bold]`` in an answer is
+    shown, not interpreted."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or Console(stderr=True)
+    heads = display_columns(frame)
+    shown = [c for c in frame.columns if not c.startswith("ended_")]
+    table = Table(title=f"side by side: first {min(rows, len(frame))} of {len(frame)} prompts", show_lines=True)
+    for c in shown:
+        numeric = frame[c].dtype.kind in "fi"
+        table.add_column(heads[c], justify="right" if numeric else "left")
+    for _, row in frame.head(rows).iterrows():
+        table.add_row(*(Text(_cell(row[c], width)) for c in shown))
+    console.print(table)
+
+
+def _cell(value, width: int) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.3f}"
+    text = " ⏎ ".join(str(value).splitlines())
+    return text if len(text) <= width else text[:width - 1] + "…"

@@ -1,0 +1,606 @@
+"""PPO with a KL penalty and a pre-training mix: InstructGPT's RL stage (`rlxf ppo`).
+
+Maximises, per InstructGPT (arXiv 2203.02155) eq. 2,
+
+    E_{x~D, y~π}[ r(x, y) − β · log(π(y|x) / π_SFT(y|x)) ] + γ · E_{x~D_pretrain}[ log π(x) ]
+
+One *step* is: sample a batch of answers from the policy (a rollout), score them with
+the reward model, spread a per-token KL penalty against the frozen reference model
+over the tokens (score added at the last one), estimate advantages with GAE, then
+run several epochs of clipped-PPO updates over shuffled minibatches (PPO, arXiv
+1707.06347, eq. 7) — with a language-modelling loss on pre-training text mixed in
+when γ > 0 (PPO-ptx). The implementation follows "The N implementation details of
+RLHF with PPO" (Huang et al. 2024): the value function starts as a copy of the
+reward model, dropout is off, log-probs use the sampling temperature, answers are
+cut at EOS and answers that never end are penalised.
+
+With LoRA, the policy is the SFT model plus an adapter and the reference is the same
+model with the adapter switched off; the value function is likewise an adapter on
+the reward model, which scores with its adapter off — one copy of each base model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import resource
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+
+from rlxf.data.tokenize import IGNORE, collate, prompt_text, tokenize_demonstrations
+from rlxf.errors import ConfigError
+from rlxf.models import reward as rm
+from rlxf.models.loading import ModelConfig, add_lora, load_causal_lm, load_tokenizer, save_model
+from rlxf.progress import progress
+from rlxf.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_k1, kl_k3,
+                     logprobs_from_logits, masked_mean, masked_whiten, penalised_rewards, policy_loss, value_loss)
+from rlxf.runs import Run, Timer
+from rlxf.training import (TrainConfig, full_batch_indices, load_checkpoint, make_optimizer, resolve_device,
+                           save_checkpoint, seed_everything)
+
+log = logging.getLogger("rlxf")
+
+
+@dataclass(kw_only=True)
+class RolloutConfig:
+    prompts: str
+    """Prompts to sample answers for: any file rlxf.data.load_prompts reads."""
+    batch_size: int = 64
+    """Answers sampled per PPO step."""
+    max_prompt_length: int = 256
+    """Prompts longer than this lose tokens from their start."""
+    max_new_tokens: int = 64
+    """Longest answer; an answer that reaches it without EOS never ended."""
+    temperature: float = 1.0
+    """Sampling temperature, also applied to the logits when computing log-probs."""
+    separator: str = " "
+    """Text between a plain-text prompt and its answer (as in SFT)."""
+
+    def validate(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"rollout.temperature must be > 0, got {self.temperature}")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("rollout.batch_size and rollout.max_new_tokens must be ≥ 1")
+
+
+@dataclass(kw_only=True)
+class RewardConfig:
+    model: str | None = None
+    """Reward model directory (the final/ of `rlxf reward`); its normalisation is applied."""
+    function: str | None = None
+    """Instead of a model: 'module:function(prompts, answers, ended) -> list[float]' (rules, an AI judge, an oracle)."""
+    value_model: str | None = None
+    """Where the value function starts; null = the reward model (needed with reward.function)."""
+    max_length: int = 512
+    """Tokens of prompt + answer the reward model reads."""
+    missing_eos_penalty: float | None = 1.0
+    """Subtracted from the score of an answer that never emitted EOS; null disables."""
+    whiten: bool = False
+    """Whiten the per-token rewards each step (variance only; the mean is kept)."""
+
+    def validate(self) -> None:
+        if (self.model is None) == (self.function is None):
+            raise ConfigError("set exactly one of reward.model (a reward model) and reward.function ('module:fn')")
+        if self.function is not None and ":" not in self.function:
+            raise ConfigError(f"reward.function must be 'module:function', got {self.function!r}")
+        if self.function is not None and self.value_model is None:
+            raise ConfigError("reward.function needs reward.value_model: a causal LM or reward model "
+                              "to start the value function from (e.g. the policy's path)")
+
+
+@dataclass(kw_only=True)
+class KLConfig:
+    coef: float = 0.05
+    """β: weight of the per-token KL penalty against the reference model (initial value if adaptive)."""
+    estimator: Literal["k1", "k3"] = "k1"
+    """Per-token KL estimator: k1 = log π − log π_ref (unbiased), k3 = (r − 1) − log r (non-negative)."""
+    adaptive: bool = False
+    """Adapt β to keep the KL near target (Ziegler et al. 2019)."""
+    target: float = 6.0
+    """Target KL per answer (nats) for the adaptive controller."""
+    horizon: int = 10000
+    """Adaptive controller horizon, in answers."""
+
+    def validate(self) -> None:
+        if self.coef < 0:
+            raise ConfigError(f"kl.coef must be ≥ 0, got {self.coef}")
+        if self.adaptive and (self.target <= 0 or self.horizon < 1):
+            raise ConfigError("kl.target must be > 0 and kl.horizon ≥ 1 with kl.adaptive=true")
+
+
+@dataclass(kw_only=True)
+class PtxConfig:
+    coef: float = 0.0
+    """γ: weight of the language-modelling loss on pre-training text (0 = plain PPO)."""
+    data: str | None = None
+    """Pre-training text ({text} rows) or demonstrations for the PPO-ptx loss."""
+    batch_size: int = 8
+    """Sequences of pre-training text per PPO minibatch."""
+    max_length: int = 256
+    """Tokens per pre-training sequence."""
+
+    def validate(self) -> None:
+        if self.coef < 0:
+            raise ConfigError(f"ptx.coef must be ≥ 0, got {self.coef}")
+        if self.coef > 0 and not self.data:
+            raise ConfigError("ptx.coef > 0 needs ptx.data (pre-training text or demonstrations)")
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    prompts: str | None = None
+    """Held-out prompts scored every eval_every steps and at the end; null skips."""
+    n: int = 128
+    """How many held-out prompts to use."""
+    lm_data: str | None = None
+    """Held-out pre-training text whose LM loss is tracked (to see what PPO-ptx preserves)."""
+
+
+@dataclass(kw_only=True)
+class Config(TrainConfig):
+    """``rlxf ppo``: RLHF with PPO against a reward model."""
+
+    model: ModelConfig
+    """The policy to tune (usually the SFT model); it is also the frozen reference."""
+    rollout: RolloutConfig
+    """How answers are sampled."""
+    reward: RewardConfig
+    """The reward model and how its score is shaped."""
+    kl: KLConfig = field(default_factory=KLConfig)
+    """The KL penalty against the reference (SFT) model."""
+    ptx: PtxConfig = field(default_factory=PtxConfig)
+    """PPO-ptx: the pre-training language-modelling loss mixed into each update."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out evaluation during training."""
+    lr: float = 1e-5
+    """Peak learning rate of the policy (AdamW)."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    """Learning-rate decay after warm-up."""
+    batch_size: int = 16
+    """Answers per PPO minibatch (one forward/backward)."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch."""
+    clip_range: float = 0.2
+    """ε of the clipped policy ratio."""
+    value_clip_range: float = 0.2
+    """ε of the clipped value update."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    value_lr_multiplier: float = 1.0
+    """The value function's learning rate is lr × this."""
+    gamma: float = 1.0
+    """GAE discount γ."""
+    lam: float = 0.95
+    """GAE λ."""
+    whiten_advantages: bool = True
+    """Normalise advantages to mean 0, std 1 over each rollout batch."""
+    track: dict[str, str] = field(default_factory=dict)
+    """Extra scores to log but not optimise, name → 'module:function(prompts, answers, ended) -> list[float]'."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.clip_range < 1 or self.value_clip_range <= 0:
+            raise ConfigError("clip_range must be in (0, 1) and value_clip_range > 0")
+        if not 0 <= self.lam <= 1 or not 0 <= self.gamma <= 1:
+            raise ConfigError("gamma and lam must be in [0, 1]")
+        if self.batch_size > self.rollout.batch_size:
+            raise ConfigError(f"batch_size ({self.batch_size}) is a minibatch of one rollout and cannot exceed "
+                              f"rollout.batch_size ({self.rollout.batch_size})")
+        for name, target in self.track.items():
+            if ":" not in target:
+                raise ConfigError(f"track.{name} must be 'module:function', got {target!r}")
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled answers and everything PPO needs about them.
+
+    B answers; P prompt tokens (left-padded); R answer tokens (right-padded after EOS).
+    """
+
+    query: torch.Tensor  # (B, P) prompt ids, left-padded
+    response: torch.Tensor  # (B, R) sampled ids, pad after EOS
+    attention_mask: torch.Tensor  # (B, P+R) 1 on real prompt and answer tokens
+    mask: torch.Tensor  # (B, R) 1 on real answer tokens, EOS included
+    ended: torch.Tensor  # (B,) True where the answer emitted EOS
+    logp: torch.Tensor  # (B, R) log π_old of each answer token (temperature applied)
+    ref_logp: torch.Tensor  # (B, R) log π_ref of each answer token
+    values: torch.Tensor  # (B, R) V_old before each answer token
+    score: torch.Tensor  # (B,) reward-model score, EOS penalty included
+    kl: torch.Tensor  # (B, R) per-token KL estimate
+    rewards: torch.Tensor  # (B, R) −β·kl per token, + score at the last token
+    advantages: torch.Tensor  # (B, R)
+    returns: torch.Tensor  # (B, R)
+    texts: list[str]  # the B answers, decoded
+    prompts: list  # the B prompts
+
+
+class PPO:
+    """The models, optimiser and state of one PPO run; :meth:`step` is one PPO step."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, revision=cfg.model.revision,
+                                        trust_remote_code=cfg.model.trust_remote_code, padding_side="left")
+        lora = cfg.model.lora.enabled
+        policy = load_causal_lm(cfg.model)
+        self.policy = add_lora(policy, cfg.model.lora) if lora else policy
+        # LoRA: the reference is the policy with its adapter off; else a frozen copy
+        self.ref = None if lora else _frozen(load_causal_lm(cfg.model))
+        value_path = cfg.reward.value_model or cfg.reward.model
+        value = rm.init_reward_model(ModelConfig(name_or_path=value_path, dtype=cfg.model.dtype))
+        # LoRA with a reward model: the value function is an adapter on it, and the
+        # reward model is the same weights with the adapter off
+        self.shared_reward = lora and cfg.reward.model is not None and value_path == cfg.reward.model
+        self.value = rm.add_reward_lora(value, cfg.model.lora) if self.shared_reward else value
+        self.reward = None
+        if cfg.reward.model is not None and not self.shared_reward:
+            self.reward = _frozen(rm.load_reward_model(cfg.reward.model, dtype=cfg.model.dtype))
+        self.reward_fn = _import(cfg.reward.function) if cfg.reward.function else None
+        self.rm_tokenizer = load_tokenizer(cfg.reward.model) if cfg.reward.model else self.tokenizer
+        if load_tokenizer(value_path).get_vocab() != self.tokenizer.get_vocab():
+            raise ConfigError(f"the value function starts from {value_path}, whose tokenizer differs from the "
+                              "policy's; it must read the policy's tokens")
+        for m in (self.policy, self.value, self.ref, self.reward):
+            if m is not None:
+                m.to(device)
+        from rlxf.models.loading import disable_dropout
+
+        disable_dropout(self.policy)
+        self.kl_ctl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
+                       else FixedKLController(cfg.kl.coef))
+        self.kl_estimator = kl_k3 if cfg.kl.estimator == "k3" else kl_k1
+        self.track = {name: _import(target) for name, target in cfg.track.items()}
+        self.ptx = _ptx_examples(cfg, self.tokenizer) if cfg.ptx.coef > 0 else []
+        self.ptx_used = 0  # pre-training batches consumed: where the ptx stream resumes
+        self.ptx_batches = full_batch_indices(len(self.ptx), cfg.ptx.batch_size, cfg.seed + 1) if self.ptx else None
+
+    # -- rollout ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def rollout(self, prompts: list) -> Rollout:
+        cfg, tok = self.cfg, self.tokenizer
+        query, query_mask = _left_pad([self._encode_prompt(p) for p in prompts], tok.pad_token_id)  # (B, P) each
+        query, query_mask = query.to(self.device), query_mask.to(self.device)
+        self.policy.eval()
+        seqs = self.policy.generate(input_ids=query, attention_mask=query_mask, do_sample=True, top_k=0, top_p=1.0,
+                                    temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        response = seqs[:, query.shape[1]:]  # (B, R)
+        mask, ended = _truncate_at_eos(response, tok.eos_token_id)  # (B, R), (B,)
+        response = response.masked_fill(mask == 0, tok.pad_token_id)
+        attention_mask = torch.cat([query_mask, mask], dim=1)  # (B, P+R)
+
+        logits = self._logits(self.policy, query, response, attention_mask)  # (B, R, V)
+        logp = logprobs_from_logits(logits, response)  # (B, R)
+        del logits
+        ref_logp = logprobs_from_logits(self._ref_logits(query, response, attention_mask), response)  # (B, R)
+        values = self._values(query, response, attention_mask)  # (B, R)
+        texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(response, mask)]
+        texts = [_strip_separator(t, p, tok, cfg.rollout.separator) for t, p in zip(texts, prompts)]
+        score = self._score(prompts, texts, ended.tolist())  # (B,)
+        if cfg.reward.missing_eos_penalty is not None:
+            score = score - cfg.reward.missing_eos_penalty * (~ended).float()
+        rewards, kl = penalised_rewards(score, logp, ref_logp, mask.float(), self.kl_ctl.value, self.kl_estimator)
+        if cfg.reward.whiten:
+            rewards = masked_whiten(rewards, mask.float(), shift_mean=False)
+        advantages, returns = gae(rewards, values, mask.float(), cfg.gamma, cfg.lam)  # (B, R) each
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask.float())
+        return Rollout(query, response, attention_mask, mask.float(), ended, logp, ref_logp, values, score, kl,
+                       rewards, advantages, returns, texts, list(prompts))
+
+    def _encode_prompt(self, prompt) -> list[int]:
+        text, _ = prompt_text(prompt, self.tokenizer, self.cfg.rollout.separator)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[-self.cfg.rollout.max_prompt_length:]
+
+    def _logits(self, model, query, response, attention_mask) -> torch.Tensor:
+        """Logits predicting each answer token, divided by the sampling temperature: (B, R, V)."""
+        seq = torch.cat([query, response], dim=1)  # (B, P+R)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P+R)
+        logits = model(input_ids=seq, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False).logits  # (B, P+R, V)
+        return logits[:, query.shape[1] - 1:-1].float() / self.cfg.rollout.temperature
+
+    def _ref_logits(self, query, response, attention_mask) -> torch.Tensor:
+        if self.ref is not None:
+            return self._logits(self.ref, query, response, attention_mask)
+        with self.policy.disable_adapter():
+            return self._logits(self.policy, query, response, attention_mask)
+
+    def _values(self, query, response, attention_mask) -> torch.Tensor:
+        """V before each answer token, read at the position that predicts it: (B, R)."""
+        seq = torch.cat([query, response], dim=1)
+        values = rm.token_values(self.value, seq, attention_mask)  # (B, P+R)
+        return values[:, query.shape[1] - 1:-1]
+
+    def _score(self, prompts, texts, ended) -> torch.Tensor:
+        if self.reward_fn is not None:
+            return torch.tensor(self.reward_fn(prompts, texts, ended), dtype=torch.float, device=self.device)
+        kwargs = dict(batch_size=self.cfg.rollout.batch_size, separator=self.cfg.rollout.separator, ended=ended,
+                      max_length=self.cfg.reward.max_length)
+        if self.shared_reward:
+            with self.value.disable_adapter():
+                scores = rm.score_texts(self.value, self.rm_tokenizer, prompts, texts, **kwargs)
+        else:
+            scores = rm.score_texts(self.reward, self.rm_tokenizer, prompts, texts, **kwargs)
+        return torch.tensor(scores, device=self.device)
+
+    # -- update -------------------------------------------------------------------------
+
+    def update(self, ro: Rollout, optimizer, scheduler) -> dict[str, float]:
+        """``ppo_epochs`` passes of clipped PPO over shuffled minibatches of ``ro``."""
+        cfg = self.cfg
+        self.policy.train()
+        self.value.train()
+        stats: dict[str, list[float]] = {}
+        n = ro.query.shape[0]
+        for _ in range(cfg.ppo_epochs):
+            for idx in torch.randperm(n).split(cfg.batch_size):
+                logits = self._logits(self.policy, ro.query[idx], ro.response[idx], ro.attention_mask[idx])
+                logp = logprobs_from_logits(logits, ro.response[idx])  # (b, R)
+                mask = ro.mask[idx]
+                pg = policy_loss(logp, ro.logp[idx], ro.advantages[idx], mask, cfg.clip_range)
+                values = self._values(ro.query[idx], ro.response[idx], ro.attention_mask[idx])  # (b, R)
+                vf = value_loss(values, ro.values[idx], ro.returns[idx], mask, cfg.value_clip_range)
+                loss = pg.loss + cfg.vf_coef * vf.loss
+                if self.ptx:
+                    ptx_loss = self._ptx_loss()
+                    loss = loss + cfg.ptx.coef * ptx_loss
+                    _add(stats, "ptx_loss", ptx_loss.item())
+                loss.backward()
+                grad_norm = _clip_grad(optimizer, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    entropy = masked_mean(entropy_from_logits(logits), mask)
+                for key, value in (("policy_loss", pg.loss), ("value_loss", vf.loss), ("clip_frac", pg.clip_frac),
+                                   ("value_clip_frac", vf.clip_frac), ("approx_kl", pg.approx_kl),
+                                   ("entropy", entropy), ("grad_norm", grad_norm)):
+                    _add(stats, key, float(value.detach()) if torch.is_tensor(value) else value)
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def _ptx_loss(self) -> torch.Tensor:
+        """Mean next-token NLL on one batch of pre-training text (the γ term of eq. 2)."""
+        batch = collate([self.ptx[i] for i in next(self.ptx_batches)], self.tokenizer.pad_token_id)
+        self.ptx_used += 1
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        logits = self.policy(**batch, use_cache=False).logits[:, :-1]  # (b, T-1, V)
+        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
+                                                 labels[:, 1:].reshape(-1), ignore_index=IGNORE)
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def trainable_modules(self) -> tuple[torch.nn.Module, ...]:
+        return (self.policy, self.value)
+
+    def parameter_groups(self, cfg: Config) -> list[dict]:
+        return [{"params": [p for p in self.policy.parameters() if p.requires_grad]},
+                {"params": [p for p in self.value.parameters() if p.requires_grad],
+                 "lr": cfg.lr * cfg.value_lr_multiplier}]
+
+    def rollout_stats(self, ro: Rollout) -> dict[str, float]:
+        non_score = (ro.rewards - _at_last(ro.score, ro.mask)).mul(ro.mask).sum(1)  # (B,) −β·KL summed
+        stats = {
+            "score": ro.score.mean().item(),
+            "kl": (ro.kl * ro.mask).sum(1).mean().item(),
+            "non_score_reward": non_score.mean().item(),
+            "reward": (ro.score + non_score).mean().item(),
+            "response_length": ro.mask.sum(1).mean().item(),
+            "eos_rate": ro.ended.float().mean().item(),
+            "kl_coef": self.kl_ctl.value,
+        }
+        for name, fn in self.track.items():
+            values = fn(ro.prompts, ro.texts, ro.ended.tolist())
+            stats[name] = sum(values) / len(values)
+        return stats
+
+
+def run(cfg: Config) -> dict:
+    """Train with PPO; resume from the newest checkpoint of ``cfg.out`` if any."""
+    from rlxf.data.formats import load_prompts
+
+    run_dir = Run.open(cfg.out, cfg)
+    if run_dir.complete:
+        log.info("%s is already complete; delete it to train again", run_dir.out)
+        return run_dir.summary()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    prompts = list(load_prompts(cfg.rollout.prompts))
+    if not prompts:
+        raise ConfigError(f"rollout.prompts ({cfg.rollout.prompts}) holds no prompts")
+    eval_prompts = list(load_prompts(cfg.eval.prompts))[:cfg.eval.n] if cfg.eval.prompts else []
+    ppo = PPO(cfg, device)
+    n_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(prompts) / cfg.rollout.batch_size))
+    updates_per_step = cfg.ppo_epochs * math.ceil(cfg.rollout.batch_size / cfg.batch_size)
+    optimizer, scheduler = make_optimizer(ppo.parameter_groups(cfg), cfg, n_steps * updates_per_step)
+
+    start = 0
+    if (ckpt := run_dir.latest_checkpoint()) is not None:
+        start, extra = load_checkpoint(ckpt, modules=ppo.trainable_modules(), optimizer=optimizer,
+                                       scheduler=scheduler)
+        ppo.kl_ctl.load_state_dict(extra["kl_controller"])
+        if ppo.ptx:
+            ppo.ptx_used = extra["ptx_batches_used"]
+            ppo.ptx_batches = full_batch_indices(len(ppo.ptx), cfg.ptx.batch_size, cfg.seed + 1, start=ppo.ptx_used)
+        log.info("resuming from %s (step %d of %d)", ckpt, start, n_steps)
+    run_dir.truncate_metrics(start)
+
+    batches = full_batch_indices(len(prompts), cfg.rollout.batch_size, cfg.seed, start=start)
+    timer = Timer()
+    bar = progress(range(start, n_steps), desc="ppo", initial=start, total=n_steps, enabled=cfg.progress)
+    last: dict[str, float] = {}
+    for step in bar:
+        ro = ppo.rollout([prompts[i] for i in next(batches)])
+        stats = ppo.rollout_stats(ro)
+        stats.update(ppo.update(ro, optimizer, scheduler))
+        ppo.kl_ctl.update(stats["kl"], cfg.rollout.batch_size)
+        stats["lr"] = scheduler.get_last_lr()[0]
+        done = step + 1
+        bar.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl']:.3f}")
+        if eval_prompts and ((cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps):
+            stats.update(evaluate(ppo, eval_prompts, cfg))
+        if done % cfg.log_every == 0 or done == n_steps or "eval_score" in stats:
+            run_dir.log(done, stats)
+        last = stats
+        if (cfg.save_every and done % cfg.save_every == 0) or done == n_steps:
+            tmp = run_dir.new_checkpoint_dir(done)
+            save_checkpoint(tmp, modules=ppo.trainable_modules(), optimizer=optimizer, scheduler=scheduler,
+                            step=done, extra={"kl_controller": ppo.kl_ctl.state_dict(),
+                                              "ptx_batches_used": ppo.ptx_used})
+            run_dir.commit_checkpoint(tmp, cfg.keep_checkpoints)
+    bar.close()
+
+    save_model(ppo.policy, _plain_tokenizer(ppo.tokenizer), run_dir.final)
+    if cfg.eval.lm_data and "eval_lm_loss" not in last:
+        last.update(evaluate(ppo, [], cfg))
+    rows = run_dir.metrics()
+    tail = rows[-max(1, len(rows) // 10):]  # the last tenth of the logged steps
+    summary = {
+        "stage": "ppo",
+        "steps": n_steps,
+        "resumed_from_step": start,
+        "score.final": _mean(tail, "score"),
+        "kl.final": _mean(tail, "kl"),
+        "reward.final": _mean(tail, "reward"),
+        "eos_rate.final": _mean(tail, "eos_rate"),
+        **{f"{name}.final": _mean(tail, name) for name in cfg.track},
+        **{k: v for k, v in last.items() if k.startswith("eval_")},
+        "memory": {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "parameters_mb": _parameter_mb(ppo.policy, ppo.ref, ppo.value, ppo.reward)},
+        "seconds": timer.elapsed(),
+        "final": str(run_dir.final),
+    }
+    run_dir.write_summary(summary)
+    return summary
+
+
+@torch.no_grad()
+def evaluate(ppo: PPO, prompts: list, cfg: Config) -> dict[str, float]:
+    """Reward-model score (and tracked scores) of sampled answers to held-out prompts;
+    the LM loss on held-out pre-training text when configured."""
+    from rlxf.models.generation import generate
+
+    out: dict[str, float] = {}
+    if prompts:
+        gens = generate(ppo.policy, ppo.tokenizer, prompts, max_new_tokens=cfg.rollout.max_new_tokens,
+                        temperature=cfg.rollout.temperature, separator=cfg.rollout.separator,
+                        batch_size=cfg.rollout.batch_size, seed=cfg.seed + 7)
+        texts, ended = [g.text for g in gens], [g.ended for g in gens]
+        out["eval_score"] = sum(ppo._score(prompts, texts, ended).tolist()) / len(prompts)
+        for name, fn in ppo.track.items():
+            values = fn(prompts, texts, ended)
+            out[f"eval_{name}"] = sum(values) / len(values)
+    if cfg.eval.lm_data:
+        out["eval_lm_loss"] = lm_loss(ppo.policy, ppo.tokenizer, cfg.eval.lm_data, cfg.ptx.max_length, ppo.device)
+    return out
+
+
+def lm_loss(model, tokenizer, path: str, max_length: int, device) -> float:
+    """Mean NLL per token of ``model`` on the text (or demonstrations) at ``path``."""
+    from rlxf.data.formats import load_demonstrations
+    from rlxf.stages.sft import evaluate as sft_evaluate
+
+    examples = tokenize_demonstrations(list(load_demonstrations(path)), tokenizer, max_length=max_length)
+    return sft_evaluate(model, examples, tokenizer.pad_token_id, device, batch_size=16)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _truncate_at_eos(response: torch.Tensor, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask (B, R) of tokens up to and including the first EOS, and whether there was one (B,)."""
+    is_eos = response == eos  # (B, R)
+    ended = is_eos.any(1)  # (B,)
+    first = torch.where(ended, is_eos.float().argmax(1), torch.full_like(ended, response.shape[1], dtype=torch.long))
+    positions = torch.arange(response.shape[1], device=response.device)  # (R,)
+    return (positions[None, :] <= first[:, None]).long(), ended
+
+
+def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and their attention mask, both (B, P)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def _at_last(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``score`` placed at each row's last real token: (B, R)."""
+    out = torch.zeros_like(mask)
+    last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(1)
+    out[torch.arange(mask.shape[0]), last] = score * (mask.sum(1) > 0)
+    return out
+
+
+def _strip_separator(text: str, prompt, tokenizer, separator: str) -> str:
+    sep = prompt_text(prompt, tokenizer, separator)[1]
+    return text.removeprefix(sep) if sep else text
+
+
+def _frozen(model):
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _import(target: str) -> Callable:
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"cannot import '{target}': {err}") from None
+
+
+def _ptx_examples(cfg: Config, tokenizer):
+    from rlxf.data.formats import load_demonstrations
+
+    examples = tokenize_demonstrations(list(load_demonstrations(cfg.ptx.data)), tokenizer,
+                                       max_length=cfg.ptx.max_length, separator=cfg.rollout.separator)
+    if not examples:
+        raise ConfigError(f"ptx.data ({cfg.ptx.data}) holds no text")
+    return examples
+
+
+def _plain_tokenizer(tokenizer):
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _clip_grad(optimizer, max_norm: float | None) -> float:
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if max_norm is None or not params:
+        return 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def _add(stats: dict[str, list[float]], key: str, value: float) -> None:
+    stats.setdefault(key, []).append(value)
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if key in r]
+    return sum(values) / len(values) if values else None
+
+
+def _parameter_mb(*models) -> float:
+    """Megabytes of distinct parameter storage across ``models`` (shared weights counted once)."""
+    seen, total = set(), 0
+    for m in models:
+        if m is None:
+            continue
+        for p in m.parameters():
+            key = p.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += p.untyped_storage().nbytes()
+    return total / 2**20

@@ -1,0 +1,114 @@
+"""`rlxf sxs`: the side-by-side table from a file of answers or from two real (tiny) models."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+from conftest import write_jsonl
+
+from rlxf.config import load_config
+from rlxf.errors import ConfigError, DataError
+from rlxf.evaluate import sxs
+
+XSS = "<script>alert('x')</script>"
+
+
+def answer_length(prompts, answers, ended):
+    """A gold-like scorer for the tests: longer answers score higher; unended ones 0."""
+    return [float(len(a)) if e else 0.0 for a, e in zip(answers, ended)]
+
+
+def test_side_by_side_table_columns_scores_and_summary():
+    prompts = ["say hi", ({"role": "user", "content": "name a bird"},), "add 2 and 2"]
+    table = sxs.side_by_side(prompts, ["hi", "owl", "4"], ["hello", "an owl", "4"], ended_b=[True, False, True],
+                             scorers={"length": answer_length}, name_a="sft", name_b="ppo")
+    assert list(table.columns) == ["prompt", "answer_a", "answer_b", "ended_a", "ended_b", "length_a", "length_b"]
+    assert table["prompt"][1] == "User: name a bird"  # conversations shown as Role: content lines
+    assert table["length_a"].tolist() == [2.0, 3.0, 1.0] and table["length_b"].tolist() == [5.0, 0.0, 1.0]
+    summary = sxs.summarise(table)
+    # B wins row 1, A wins row 2 (B never ended), row 3 ties: B = (1 + 0 + 0.5) / 3
+    assert summary["scores"]["length"] == pytest.approx({"n": 3, "mean_a": 2.0, "mean_b": 2.0,
+                                                         "win_rate_a": 0.5, "win_rate_b": 0.5})
+    assert sxs.display_columns(table)["answer_b"] == "answer of ppo"
+    with pytest.raises(ValueError, match="3 prompts but 2 A answers"):
+        sxs.side_by_side(prompts, ["a", "b"], ["a", "b", "c"])
+
+
+def test_html_escapes_model_output_and_the_terminal_shows_it_as_text():
+    table = sxs.side_by_side(["p <b>"], [XSS], ["[bold]fine[/bold] & done"], name_a="<i>a</i>")
+    page = sxs.to_html(table, title="A <vs> B")
+    assert "<script>" not in page and "&lt;script&gt;alert('x')&lt;/script&gt;" in page
+    assert "<b>" not in page and "<i>" not in page and "<vs>" not in page
+    assert "&amp; done" in page
+    from rich.console import Console
+
+    out = io.StringIO()
+    sxs.print_table(table, width=20, console=Console(file=out, width=200, color_system=None))
+    shown = out.getvalue()
+    assert "[bold]fine[/bold]" in shown  # rich markup in an answer is printed, not applied
+    assert "<script>alert('x')<…" in shown  # cells are cut to 20 characters, the last an ellipsis
+
+
+def test_run_from_a_file_writes_csv_html_and_summary(tmp_path):
+    data = write_jsonl(tmp_path / "answers.jsonl", [
+        {"prompt": "say hi", "sft": "hi", "ppo": "hello there"},
+        {"prompt": "name a bird", "sft": XSS, "ppo": "owl", "ppo_ended": False},
+        {"prompt": "add 2 and 2", "sft": "four", "ppo": "4"},
+    ])
+    cfg = load_config(sxs.Config, None, [f"data={data}", "column_a=sft", "column_b=ppo", "name_a=sft",
+                                         "name_b=ppo", f"gold={__name__}:answer_length", f"out={tmp_path / 'out'}"])
+    summary = sxs.run(cfg)
+    assert summary["rows"] == 3 and summary["scores"]["gold"]["win_rate_b"] == pytest.approx(1 / 3)
+    csv = pd.read_csv(tmp_path / "out" / "sxs.csv", keep_default_na=False)
+    assert csv["answer_a"].tolist() == ["hi", XSS, "four"]  # the CSV keeps the raw text
+    assert csv["ended_b"].tolist() == [True, False, True] and csv["gold_b"].tolist() == [11.0, 0.0, 1.0]
+    page = (tmp_path / "out" / "sxs.html").read_text()
+    assert "<script>" not in page and "gold (ppo)" in page
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["name_b"] == "ppo"
+
+
+def test_bad_rows_name_their_line_and_field(tmp_path):
+    data = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "answer_a": "x", "answer_b": "y"},
+                                              {"prompt": "q", "answer_a": "x"}])
+    with pytest.raises(DataError, match=r"a\.jsonl:2: field 'answer_b': must be the answer text"):
+        sxs.read_answers(str(data))
+    answers = sxs.read_answers(str(data), skip_bad=True)
+    assert (answers.a, answers.skipped) == (["x"], 1)
+
+
+def test_config_needs_one_source_of_answers():
+    with pytest.raises(ConfigError, match="model_b, prompts missing"):
+        load_config(sxs.Config, None, ["out=x", "model_a=m"])
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(sxs.Config, None, ["out=x", "data=d.jsonl", "model_a=m"])
+
+
+def test_run_from_two_models_samples_seeded_answers_and_scores_them(tmp_path, tiny_model_dir, tokenizer):
+    from rlxf.models.loading import ModelConfig
+    from rlxf.models.reward import init_reward_model
+
+    rm = init_reward_model(ModelConfig(name_or_path=str(tiny_model_dir)))
+    rm.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "question : what color is the fox ? answer :"},
+                                                       {"prompt": "say hello to tom ."},
+                                                       {"prompt": "two plus three is"}])
+    args = [f"model_a={tiny_model_dir}", f"model_b={tiny_model_dir}", f"prompts={prompts}",
+            f"reward_model={tmp_path / 'rm'}", "generation.max_new_tokens=6", "generation.device=cpu",
+            "progress=false"]
+    summary = sxs.run(load_config(sxs.Config, None, args + [f"out={tmp_path / 'out'}"]))
+    table = pd.read_csv(tmp_path / "out" / "sxs.csv", keep_default_na=False)
+    assert len(table) == 3 and summary["scores"]["reward"]["n"] == 3
+    # the same model with the same seed writes the same answers, which get the same reward
+    assert table["answer_a"].tolist() == table["answer_b"].tolist()
+    assert table["reward_a"].tolist() == pytest.approx(table["reward_b"].tolist())
+    assert summary["scores"]["reward"]["win_rate_b"] == 0.5  # all ties
+    # a different seed samples different answers
+    from rlxf.data import load_prompts
+
+    other, _ = sxs.sample_answers(str(tiny_model_dir), list(load_prompts(prompts)),
+                                  sxs.GenerationConfig(max_new_tokens=6, device="cpu", seed=1))
+    assert other != table["answer_a"].tolist()

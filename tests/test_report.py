@@ -1,0 +1,102 @@
+"""report.html: what it holds, that it is self-contained, that nothing in it is unescaped,
+and that `rlxf report` finds the stages, the sxs table and the win rates in a pipeline folder."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+import yaml
+from test_evaluate_curves import write_ppo_metrics
+
+from rlxf.config import load_config
+from rlxf.errors import ConfigError
+from rlxf.evaluate import report, sxs
+
+XSS = "<script>alert('x')</script>"
+
+
+def make_run(folder, config: dict, summary: dict | None, metrics=None):
+    """A run directory as the stages leave it."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    if metrics == "ppo":
+        write_ppo_metrics(folder / "metrics.jsonl")
+    elif metrics == "sft":
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 2 / s}) + "\n"
+                                                      for s in range(5, 105, 5)))
+    return folder
+
+
+def make_pipeline(root):
+    """A pipeline OUT: sft, ppo (with gold), an sxs run and an autosxs run, and a headline summary."""
+    make_run(root / "sft", {"model": {"name_or_path": "base"}, "data": {"train": "demos.jsonl"}, "max_steps": 100,
+                            "lr": 1e-3}, {"stage": "sft", "steps": 100, "final_eval_loss": 0.25}, "sft")
+    make_run(root / "ppo", {"model": {"name_or_path": "sft/final"}, "reward": {"model": "rm/final"},
+                            "rollout": {"prompts": "prompts.jsonl"}, "kl": {"coef": 0.05}, "max_steps": 60},
+             {"stage": "ppo", "steps": 60, "score.final": 0.9, "note": XSS}, "ppo")
+    make_run(root / "sxs", {"data": "answers.jsonl"}, {"command": "sxs", "name_a": "sft", "name_b": "ppo",
+                                                        "scores": {"gold": {"n": 2, "mean_a": 0.5, "mean_b": 0.7,
+                                                                            "win_rate_a": 0.25, "win_rate_b": 0.75}}})
+    table = sxs.side_by_side(["say hi", "name a bird"], ["hi", XSS], ["hello!", "owl"],
+                             scorers={"gold": lambda p, a, e: [0.1 * len(x) for x in a]}, name_a="sft", name_b="ppo")
+    table.to_csv(root / "sxs" / "sxs.csv", index=False)
+    make_run(root / "autosxs", {"judge": {"model": "judge"}},
+             {"command": "autosxs", "name_a": "ppo", "name_b": "sft", "judge": "judge@1",
+              "win_rate_a": {"rate": 0.7, "low": 0.6, "high": 0.78, "n": 100, "wins": 65, "ties": 10,
+                             "level": 0.95, "method": "wilson"}})
+    (root / "summary.json").write_text(json.dumps({"win_rate": {"ppo_vs_sft": 0.75}, "gold": {"ppo": 0.7}}))
+    return root
+
+
+def test_report_of_a_pipeline_folder_is_complete_self_contained_and_escaped(tmp_path):
+    root = make_pipeline(tmp_path / "demo")
+    out = report.run(load_config(report.Config, None, [f"runs=[{root}]", f"out={root}"]))
+    assert out["stages"] == ["sft", "ppo"] and out["win_rates"] == 2 and out["sxs_rows"] == 2
+    page = (root / "report.html").read_text()
+    for heading in ("What was trained", "Headline numbers", "Win rates", "Stage: sft", "Stage: ppo", "Side by side",
+                    "How to read this report"):
+        assert f">{heading}</h2>" in page
+    assert "supervised fine-tuning of base on the demonstrations in demos.jsonl for 100 steps" in page
+    assert "win_rate.ppo_vs_sft" in page and "0.75" in page  # headline from the pipeline's summary.json
+    assert "ppo over sft (AI judge)" in page and "60.0% – 78.0% (95%)" in page
+    assert "ppo over sft (gold score)" in page
+    # curves: sft loss, ppo reward/kl/gold/overoptimisation, all embedded PNGs, also written as files
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 5 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert sorted(p.name for p in (root / "curves").iterdir()) == [
+        "01-sft_loss.png", "02-ppo_gold.png", "02-ppo_kl.png", "02-ppo_overoptimisation.png", "02-ppo_reward.png"]
+    assert "reward-hacking" in page  # the ppo curve's diagnosis is written out
+    # self-contained: no scripts, no external URLs, no links out
+    assert "<script" not in page and not re.search(r'(src|href)="(?!data:|#)', page)
+    assert "http://" not in page and "https://" not in page
+    # model output and summary values are escaped text
+    assert page.count("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;") == 2
+
+
+def test_write_report_takes_plain_structures(tmp_path):
+    metrics = write_ppo_metrics(tmp_path / "metrics.jsonl", gold=False)
+    path = report.write_report(
+        tmp_path / "out",
+        [{"name": "ppo", "config": {"model": {"name_or_path": "m"}, "kl": {"coef": 0.1}},
+          "summary": {"stage": "ppo", "steps": 60}, "metrics": metrics},
+         report.Stage("eval only")],
+        win_rates={"tuned over sft": 0.6, "bootstrapped": {"win_rate": 0.55, "ci": [0.5, 0.6], "n": 40}},
+        title="My <run>")
+    page = path.read_text()
+    assert "<title>My &lt;run&gt;</title>" in page
+    assert len(re.findall(r"<img ", page)) == 2  # reward and kl; no gold was logged
+    assert "60.0%" in page and "50.0% – 60.0%" in page
+    assert "No per-step metrics were logged for this stage." in page
+
+
+def test_report_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="nothing to report"):
+        load_config(report.Config, None, ["runs=[]", "out=o"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="not a run directory"):
+        report.run(load_config(report.Config, None, [f"runs=[{tmp_path / 'empty'}]", f"out={tmp_path}"]))
