@@ -7,8 +7,11 @@ updates. The model tends to overfit after a single epoch." This script checks th
 claim on Tinyworld with the same labels used both ways:
 
 1. write Tinyworld's data; fine-tune the shipped base model on the demonstrations (SFT);
-2. sample K answers per prompt from the SFT model, ranked by simulated labellers
-   (``rlxf tinyworld preferences``);
+2. sample K answers per prompt from a policy, ranked by simulated labellers
+   (``rlxf tinyworld preferences``). The default policy is the base model, whose answers
+   mix good, wrong, rude and rambling ones (InstructGPT's first comparisons also came
+   from pre-SFT models); ``--policy sft`` samples the SFT model, whose answers are
+   mostly good and differ in facts only (harder; see docs/reward.md);
 3. train two reward models from the SFT model, same learning rate, same comparisons
    per optimiser step, constant learning rate (so epoch e of a long run is an e-epoch run):
    ``kwise`` on the rankings, ``pairs`` on the same rankings flattened and shuffled;
@@ -17,7 +20,7 @@ claim on Tinyworld with the same labels used both ways:
 
     python benchmarks/rm_kwise_vs_pairs.py --out /tmp/rm-bench --epochs 4
 
-Results go to OUT/results.json and are printed as a Markdown table.
+Results go to OUT/results-POLICY.json and are printed as a Markdown table.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default=None, help="base model (default: the one rlxf ships)")
     parser.add_argument("--out", default="runs/rm-kwise-vs-pairs")
+    parser.add_argument("--policy", choices=("base", "sft"), default="base", help="who writes the answers")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--k", type=int, default=4, help="answers ranked per prompt")
     parser.add_argument("--n-train", type=int, default=1000, help="train prompts")
@@ -61,8 +65,9 @@ def main() -> None:
         "max_steps": args.sft_steps, "log_every": 25, "eval_every": args.sft_steps, "progress": False,
         "model": {"name_or_path": base},
         "data": {"train": str(files["sft_train"]), "eval": str(files["sft_eval"]), "max_length": 128}}))["final"]
+    prefs_dir = out / f"prefs-{args.policy}"
     prefs = preferences.run(from_dict(preferences.Config, {
-        "policy": policy, "out": str(out / "prefs"), "n_train": args.n_train, "n_heldout": args.n_heldout,
+        "policy": policy if args.policy == "sft" else base, "out": str(prefs_dir), "n_train": args.n_train, "n_heldout": args.n_heldout,
         "k": args.k, "seed": args.seed, "progress": False}))
     n_rankings = prefs["train"]["rankings"]
     n_pairs = prefs["train"]["pairs"]
@@ -74,25 +79,25 @@ def main() -> None:
             ("pairs", "pairs_train", "pairs_heldout", round(args.rankings_per_step * pairs_per_ranking))):
         steps = steps_per_epoch * args.epochs
         summary = reward.run(from_dict(reward.Config, {
-            "out": str(out / f"rm-{mode}"), "seed": args.seed, "lr": args.lr, "lr_schedule": "constant",
+            "out": str(out / f"rm-{args.policy}-{mode}"), "seed": args.seed, "lr": args.lr, "lr_schedule": "constant",
             "warmup_steps": 10, "batch_size": batch, "max_steps": steps, "log_every": 25,
             "eval_every": steps_per_epoch, "save_every": steps_per_epoch, "keep_checkpoints": args.epochs,
             "progress": False, "model": {"name_or_path": policy},
-            "data": {"train": str(out / "prefs" / f"{train_file}.jsonl"),
-                     "eval": str(out / "prefs" / f"{eval_file}.jsonl"), "max_length": 128,
+            "data": {"train": str(prefs_dir / f"{train_file}.jsonl"),
+                     "eval": str(prefs_dir / f"{eval_file}.jsonl"), "max_length": 128,
                      "loss": "kwise" if mode == "kwise" else "bradley_terry"}}))
         per_epoch = []
         for epoch in range(1, args.epochs + 1):
-            ckpt = out / f"rm-{mode}" / "checkpoints" / f"step-{epoch * steps_per_epoch:06d}"
+            ckpt = out / f"rm-{args.policy}-{mode}" / "checkpoints" / f"step-{epoch * steps_per_epoch:06d}"
             model = _model_at(policy, ckpt)
             per_epoch.append({"epoch": epoch, "steps": epoch * steps_per_epoch,
-                              "train": _accuracies(model, policy, out / "prefs" / "rankings_train.jsonl"),
-                              "heldout": _accuracies(model, policy, out / "prefs" / "rankings_heldout.jsonl")})
+                              "train": _accuracies(model, policy, prefs_dir / "rankings_train.jsonl"),
+                              "heldout": _accuracies(model, policy, prefs_dir / "rankings_heldout.jsonl")})
             print(mode, json.dumps(per_epoch[-1]), flush=True)
         results["runs"][mode] = {"batch_size": batch, "steps_per_epoch": steps_per_epoch,
                                  "sequences_per_step": batch * (args.k if mode == "kwise" else 2),
                                  "summary": summary, "per_epoch": per_epoch}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"results-{args.policy}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(_table(results))
 
 

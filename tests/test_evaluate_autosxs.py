@@ -13,6 +13,7 @@ from conftest import write_jsonl
 from rlxf.config import load_config
 from rlxf.errors import ConfigError, DataError
 from rlxf.evaluate import autosxs
+from rlxf.evaluate.sxs import wilson_interval, win_rate
 from rlxf.evaluate.agreement import binary_report
 from rlxf.feedback.ai import AnswerScores, JudgeSettings, load_template
 
@@ -62,21 +63,21 @@ def test_wilson_interval_matches_the_hand_computation():
     #   half   = 1.959964 / 1.384146 * sqrt(0.8 * 0.2 / 10 + 3.841459 / 400)
     #          = 1.416009 * sqrt(0.016 + 0.009604) = 1.416009 * 0.160012 = 0.226578
     #   -> [0.490162, 0.943318]
-    low, high = autosxs.wilson_interval(8, 10)
+    low, high = wilson_interval(8, 10)
     assert (low, high) == pytest.approx((0.490162, 0.943318), abs=1e-6)
     # 0 of 10: the interval is [0, z² / (n + z²)] = [0, 3.841459 / 13.841459] = [0, 0.277533]
-    assert autosxs.wilson_interval(0, 10) == pytest.approx((0.0, 0.277533), abs=1e-6)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.277533), abs=1e-6)
     # 90%: z = 1.644854, z² = 2.705543; 5 of 10 -> centre 0.5,
     #   half = 1.644854 / 1.270554 * sqrt(0.025 + 2.705543 / 400) = 1.294595 * 0.178224 = 0.230728
-    assert autosxs.wilson_interval(5, 10, level=0.9) == pytest.approx((0.269272, 0.730728), abs=1e-6)
+    assert wilson_interval(5, 10, level=0.9) == pytest.approx((0.269272, 0.730728), abs=1e-6)
 
 
 def test_win_rate_counts_ties_half_and_skips_undecided():
-    w = autosxs.win_rate(["A", "A", "B", "tie", None], "A")
+    w = win_rate(["A", "A", "B", "tie", None], "A")
     # (2 wins + 1 tie / 2) / 4 decided = 0.625; the interval is Wilson's for 2.5 of 4
     assert (w.rate, w.n, w.wins, w.ties) == (0.625, 4, 2, 1)
-    assert (w.low, w.high) == pytest.approx(autosxs.wilson_interval(2.5, 4))
-    assert autosxs.win_rate([None], "A").rate is None
+    assert (w.low, w.high) == pytest.approx(wilson_interval(2.5, 4))
+    assert win_rate([None], "A").rate is None
 
 
 def test_judgments_are_position_debiased_with_choice_and_confidence():

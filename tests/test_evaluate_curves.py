@@ -64,6 +64,16 @@ def test_kl_climbing_while_the_reward_has_levelled_off_warns_of_hacking():
     assert hacking.severity == "warning" and hacking.numbers["kl_late_share"] == pytest.approx(0.82, abs=0.05)
 
 
+def test_kl_still_climbing_after_the_reward_levelled_off_warns_of_hacking():
+    # an S-shaped reward (centre u = 0.55) makes as much of its rise per nat of KL late as early,
+    # but is flat over the last 20% of the steps, where the linear KL still adds 20% of its rise
+    reward = noisy(1 / (1 + np.exp(-(U - 0.55) / 0.06)), 0.03)
+    found = diagnose(STEPS, reward, noisy(3 * U, 0.1, seed=1))
+    assert [d.verdict for d in found] == ["converged", "reward-hacking"]
+    assert found[1].numbers["kl_tail_share"] == pytest.approx(0.2, abs=0.03)
+    assert "still climbing at the end" in found[1].message
+
+
 def test_kl_and_reward_rising_together_is_not_hacking():
     assert "reward-hacking" not in verdicts(noisy(2.0 * U, 0.05), noisy(4.0 * U, 0.1, seed=1))
 

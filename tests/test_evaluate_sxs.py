@@ -30,8 +30,10 @@ def test_side_by_side_table_columns_scores_and_summary():
     assert table["length_a"].tolist() == [2.0, 3.0, 1.0] and table["length_b"].tolist() == [5.0, 0.0, 1.0]
     summary = sxs.summarise(table)
     # B wins row 1, A wins row 2 (B never ended), row 3 ties: B = (1 + 0 + 0.5) / 3
-    assert summary["scores"]["length"] == pytest.approx({"n": 3, "mean_a": 2.0, "mean_b": 2.0,
-                                                         "win_rate_a": 0.5, "win_rate_b": 0.5})
+    length = summary["scores"]["length"]
+    assert {k: length[k] for k in ("n", "mean_a", "mean_b", "win_rate_a", "win_rate_b", "ties")} == \
+        pytest.approx({"n": 3, "mean_a": 2.0, "mean_b": 2.0, "win_rate_a": 0.5, "win_rate_b": 0.5, "ties": 1})
+    assert length["interval_b"] == pytest.approx(list(sxs.wilson_interval(1.5, 3)))
     assert sxs.display_columns(table)["answer_b"] == "answer of ppo"
     with pytest.raises(ValueError, match="3 prompts but 2 A answers"):
         sxs.side_by_side(prompts, ["a", "b"], ["a", "b", "c"])

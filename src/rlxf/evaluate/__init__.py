@@ -17,8 +17,8 @@ Modules: :mod:`.sxs` (``rlxf sxs``), :mod:`.autosxs` (``rlxf autosxs``), :mod:`.
 from importlib import import_module
 
 _EXPORTS = {
-    "side_by_side": "sxs", "reward_scorer": "sxs",
-    "judge_side_by_side": "autosxs", "wilson_interval": "autosxs", "win_rate": "autosxs",
+    "side_by_side": "sxs", "reward_scorer": "sxs", "wilson_interval": "sxs", "win_rate": "sxs",
+    "judge_side_by_side": "autosxs",
     "Thresholds": "curves", "Diagnosis": "curves", "diagnose": "curves", "diagnose_frame": "curves",
     "read_metrics": "curves", "write_curves": "curves",
     "Stage": "report", "write_report": "report",

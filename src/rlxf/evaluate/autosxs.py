@@ -1,4 +1,4 @@
-"""AutoSxS: an AI judge compares two models' answers on an eval set (``rlxf autosxs``).
+"""AutoSxS: an AI judge compares two models' answers on an eval set; win rates with intervals.
 
     rlxf autosxs model_a=runs/ppo/final model_b=runs/sft/final prompts=heldout.jsonl \\
         judge.model=path/to/judge template=helpful name_a=ppo name_b=sft out=runs/autosxs
@@ -19,9 +19,10 @@ answer; ``confidence`` is the judge's probability of its choice, max(P(A), 1 - P
 for each order the judge saw.
 
 Win rate (``summary.json``): A's wins plus half its ties, over the pairs the judge
-decided, with a Wilson score interval (Wilson 1927). Counting a tie as half a win
-makes the count a non-integer; the interval treats it as a binomial count, which is
-slightly conservative (ties make the outcome less variable than a coin). With
+decided, with a Wilson score interval (Wilson 1927; :func:`rlxf.evaluate.sxs.wilson_interval`).
+Counting a tie as half a win makes the count a non-integer; the interval treats it as
+a binomial count, which is slightly conservative (ties make the outcome less variable
+than a coin). With
 ``human_column``, the judge is also checked against the humans' choices with
 :mod:`rlxf.evaluate.agreement` (positive class: "A preferred"; pairs either side
 called a tie are left out), and the humans' own win rate is given beside the judge's.
@@ -30,13 +31,11 @@ called a tie are left out), and the humans' own win rate is given beside the jud
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from statistics import NormalDist
 
 from rlxf.errors import ConfigError, DataError
-from rlxf.evaluate.sxs import AnswersConfig, collect_answers
+from rlxf.evaluate.sxs import AnswersConfig, collect_answers, win_rate
 from rlxf.feedback.ai import label
 from rlxf.feedback.ai.judge import Judge
 from rlxf.feedback.ai.labeller import JudgeSettings, PairJudgement
@@ -67,20 +66,6 @@ class Config(AnswersConfig, label.Config):
             raise ConfigError(f"tie_margin must be in [0, 0.5), got {self.tie_margin}")
         if not 0 < self.confidence_level < 1:
             raise ConfigError(f"confidence_level must be in (0, 1), got {self.confidence_level}")
-
-
-@dataclass(frozen=True)
-class WinRate:
-    """``rate`` = (wins + ties / 2) / n with its Wilson interval [low, high] at ``level``."""
-
-    rate: float | None
-    low: float | None
-    high: float | None
-    n: int
-    wins: int
-    ties: int
-    level: float
-    method: str = "wilson"
 
 
 @dataclass
@@ -203,36 +188,6 @@ def parse_human(value, name_a: str = "A", name_b: str = "B", *, where: tuple = (
 
 
 # ----------------------------------------------------------------------------- numbers
-
-def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (Wilson 1927)::
-
-        p = successes / n,  z = the standard normal quantile at 1 - (1 - level) / 2
-        centre = (p + z² / 2n) / (1 + z² / n)
-        half   = z / (1 + z² / n) * sqrt(p (1 - p) / n + z² / 4n²)
-
-    Unlike the normal approximation p ± z sqrt(p (1 - p) / n), it stays inside [0, 1]
-    and is not zero-width at p = 0 or 1.
-    """
-    if n <= 0:
-        raise ValueError("the Wilson interval needs n ≥ 1")
-    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def win_rate(choices: Sequence[str | None], side: str = "A", level: float = 0.95) -> WinRate:
-    """Win rate of ``side`` over the decided choices ("A"/"B"/"tie"; None is left out), ties half."""
-    decided = [c for c in choices if c is not None]
-    wins, ties = sum(c == side for c in decided), sum(c == "tie" for c in decided)
-    if not decided:
-        return WinRate(None, None, None, 0, 0, 0, level)
-    low, high = wilson_interval(wins + ties / 2, len(decided), level)
-    return WinRate((wins + ties / 2) / len(decided), low, high, len(decided), wins, ties, level)
-
 
 def summarise(frame, *, level: float = 0.95) -> dict:
     """Counts, both win rates and mean confidence of a judgments table; with a ``human``

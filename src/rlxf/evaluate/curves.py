@@ -61,7 +61,7 @@ class Thresholds:
     kl_late: float = 0.5
     """Hacking warning: KL made at least this share of its rise in the second half of the steps ..."""
     kl_speedup: float = 2.0
-    """... and at least this many times the share of its rise that the reward made there."""
+    """... and the reward gained per nat of KL there is at most 1/this of the first half's."""
     gold_drop: float = 0.1
     """Over-optimisation: gold fell from its peak by at least this share of its range (max - min) ..."""
     proxy_after_peak: float = 0.1
@@ -94,7 +94,8 @@ def diagnose(steps: Sequence[float], reward: Sequence[float], kl: Sequence[float
     - reward shape, exactly one of: ``no-rise`` (warning), ``under-trained`` (still
       rising at the end; info), ``plateau-early`` (levelled off within the first
       ``early`` share of the steps; info), ``converged`` (rose, then levelled off; ok);
-    - ``reward-hacking`` (warning): KL climbing late while the reward hardly does;
+    - ``reward-hacking`` (warning): KL climbing fast late in the run, each nat of it
+      buying much less reward than before;
     - ``over-optimisation`` (warning): gold fell from its peak while the proxy rose;
     - ``too-few-points`` alone when fewer than ``min_points`` points were logged.
     """
@@ -187,24 +188,54 @@ def _reward_shape(x: np.ndarray, r: np.ndarray, t: Thresholds, name: str) -> Dia
                          "fewer steps (or epochs) would do", numbers)
     return Diagnosis("converged", "ok",
                      f"the {name} rose ({first:.3g} → {final:.3g}) and levelled off "
-                     f"{level_at:.0%} of the way through (step {x[level_i]:g}), as it should", numbers)
+                     f"{level_at:.0%} of the way through (step {x[level_i]:g}): the shape the rule of thumb asks for",
+                     numbers)
 
 
 def _hacking(x: np.ndarray, r: np.ndarray, kl: np.ndarray, t: Thresholds, name: str) -> list[Diagnosis]:
+    """KL climbing fast while the reward does not keep pace, either way round:
+
+    1. KL made most of its rise late, and there each nat of KL bought much less reward
+       than in the first half (``kl_late``, ``kl_speedup``);
+    2. KL is still rising at the end while the reward has levelled off (the tail test
+       of :func:`_reward_shape`, ``tail`` and ``still_rising``, applied to both).
+    """
     cr, ck = _read(r, t), _read(kl, t)
     if not (cr.rose(t) and ck.rose(t)):
         return []
     mid = int(np.searchsorted(x, x[0] + (x[-1] - x[0]) / 2))
-    kl_late = float(ck.smooth[-1] - ck.smooth[mid]) / ck.rise
-    reward_late = max(float(cr.smooth[-1] - cr.smooth[mid]) / cr.rise, 0.0)
-    if kl_late >= t.kl_late and kl_late >= t.kl_speedup * reward_late:
+    kl_first = max(float(ck.smooth[mid] - ck.smooth[0]), 0.0)
+    kl_second = float(ck.smooth[-1] - ck.smooth[mid])
+    reward_first = float(cr.smooth[mid] - cr.smooth[0])
+    reward_second = max(float(cr.smooth[-1] - cr.smooth[mid]), 0.0)
+    kl_late = kl_second / ck.rise
+    numbers = {"kl_late_share": kl_late}
+    # reward per nat, second half vs first half, cross-multiplied (no division by a flat KL):
+    # (reward_second / kl_second) <= (reward_first / kl_first) / kl_speedup
+    costlier = reward_first > 0 and t.kl_speedup * reward_second * kl_first <= reward_first * kl_second
+    if kl_late >= t.kl_late and costlier:
+        per_nat = (reward_first / kl_first) / (reward_second / kl_second) if reward_second > 0 and kl_first > 0 \
+            else math.inf
+        slower = f"{per_nat:.1f} times less" if math.isfinite(per_nat) else "next to no"
         return [Diagnosis("reward-hacking", "warning",
-                          f"KL keeps climbing while the {name} hardly does: in the second half of the steps KL "
-                          f"made {kl_late:.0%} of its rise (to {ck.smooth[-1]:.3g} nats) but the {name} only "
-                          f"{reward_late:.0%} of its rise; watch for reward hacking: read the answers, "
-                          "raise kl.coef or set a KL target", {"kl_late_share": kl_late,
-                                                                "reward_late_share": reward_late})]
+                          f"KL is climbing fast: it made {kl_late:.0%} of its rise in the second half of the steps "
+                          f"(to {ck.smooth[-1]:.3g} nats), and there each nat of KL bought {slower} {name} than "
+                          f"in the first half; {_HACKING_ADVICE}", {**numbers, "reward_per_kl_drop": per_nat})]
+    kl_tail, kl_se = _tail_trend(x, kl, t)
+    reward_tail, reward_se = _tail_trend(x, r, t)
+    kl_rising = kl_tail >= t.still_rising * ck.rise and kl_tail > t.min_rise * kl_se
+    reward_rising = reward_tail >= t.still_rising * cr.rise and reward_tail > t.min_rise * reward_se
+    if kl_rising and not reward_rising:
+        return [Diagnosis("reward-hacking", "warning",
+                          f"KL is still climbing at the end ({kl_tail / ck.rise:.0%} of its rise in the last "
+                          f"{t.tail:.0%} of the steps, to {ck.smooth[-1]:.3g} nats) although the {name} has "
+                          f"levelled off; {_HACKING_ADVICE}",
+                          {**numbers, "kl_tail_share": kl_tail / ck.rise, "reward_tail_share": reward_tail / cr.rise})]
     return []
+
+
+_HACKING_ADVICE = ("the policy keeps moving away from the reference model for little reward: watch for reward "
+                   "hacking (read the answers and the gold score, if any; raise kl.coef or set a KL target)")
 
 
 def _over_optimisation(x: np.ndarray, proxy: np.ndarray, gold: np.ndarray, t: Thresholds,
@@ -284,9 +315,10 @@ def figures(frame, *, gold_key: str = "gold") -> list[Figure]:
             out.append(_line_figure("kl", frame, [(KL, "KL to the reference model")], "KL (nats per answer)",
                                     "KL divergence from the reference (SFT) model per step"))
         if gold_key in frame or f"eval_{gold_key}" in frame:
+            title = "Gold score per step" + ("" if gold_key == "gold" else f" ({gold_key})")
             out.append(_line_figure("gold", frame, [(gold_key, f"{gold_key} (training samples)"),
                                                     (f"eval_{gold_key}", f"{gold_key} (held-out prompts)")],
-                                    f"{gold_key} score", f"Gold ({gold_key}) score per step"))
+                                    f"{gold_key} score", title))
             if gold_key in frame:
                 out.append(_twin_figure(frame, PROXY, gold_key))
         return out

@@ -1,4 +1,4 @@
-"""One ``report.html`` per run that a person opens and understands (``rlxf report``).
+"""One self-contained report.html of a run: what was trained, curves, diagnostics, win rates.
 
     rlxf report runs=[runs/demo] out=runs/demo
     rlxf report runs=[runs/sft,runs/reward,runs/ppo] sxs=runs/sxs autosxs=[runs/autosxs] out=runs/report
@@ -201,9 +201,14 @@ def read_sxs(path: str | Path):
 def sxs_win_rates(summary: Mapping) -> dict:
     """Win rates of B over A per score of an ``rlxf sxs`` summary, for :func:`write_report`."""
     a, b = summary.get("name_a", "A"), summary.get("name_b", "B")
-    return {f"{b} over {a} ({name} score)": {"rate": s["win_rate_b"], "n": s["n"],
-                                              "note": f"mean {name}: {_fmt(s['mean_b'])} vs {_fmt(s['mean_a'])}"}
-            for name, s in summary.get("scores", {}).items() if s.get("n")}
+    out = {}
+    for name, s in summary.get("scores", {}).items():
+        if s.get("n"):
+            low, high = s.get("interval_b") or (None, None)
+            out[f"{b} over {a} ({name} score)"] = {
+                "rate": s["win_rate_b"], "low": low, "high": high, "level": s.get("level"), "n": s["n"],
+                "note": f"mean {name}: {_fmt(s['mean_b'])} vs {_fmt(s['mean_a'])}; {s.get('ties', 0)} ties"}
+    return out
 
 
 def autosxs_win_rates(summary: Mapping) -> dict:
@@ -216,10 +221,11 @@ def autosxs_win_rates(summary: Mapping) -> dict:
     human = summary.get("human")
     if human and human["win_rate_a"].get("rate") is not None:
         agreement = human["agreement"]
+        accuracy = "–" if agreement["accuracy"] is None else f"{agreement['accuracy']:.0%}"
         out[f"{a} over {b} (humans)"] = {**human["win_rate_a"],
-                                         "note": f"judge agrees with humans on {_fmt(agreement['accuracy'])} of "
-                                                 f"{agreement['n']} pairs, Cohen's kappa "
-                                                 f"{_fmt(agreement['cohen_kappa'])}"}
+                                         "note": f"the judge agrees with the humans on {accuracy} of "
+                                                 f"{agreement['n']} pairs (Cohen's kappa "
+                                                 f"{_fmt(agreement['cohen_kappa'])})"}
     return out
 
 

@@ -1,4 +1,4 @@
-"""Side-by-side: the same prompts answered by two models, with their scores (``rlxf sxs``).
+"""Side-by-side table: two models' answers to the same prompts, with their scores.
 
     rlxf sxs model_a=runs/sft/final model_b=runs/ppo/final prompts=heldout.jsonl \\
         reward_model=runs/reward/final gold=rlxf.tinyworld.evaluate:gold_totals \\
@@ -13,8 +13,9 @@ otherwise). Each answer is scored by the reward model and by the ``gold`` functi
 when they are configured.
 
 Output in ``out``: ``sxs.csv`` and ``sxs.html`` (the table; model output is text,
-always HTML-escaped), ``summary.json`` (per score: means and win rates, ties counted
-half) and ``config.yaml``; the first rows are printed as a table on the terminal.
+always HTML-escaped), ``summary.json`` (per score: means, and win rates with ties
+counted half and a Wilson interval, :func:`wilson_interval`) and ``config.yaml``; the
+first rows are printed as a table on the terminal.
 
 :func:`side_by_side` builds the same table from answers already in memory (the
 pipeline calls it); :class:`AnswersConfig` and :func:`collect_answers` are shared
@@ -29,6 +30,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 from rlxf.data.records import Prompt
 from rlxf.errors import ConfigError, DataError
@@ -340,26 +342,75 @@ def side_by_side(prompts: Sequence[Prompt], answers_a: Sequence[str], answers_b:
     return frame
 
 
+# ----------------------------------------------------------------------------- win rates
+
+@dataclass(frozen=True)
+class WinRate:
+    """``rate`` = (wins + ties / 2) / n with its Wilson interval [low, high] at ``level``."""
+
+    rate: float | None
+    low: float | None
+    high: float | None
+    n: int
+    wins: int
+    ties: int
+    level: float
+    method: str = "wilson"
+
+
+def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (Wilson 1927)::
+
+        p = successes / n,  z = the standard normal quantile at 1 - (1 - level) / 2
+        centre = (p + z² / 2n) / (1 + z² / n)
+        half   = z / (1 + z² / n) * sqrt(p (1 - p) / n + z² / 4n²)
+
+    Unlike the normal approximation p ± z sqrt(p (1 - p) / n), it stays inside [0, 1]
+    and is not zero-width at p = 0 or 1.
+    """
+    if n <= 0:
+        raise ValueError("the Wilson interval needs n ≥ 1")
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def win_rate(choices: Sequence[str | None], side: str = "A", level: float = 0.95) -> WinRate:
+    """Win rate of ``side`` over the decided choices ("A"/"B"/"tie"; None is left out), ties half."""
+    decided = [c for c in choices if c is not None]
+    wins, ties = sum(c == side for c in decided), sum(c == "tie" for c in decided)
+    if not decided:
+        return WinRate(None, None, None, 0, 0, 0, level)
+    low, high = wilson_interval(wins + ties / 2, len(decided), level)
+    return WinRate((wins + ties / 2) / len(decided), low, high, len(decided), wins, ties, level)
+
+
 def score_names(frame) -> list[str]:
     """The scores in a side-by-side table: ``NAME`` for every ``NAME_a``/``NAME_b`` column pair."""
     return [c[:-2] for c in frame.columns
             if c.endswith("_a") and c not in ("answer_a", "ended_a") and f"{c[:-2]}_b" in frame.columns]
 
 
-def summarise(frame) -> dict:
-    """Per score: mean of A and B, and the win rates of A and B (higher score wins, ties
-    count half; rows where either score is NaN are left out)."""
+def summarise(frame, *, level: float = 0.95) -> dict:
+    """Per score: the means of A and B, and the win rates of A and B (higher score
+    wins, ties count half) with B's Wilson interval; rows where either score is NaN are
+    left out."""
     out: dict = {"rows": len(frame), "scores": {}}
     for name in score_names(frame):
-        pairs = [(a, b) for a, b in zip(frame[f"{name}_a"], frame[f"{name}_b"])
-                 if not (math.isnan(a) or math.isnan(b))]
-        if not pairs:
+        choices = [None if math.isnan(a) or math.isnan(b) else "A" if a > b else "B" if b > a else "tie"
+                   for a, b in zip(frame[f"{name}_a"], frame[f"{name}_b"])]
+        b_wins = win_rate(choices, "B", level)
+        if not b_wins.n:
             out["scores"][name] = {"n": 0}
             continue
-        wins_b = sum(1.0 if b > a else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
-        out["scores"][name] = {"n": len(pairs), "mean_a": sum(a for a, _ in pairs) / len(pairs),
-                               "mean_b": sum(b for _, b in pairs) / len(pairs),
-                               "win_rate_a": 1.0 - wins_b, "win_rate_b": wins_b}
+        kept = [c is not None for c in choices]
+        out["scores"][name] = {"n": b_wins.n, "mean_a": float(frame[f"{name}_a"][kept].mean()),
+                               "mean_b": float(frame[f"{name}_b"][kept].mean()),
+                               "win_rate_a": 1.0 - b_wins.rate, "win_rate_b": b_wins.rate, "ties": b_wins.ties,
+                               "interval_b": [b_wins.low, b_wins.high], "level": level}
     return out
 
 
