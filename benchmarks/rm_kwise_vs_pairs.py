@@ -67,7 +67,8 @@ def main() -> None:
         "data": {"train": str(files["sft_train"]), "eval": str(files["sft_eval"]), "max_length": 128}}))["final"]
     prefs_dir = out / f"prefs-{args.policy}"
     prefs = preferences.run(from_dict(preferences.Config, {
-        "policy": policy if args.policy == "sft" else base, "out": str(prefs_dir), "n_train": args.n_train, "n_heldout": args.n_heldout,
+        "policy": policy if args.policy == "sft" else base, "out": str(prefs_dir),
+        "n_train": args.n_train, "n_heldout": args.n_heldout,
         "k": args.k, "seed": args.seed, "progress": False}))
     n_rankings = prefs["train"]["rankings"]
     n_pairs = prefs["train"]["pairs"]

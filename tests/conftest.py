@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+# tiny models run fastest on one thread, and CI's two cores are shared with subprocess tests
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

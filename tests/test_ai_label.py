@@ -115,9 +115,9 @@ def test_tinyworld_judge_demonstrations_by_hand():
     from rlxf.tinyworld.judge import demonstrations, gold_rating, rationale
 
     q = "question : what color is the fox ? answer :"  # the fox is red
-    # the reference first; honest is the worst flaw of a false answer, an insult costs harmless
-    assert rationale(q, "the fox is red .", "the fox is blue .") == "the fox is red . 1 is right . 2 is false ."
-    assert rationale(q, "the fox is red , you idiot .", "the fox is red .").endswith(" 1 is rude . 2 is right .")
+    # honest is the worst flaw of a false answer; an insult costs harmless; a right answer is "right"
+    assert rationale(q, "the fox is red .", "the fox is blue .") == "1 is right . 2 is false ."
+    assert rationale(q, "the fox is red , you idiot .", "the fox is red .") == "1 is rude . 2 is right ."
     # gold totals 1.0 and 0.35 (0 + 0 + 0.2 + 0.15): ratings 1 + 9 * 1.0 = 10 and 1 + round(3.15) = 4
     assert (gold_rating(q, "the fox is red ."), gold_rating(q, "the fox is blue .")) == (10, 4)
     rows = demonstrations(40, seed=3)

@@ -1,21 +1,56 @@
-"""`rlxf demo --quick`: the Tinyworld loop end to end, asserting that learning happened."""
+"""`rlxf demo --quick`: the Tinyworld pipeline end to end, killed during PPO and resumed.
+
+One run serves three checks: the pipeline resumes after a crash without redoing SFT or
+reward-model training, the summary holds the promised keys, and learning happened
+(SFT beats the unaligned base model on gold score by a clear margin).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
+KEYS = ["gold.base", "gold.sft", "gold.ppo", "win_rate.ppo_vs_sft", "kl.final",
+        "reward_model_gold.heldout_accuracy", "labellers.agreement", "seconds.sft", "seconds.preferences",
+        "seconds.reward", "seconds.ppo", "seconds.evaluate"]
+
+
+def _get(summary: dict, dotted: str):
+    for part in dotted.split("."):
+        summary = summary[part]
+    return summary
+
 
 @pytest.mark.slow
-def test_quick_demo_sft_beats_base(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rlxf.cli", "demo", "--quick", "--out", str(tmp_path / "demo"),
-                           "progress=false"], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    gold = summary["gold"]
-    assert gold["sft"] > gold["base"] + 0.05, gold  # SFT beats the unaligned base by a clear margin
+def test_quick_demo_survives_a_kill_during_ppo_and_learns(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "rlxf.cli", "demo", "--quick", "--out", str(out), "progress=false"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    while not list((out / "ppo" / "checkpoints").glob("step-*[0-9]")):
+        assert proc.poll() is None and time.time() < deadline, "the demo ended before PPO checkpointed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists()
+    finished = {stage: (out / stage / "summary.json").stat().st_mtime_ns for stage in ("sft", "preferences", "reward")}
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for stage, mtime in finished.items():  # finished stages were not run again
+        assert (out / stage / "summary.json").stat().st_mtime_ns == mtime, stage
+    assert json.loads((out / "ppo" / "summary.json").read_text())["resumed_from_step"] > 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    for key in KEYS:
+        assert isinstance(_get(summary, key), float), key
+    assert summary["gold"]["sft"] > summary["gold"]["base"] + 0.05, summary["gold"]
     assert summary["win_rate"]["sft_vs_base"] > 0.6
-    assert "win rate of SFT over base" in proc.stderr
+    assert (out / "report.html").stat().st_size > 10_000
+    assert "gold win rate" in rerun.stderr

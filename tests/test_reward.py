@@ -182,7 +182,8 @@ def test_reward_learns_and_saves_a_normalised_plain_hf_model(tmp_path, reward_ba
     rows = _rows(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(10, 61, 10))
     assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
-    assert {"loss", "accuracy", "margin", "ece", "eval_loss", "eval_accuracy", "eval_margin", "eval_ece"} <= set(rows[-1])
+    assert {"loss", "accuracy", "margin", "ece", "eval_loss", "eval_accuracy", "eval_margin",
+            "eval_ece"} <= set(rows[-1])
     assert summary["loss"] == {"rankings": "kwise", "pairs": "bradley_terry", "margin": False}
     assert (summary["train_comparisons"], summary["eval_comparisons"]) == (42, 14)
     held = summary["heldout"]

@@ -1,20 +1,29 @@
-"""The Tinyworld demo: build the world, fine-tune, and measure with the gold oracle.
+"""The whole RLHF loop in one command: SFT → preferences → reward model → PPO → evaluation.
 
-    rlxf demo [--quick] [--out DIR]
+    rlxf pipeline --config pipeline.yaml [key=value ...]
 
-Stages run in order and each leaves its own run directory under ``OUT``; a stage
-whose directory is complete is skipped, so re-running after a crash continues
-where it stopped. ``OUT/summary.json`` holds the headline numbers.
+Each stage writes its own run directory under ``out`` (``sft/``, ``preferences/``,
+``reward/``, ``ppo/``, ``eval/``) and a finished stage is not run again, so re-running
+the same command after a crash continues where it stopped (PPO from its newest
+checkpoint). A stage whose output you already have is skipped by giving it
+(``sft_model``, ``preferences``, ``reward_model``). The knobs are those of managed RLHF
+services (``kl_coeff``, ``reward_model_train_steps``,
+``reinforcement_learning_train_steps``, ``instruction``, learning-rate multipliers,
+prompt and target sequence lengths); anything else of a stage is reachable through
+``sft.*``, ``reward.*`` and ``ppo.*`` (the stage's own config keys, e.g.
+``ppo.rollout.batch_size=32``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
-from rlxf.config import from_dict
+from rlxf.config import from_dict, to_dict
+from rlxf.errors import ConfigError
 from rlxf.runs import Timer
 
 log = logging.getLogger("rlxf")
@@ -22,107 +31,299 @@ log = logging.getLogger("rlxf")
 
 @dataclass(kw_only=True)
 class Config:
-    """``rlxf demo``: the whole loop on Tinyworld, on a laptop CPU."""
+    """``rlxf pipeline``: SFT, preference data, reward model, PPO and evaluation."""
 
-    out: str = "runs/demo"
-    """Output directory for every stage, summary.json and the report."""
+    out: str
+    """Output directory: one run directory per stage, summary.json and report.html."""
+    base_model: str
+    """The model to align: a Hugging Face directory or hub id."""
+    prompts: str
+    """Prompts for PPO rollouts (and for preference sampling)."""
+    eval_prompts: str
+    """Held-out prompts for the side-by-side evaluation."""
+    demonstrations: str | None = None
+    """SFT data; null with sft_model given."""
+    preferences: str | None = None
+    """Preference data (human or AI labelled) for the reward model; null: labeller makes it."""
+    labeller: Literal["none", "tinyworld"] = "none"
+    """Who labels SFT samples when preferences is null: 'tinyworld' = the simulated labellers."""
+    pretrain: str | None = None
+    """Pre-training text for PPO-ptx (used when ppo.ptx.coef > 0)."""
+    sft_model: str | None = None
+    """An SFT model to start from instead of running SFT."""
+    reward_model: str | None = None
+    """A trained reward model to use instead of training one."""
+    instruction: str | None = None
+    """Text put before every prompt (a task instruction, as in managed RLHF services)."""
     seed: int = 0
-    """Seed of the world, the data order and the sampling."""
-    quick: bool = False
-    """A smaller, faster profile (for CI and a first look)."""
-    world: str | None = None
-    """A directory built by `rlxf tinyworld build`; null uses the shipped base model and writes the data under OUT."""
-    eval_prompts: int = 200
-    """Held-out prompts scored by the gold oracle."""
-    sft_steps: int = 400
-    """SFT optimiser steps (batch 16)."""
+    """Seed for every stage."""
+    kl_coeff: float = 0.05
+    """β, the KL penalty coefficient of PPO."""
+    sft_train_steps: int = 500
+    """SFT optimiser steps."""
+    reward_model_train_steps: int = 500
+    """Reward-model optimiser steps."""
+    reinforcement_learning_train_steps: int = 100
+    """PPO steps (each a batch of rollouts and its updates)."""
+    sft_learning_rate_multiplier: float = 1.0
+    """Multiplies the SFT stage's learning rate."""
+    reward_model_learning_rate_multiplier: float = 1.0
+    """Multiplies the reward stage's learning rate."""
+    reinforcement_learning_rate_multiplier: float = 1.0
+    """Multiplies the PPO stage's learning rate."""
+    prompt_sequence_length: int = 256
+    """Longest prompt in tokens (longer prompts lose their start)."""
+    target_sequence_length: int = 64
+    """Longest answer in tokens."""
+    gold: str | None = None
+    """An extra 'module:function(prompts, answers, ended)' score to track and evaluate (e.g. an oracle)."""
+    eval_n: int = 200
+    """Held-out prompts in the side-by-side evaluation."""
+    sft: dict[str, Any] = field(default_factory=dict)
+    """More SFT keys (see `rlxf sft --help`), e.g. {batch_size: 16, lr: 1e-4}."""
+    reward: dict[str, Any] = field(default_factory=dict)
+    """More reward-model keys (see `rlxf reward --help`)."""
+    ppo: dict[str, Any] = field(default_factory=dict)
+    """More PPO keys (see `rlxf ppo --help`)."""
     progress: bool = True
     """Show progress bars."""
 
+    def validate(self) -> None:
+        if self.sft_model is None and self.demonstrations is None:
+            raise ConfigError("give demonstrations (SFT data) or sft_model (an SFT model to start from)")
+        if self.reward_model is None and self.preferences is None and self.labeller == "none":
+            raise ConfigError("give preferences, a labeller to make them, or reward_model (a trained one)")
+        if self.kl_coeff < 0:
+            raise ConfigError(f"kl_coeff must be ≥ 0, got {self.kl_coeff}")
+        for name in ("sft_train_steps", "reward_model_train_steps", "reinforcement_learning_train_steps",
+                     "prompt_sequence_length", "target_sequence_length", "eval_n"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+
 
 def run(cfg: Config) -> dict:
-    from rlxf.tinyworld import build
+    """Run every stage, then write ``summary.json`` and ``report.html``."""
+    result = run_stages(cfg)
+    write_outputs(result, title="rlxf pipeline report")
+    return result["summary"]
 
+
+def run_stages(cfg: Config) -> dict:
+    """Run (or reuse) every stage; returns summaries, the evaluation and the output dir."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "pipeline.yaml").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     seconds: dict[str, float] = {}
-    scale = 0.5 if cfg.quick else 1.0
+    prompts, eval_prompts = _with_instruction(cfg, out)
 
     timer = Timer()
-    if cfg.world:  # a world built by `rlxf tinyworld build`
-        files = build.paths(cfg.world)
-    else:  # the shipped base model, and data written now
-        world = from_dict(build.Config, {"out": str(out / "tinyworld"), "seed": cfg.seed})
-        build.write_data(world, Path(world.out))
-        files = build.paths(world.out, base=build.SHIPPED)
-    seconds["data"] = timer.elapsed()
-
-    timer = Timer()
-    sft_summary = _sft(cfg, files, out / "sft", steps=int(cfg.sft_steps * scale))
+    sft_model, sft_summary = cfg.sft_model, None
+    if sft_model is None:
+        sft_summary = _sft(cfg, out / "sft")
+        sft_model = sft_summary["final"]
     seconds["sft"] = timer.elapsed()
 
     timer = Timer()
-    gold = _gold(cfg, files, {"base": files["base"], "sft": Path(sft_summary["final"])},
-                 n_prompts=int(cfg.eval_prompts * scale))
+    pref_summary, preferences, pref_eval = None, cfg.preferences, None
+    if cfg.reward_model is None and preferences is None:
+        pref_summary = _tinyworld_preferences(cfg, sft_model, out / "preferences")
+        preferences = pref_summary["files"]["rankings_train"]
+        pref_eval = pref_summary["files"]["rankings_heldout"]
+    seconds["preferences"] = timer.elapsed()
+
+    timer = Timer()
+    reward_model, reward_summary = cfg.reward_model, None
+    if reward_model is None:
+        reward_summary = _reward(cfg, sft_model, preferences, pref_eval, out / "reward")
+        reward_model = reward_summary["final"]
+    seconds["reward"] = timer.elapsed()
+
+    timer = Timer()
+    ppo_summary = _ppo(cfg, sft_model, reward_model, prompts, eval_prompts, out / "ppo")
+    seconds["ppo"] = timer.elapsed()
+
+    timer = Timer()
+    evaluation = _evaluate(cfg, sft_model, ppo_summary["final"], reward_model, eval_prompts, out / "eval")
     seconds["evaluate"] = timer.elapsed()
 
     summary = {
-        "gold": {name: report.mean() for name, report in gold.items()},
-        "gold_subscores": {name: report.means() for name, report in gold.items()},
-        "win_rate": {"sft_vs_base": _win(gold["sft"], gold["base"])},
-        "sft": {"eval_loss": sft_summary["final_eval_loss"]},
-        "eval_prompts": len(gold["base"].prompts),
-        "seconds": {**seconds, "total": sum(seconds.values())},
+        "models": {"base": cfg.base_model, "sft": sft_model, "reward": reward_model, "ppo": ppo_summary["final"]},
+        "kl": {"final": ppo_summary["kl.final"]},
+        "reward_model": _reward_headline(reward_summary),
+        "sxs": evaluation["summary"],
+        "seconds": seconds,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _print_table(summary)
-    return summary
+    stages = {"sft": sft_summary, "preferences": pref_summary, "reward": reward_summary, "ppo": ppo_summary}
+    return {"summary": summary, "stages": stages, "evaluation": evaluation, "out": out}
 
 
-def _sft(cfg: Config, files: dict, out: Path, steps: int) -> dict:
+# ----------------------------------------------------------------------------- stages
+
+def _stage_config(module, base: dict, extra: dict) -> Any:
+    """The stage's config from the pipeline's values, then the user's ``sft.*``/``reward.*``/``ppo.*``."""
+    merged = _merge(base, extra)
+    return from_dict(module.Config, merged)
+
+
+def _sft(cfg: Config, out: Path) -> dict:
     from rlxf.stages import sft
 
-    return sft.run(from_dict(sft.Config, {
-        "out": str(out), "seed": cfg.seed, "lr": 1e-3, "warmup_steps": 20, "batch_size": 16,
-        "max_steps": steps, "log_every": 20, "eval_every": max(1, steps // 4), "save_every": max(1, steps // 4),
+    stage = _stage_config(sft, {
+        "out": str(out), "seed": cfg.seed, "max_steps": cfg.sft_train_steps, "progress": cfg.progress,
+        "model": {"name_or_path": cfg.base_model},
+        "data": {"train": cfg.demonstrations, "max_length": cfg.prompt_sequence_length + cfg.target_sequence_length},
+    }, cfg.sft)
+    stage.lr *= cfg.sft_learning_rate_multiplier
+    return sft.run(stage)
+
+
+def _tinyworld_preferences(cfg: Config, policy: str, out: Path) -> dict:
+    from rlxf.tinyworld import preferences
+
+    return preferences.run(from_dict(preferences.Config, {
+        "policy": policy, "out": str(out), "seed": cfg.seed, "max_new_tokens": cfg.target_sequence_length,
+        "progress": cfg.progress, **cfg.reward.get("tinyworld", {})}))
+
+
+def _reward(cfg: Config, sft_model: str, train: str, heldout: str | None, out: Path) -> dict:
+    from rlxf.stages import reward
+
+    extra = {k: v for k, v in cfg.reward.items() if k != "tinyworld"}
+    data = {"train": train, "max_length": cfg.prompt_sequence_length + cfg.target_sequence_length}
+    if heldout:
+        data["eval"] = heldout
+    stage = _stage_config(reward, {
+        "out": str(out), "seed": cfg.seed, "max_steps": cfg.reward_model_train_steps, "progress": cfg.progress,
+        "model": {"name_or_path": sft_model}, "data": data,
+    }, extra)
+    stage.lr *= cfg.reward_model_learning_rate_multiplier
+    return reward.run(stage)
+
+
+def _ppo(cfg: Config, sft_model: str, reward_model: str, prompts: str, eval_prompts: str, out: Path) -> dict:
+    from rlxf.stages import ppo
+
+    base: dict[str, Any] = {
+        "out": str(out), "seed": cfg.seed, "max_steps": cfg.reinforcement_learning_train_steps,
         "progress": cfg.progress,
-        "model": {"name_or_path": str(files["base"])},
-        "data": {"train": str(files["sft_train"]), "eval": str(files["sft_eval"]), "max_length": 128},
-    }))
+        "model": {"name_or_path": sft_model},
+        "reward": {"model": reward_model, "max_length": cfg.prompt_sequence_length + cfg.target_sequence_length},
+        "rollout": {"prompts": prompts, "max_prompt_length": cfg.prompt_sequence_length,
+                    "max_new_tokens": cfg.target_sequence_length},
+        "kl": {"coef": cfg.kl_coeff},
+        "eval": {"prompts": eval_prompts, "n": min(cfg.eval_n, 128)},
+    }
+    if cfg.pretrain:
+        base["ptx"] = {"data": cfg.pretrain}
+        base["eval"]["lm_data"] = cfg.pretrain
+    if cfg.gold:
+        base["track"] = {"gold": cfg.gold}
+    stage = _stage_config(ppo, base, cfg.ppo)
+    stage.lr *= cfg.reinforcement_learning_rate_multiplier
+    return ppo.run(stage)
 
 
-def _gold(cfg: Config, files: dict, models: dict[str, Path], n_prompts: int) -> dict:
-    """Gold-oracle scores of each model on the same held-out prompts and sampling seed."""
+def _evaluate(cfg: Config, sft_model: str, ppo_model: str, reward_model: str, eval_prompts: str, out: Path) -> dict:
+    """SFT vs PPO side by side on held-out prompts, scored by the reward model (and gold)."""
     from rlxf.data.formats import load_prompts
+    from rlxf.evaluate.sxs import reward_scorer, side_by_side, summarise
+    from rlxf.models.generation import generate
     from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
-    from rlxf.tinyworld.evaluate import gold_eval
 
-    prompts = list(load_prompts(files["prompts_heldout"]))[:n_prompts]
-    reports = {}
-    for name, path in models.items():
-        model = load_causal_lm(ModelConfig(name_or_path=str(path)))
-        tokenizer = load_tokenizer(str(path))
-        reports[name] = gold_eval(model, tokenizer, prompts, seed=cfg.seed, progress=cfg.progress)
-        log.info("gold score of %s on %d held-out prompts: %.3f", name, len(prompts), reports[name].mean())
-    return reports
+    done = out / "summary.json"
+    if done.exists():
+        import pandas as pd
+
+        return {"summary": json.loads(done.read_text()), "frame": pd.read_csv(out / "sxs.csv")}
+    prompts = list(load_prompts(eval_prompts))[:cfg.eval_n]
+    answers = {}
+    for name, path in (("sft", sft_model), ("ppo", ppo_model)):
+        model = load_causal_lm(ModelConfig(name_or_path=path))
+        gens = generate(model, load_tokenizer(path), prompts, max_new_tokens=cfg.target_sequence_length,
+                        seed=cfg.seed + 11, progress=cfg.progress)
+        answers[name] = gens
+    scorers = {"reward": reward_scorer(reward_model)}
+    if cfg.gold:
+        from rlxf.stages.ppo import _import
+
+        scorers["gold"] = _import(cfg.gold)
+    frame = side_by_side(prompts, [g.text for g in answers["sft"]], [g.text for g in answers["ppo"]],
+                         ended_a=[g.ended for g in answers["sft"]], ended_b=[g.ended for g in answers["ppo"]],
+                         scorers=scorers, name_a="sft", name_b="ppo")
+    summary = summarise(frame)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "sxs.csv", index=False)
+    done.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return {"summary": summary, "frame": frame}
 
 
-def _win(a, b) -> float:
-    from rlxf.tinyworld.evaluate import win_rate
+# ----------------------------------------------------------------------------- helpers
 
-    return win_rate(a.totals(), b.totals())
+def _with_instruction(cfg: Config, out: Path) -> tuple[str, str]:
+    """The prompt files, rewritten with ``instruction`` in front of every prompt when set."""
+    if not cfg.instruction:
+        return cfg.prompts, cfg.eval_prompts
+    from rlxf.data.formats import load_prompts
+    from rlxf.data.readers import write_jsonl
+
+    paths = []
+    for name, path in (("prompts", cfg.prompts), ("eval_prompts", cfg.eval_prompts)):
+        rows = []
+        for p in load_prompts(path):
+            if not isinstance(p, str):
+                raise ConfigError(f"instruction applies to text prompts; {path} holds conversations "
+                                  "(put the instruction in a system message instead)")
+            rows.append({"prompt": f"{cfg.instruction}\n\n{p}"})
+        target = out / "data" / f"{name}.jsonl"
+        write_jsonl(target, rows)
+        paths.append(str(target))
+    return paths[0], paths[1]
 
 
-def _print_table(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _reward_headline(summary: dict | None) -> dict:
+    if not summary:
+        return {}
+    heldout = summary.get("heldout") or {}
+    return {"heldout_label_accuracy": heldout.get("accuracy"), "heldout_ece": heldout.get("ece")}
 
-    table = Table(title=f"Tinyworld gold-oracle scores ({summary['eval_prompts']} held-out prompts, sampled)")
-    table.add_column("model")
-    for key in ("total", "helpful", "honest", "harmless", "fluent"):
-        table.add_column(key, justify="right")
-    for name, subs in summary["gold_subscores"].items():
-        table.add_row(name, *(f"{subs[k]:.3f}" for k in ("total", "helpful", "honest", "harmless", "fluent")))
-    console = Console(stderr=True)
-    console.print(table)
-    console.print(f"win rate of SFT over base (gold, ties half): {summary['win_rate']['sft_vs_base']:.1%}")
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_outputs(result: dict, *, title: str) -> None:
+    """``summary.json`` and ``report.html`` of a pipeline result."""
+    from rlxf.evaluate.report import write_report
+
+    out = result["out"]
+    (out / "summary.json").write_text(json.dumps(result["summary"], indent=2, default=float) + "\n")
+    write_report(out, _report_stages(out, result["stages"]), sxs=result["evaluation"]["frame"],
+                 win_rates=result.get("win_rates") or _win_rates(result["evaluation"]["summary"]),
+                 headline=result["summary"], title=title)
+
+
+def _report_stages(out: Path, stages: dict) -> list[dict]:
+    views = []
+    for name, summary in stages.items():
+        if summary is None:
+            continue
+        run_dir = out / name
+        views.append({"name": name, "config": str(run_dir / "config.yaml"), "summary": summary,
+                      "metrics": str(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else None})
+    return views
+
+
+def _win_rates(sxs_summary: dict) -> dict:
+    rates = {}
+    for score, stats in sxs_summary.get("scores", {}).items():
+        if stats.get("n"):
+            low, high = stats["interval_b"]
+            rates[f"PPO over SFT by {score}"] = {"rate": stats["win_rate_b"], "low": low, "high": high,
+                                                 "n": stats["n"], "level": stats["level"]}
+    return rates

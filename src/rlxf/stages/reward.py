@@ -52,7 +52,8 @@ LossChoice = Literal["auto", "bradley_terry", "kwise", "soft"]
 @dataclass(kw_only=True)
 class DataConfig:
     train: str
-    """Comparisons: JSONL/JSON/Parquet file or saved HF dataset dir (TRL pairs, Vertex AI, Anthropic HH, rankings, soft labels)."""
+    """Comparisons: JSONL/JSON/Parquet file or saved HF dataset dir (TRL pairs, Vertex AI,
+    Anthropic HH, rankings, soft labels)."""
     eval: str | None = None
     """Held-out comparisons; null holds out eval_fraction of the train prompts."""
     eval_fraction: float = 0.1
@@ -66,7 +67,10 @@ class DataConfig:
     skip_bad_rows: bool = False
     """Skip malformed rows (counted and reported) instead of stopping at the first one."""
     loss: LossChoice = "auto"
-    """auto: rankings K-wise, pairs soft if any prob_chosen ≠ 1 else Bradley-Terry; bradley_terry: every pair (rankings flattened) independent, hard labels; kwise: rankings grouped, hard labels; soft: every pair (rankings flattened) with its probability."""
+    """auto: rankings K-wise, pairs soft if any prob_chosen ≠ 1 else Bradley-Terry;
+    bradley_terry: every pair its own row (rankings flattened), hard labels;
+    kwise: each ranking one batch element, hard labels;
+    soft: every pair its own row (rankings flattened), cross-entropy with prob_chosen."""
     margin: bool = False
     """Use each row's 'margin' in the Bradley-Terry loss: -log σ(r_w - r_l - margin)."""
 
@@ -85,7 +89,8 @@ class NormalizeConfig:
     enabled: bool = True
     """After training, shift rewards so that the reference answers score mean 0."""
     reference: str = "chosen"
-    """'chosen': the held-out split's chosen (best-ranked) answers, the train split's when nothing is held out; or a demonstrations file ({prompt, completion})."""
+    """'chosen': the held-out split's chosen (best-ranked) answers, the train split's when
+    nothing is held out; or a demonstrations file ({prompt, completion})."""
     scale: bool = False
     """Also divide by the reference answers' standard deviation (std 1)."""
 

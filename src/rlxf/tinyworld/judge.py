@@ -7,9 +7,9 @@ built-in ``tinyworld`` labelling template (``rlxf label template=tinyworld``):
 
 - pairwise: two candidate answers to a train prompt in a random order; the completion
   is "1" or "2", the gold winner (near-ties, |gold gap| < ``min_gold_gap``, skipped);
-- chain-of-thought (``cot_share`` of them): the completion is a short rationale -- the
-  reference answer, then each answer's worst flaw by the oracle ("the fox is red . 1
-  is false . 2 is right .") -- and then the label, the two-step format of RLAIF §2.1.2;
+- chain-of-thought (``cot_share`` of them): the completion is a short rationale naming
+  each answer's worst flaw by the oracle ("1 is false . 2 is right .") and then the
+  label, the two-step format of RLAIF §2.1.2;
 - direct scoring (``rating_share`` extra): one answer, completion "1".."10" = 1 + 9 x
   gold total, rounded.
 
@@ -123,21 +123,14 @@ def run(cfg: Config) -> dict:
 # --- demonstrations -------------------------------------------------------------------------
 
 def rationale(prompt: str, first: str, second: str) -> str:
-    """``"the fox is red . 1 is false . 2 is right ."``: the reference answer, then each
-    answer's worst flaw by the gold oracle (:data:`FLAWS`).
-
-    Writing the reference first makes the judge recall the fact before it compares
-    (a reference-guided rationale): without it, the tiny judge cannot tell a fluent
-    false answer from a true one.
-    """
+    """``"1 is rude . 2 is right ."``: each answer's worst flaw by the gold oracle (:data:`FLAWS`)."""
     from rlxf.tinyworld.oracle import score
-    from rlxf.tinyworld.prompts import parse_prompt
 
     words = []
     for answer in (first, second):
         gold = score(prompt, answer)
         words.append(next((word for k, word, limit in FLAWS if getattr(gold, k) < limit), "right"))
-    return f"{parse_prompt(prompt).reference} 1 is {words[0]} . 2 is {words[1]} ."
+    return f"1 is {words[0]} . 2 is {words[1]} ."
 
 
 def gold_rating(prompt: str, answer: str) -> int:
@@ -265,7 +258,7 @@ def evaluate_judge(judge_dir: str, seed: int, *, n: int = 400, n_cot: int = 100,
     both = judge_pairs(judge, pairs, JudgeSettings(template=t))
     report["pairwise"] = _gold_agreement(both, gold_a)
 
-    cot = judge_pairs(judge, pairs[:n_cot], JudgeSettings(template=t, cot=True, rationale_max_tokens=48))
+    cot = judge_pairs(judge, pairs[:n_cot], JudgeSettings(template=t, cot=True, rationale_max_tokens=24))
     report["cot"] = _gold_agreement(cot, gold_a[:n_cot])
     report["cot"]["no_cot_same_pairs"] = _gold_agreement(both[:n_cot], gold_a[:n_cot])["swap_averaged_accuracy"]
 

@@ -152,12 +152,13 @@ def settings_of(cfg: Config) -> JudgeSettings:
 def read_pairs(path: str, *, split: str | None = None, skip_bad: bool = False,
                limit: int | None = None) -> tuple[list[Pair], int]:
     """The pairs to label and the number of skipped bad rows (see the module docstring)."""
-    from rlxf.data.readers import read_rows
+    from rlxf.data.readers import iter_rows
 
-    first = next(iter(read_rows(path, split=split)), None)
+    # the first readable row decides the file's shape
+    first = next((row for _, row in iter_rows(path, split=split) if isinstance(row, dict)), None)
     if first is None:
         raise DataError("holds no rows", path=str(path))
-    if "answers" in first[1]:
+    if "answers" in first:
         pairs, skipped = _answer_lists(path, split, skip_bad)
     else:
         from rlxf.data.formats import load_preferences
