@@ -19,7 +19,11 @@ COMMANDS = {
     ("sft",): "rlxf.stages.sft",
     ("reward",): "rlxf.stages.reward",
     ("ppo",): "rlxf.stages.ppo",
+    ("label",): "rlxf.feedback.ai.label",
+    ("label-eval",): "rlxf.feedback.ai.label_eval",
+    ("critique",): "rlxf.feedback.ai.critique",
     ("tinyworld", "preferences"): "rlxf.tinyworld.preferences",
+    ("tinyworld", "judge"): "rlxf.tinyworld.judge",
     ("tinyworld", "build"): "rlxf.tinyworld.build",
     ("sxs",): "rlxf.evaluate.sxs",
     ("autosxs",): "rlxf.evaluate.autosxs",
@@ -116,7 +120,7 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str], set[str]]:
 def _usage() -> str:
     lines = ["usage: rlxf <command> [--config FILE.yaml] [key=value ...]", "", "commands:"]
     for words, module_name in COMMANDS.items():
-        lines.append(f"  {' '.join(words):<18} {_summary(module_name)}")
+        lines.append(f"  {' '.join(words):<22} {_summary(module_name)}")
     lines += ["", "'rlxf <command> --help' lists the command's config keys."]
     return "\n".join(lines)
 

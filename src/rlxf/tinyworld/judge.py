@@ -60,9 +60,9 @@ class Config:
     """A built Tinyworld base model folder (rlxf tinyworld build's OUT/base); null builds one in OUT/build."""
     seed: int = 0
     """Seed for the demonstrations, the training order and the evaluation pairs."""
-    n_pairs: int = 6000
+    n_pairs: int = 8000
     """Pairwise judgement demonstrations (train prompts)."""
-    cot_share: float = 0.25
+    cot_share: float = 0.5
     """Share of pairwise demonstrations written with a rationale (chain-of-thought)."""
     rating_share: float = 0.25
     """Direct-scoring demonstrations, as a share of n_pairs (added to them)."""
@@ -70,11 +70,11 @@ class Config:
     """Skip pairs whose gold totals differ by less than this (no clear winner to teach)."""
     max_length: int = 256
     """The judge's context length (the base model's is extended to it)."""
-    steps: int = 700
+    steps: int = 1200
     """Fine-tuning optimiser steps."""
     batch_size: int = 32
     """Demonstrations per step."""
-    lr: float = 1e-3
+    lr: float = 2e-3
     """Peak fine-tuning learning rate."""
     n_eval: int = 400
     """Held-out pairs for the evaluation."""
@@ -140,7 +140,7 @@ def gold_rating(prompt: str, answer: str) -> int:
     return max(1, min(10, 1 + round(9 * score(prompt, answer).total)))
 
 
-def demonstrations(n_pairs: int, seed: int, *, cot_share: float = 0.25, rating_share: float = 0.25,
+def demonstrations(n_pairs: int, seed: int, *, cot_share: float = 0.5, rating_share: float = 0.25,
                    min_gold_gap: float = 0.02) -> list[dict]:
     """``{prompt, completion}`` judgement demonstrations (see the module docstring); deterministic."""
     from rlxf.feedback.ai.templates import load_template, pairwise_prompt, rating_prompt
