@@ -305,6 +305,15 @@ def test_malformed_rows_are_reported_with_file_line_and_field(tmp_path, reward_b
     assert f"run.jsonl:4: field '{field}'" in capsys.readouterr().err
 
 
+def test_bad_rows_can_be_skipped_and_are_counted(tmp_path, reward_base):
+    rows = pair_rows()
+    rows[3] = {"prompt": "hi", "chosen": "a .", "rejected": "a ."}
+    rows[9] = {"prompt": "hi", "completions": ["a .", "b ."], "ranking": [1, 1]}
+    summary = reward.run(_config(tmp_path, reward_base, rows, "data.skip_bad_rows=true", "max_steps=5"))
+    assert summary["skipped_rows"] == 2
+    assert summary["train_comparisons"] + summary["eval_comparisons"] == 54
+
+
 def test_impossible_settings_fail_before_any_work(tmp_path, reward_base):
     with pytest.raises(ConfigError, match="data.margin applies to the Bradley-Terry loss"):
         _config(tmp_path, reward_base, pair_rows(), "data.loss=soft", "data.margin=true")
