@@ -155,3 +155,16 @@ def test_full_batches_span_epochs_and_resume_exactly():
         assert sorted(flat[epoch * 5:(epoch + 1) * 5]) == list(range(5))
     resumed = full_batch_indices(5, 3, seed=1, start=7)
     assert [next(resumed) for _ in range(3)] == batches[7:]
+
+
+def test_evaluation_does_not_change_training(setup, tmp_path):
+    """Held-out evaluation samples with a forked RNG: the rollouts after it are unchanged."""
+    root, model_dir = setup
+    rows = {}
+    for every in ("1", "null"):
+        ppo.run(_config(root, model_dir, "max_steps=3", f"eval_every={every}", f"out={tmp_path / every}",
+                        f"eval.prompts={root / 'prompts.jsonl'}", "eval.n=4"))
+        rows[every] = [json.loads(line) for line in (tmp_path / every / "metrics.jsonl").read_text().splitlines()]
+    drop = lambda r: {k: v for k, v in r.items() if not k.startswith("eval_")}  # noqa: E731
+    assert [drop(r) for r in rows["1"]] == [drop(r) for r in rows["null"]]
+    assert all("eval_score" in r for r in rows["1"])

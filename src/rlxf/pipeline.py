@@ -49,6 +49,8 @@ class Config:
     """Who labels SFT samples when preferences is null: 'tinyworld' = the simulated labellers."""
     pretrain: str | None = None
     """Pre-training text for PPO-ptx (used when ppo.ptx.coef > 0)."""
+    pretrain_eval: str | None = None
+    """Held-out pre-training text whose LM loss PPO tracks (what PPO-ptx should preserve)."""
     sft_model: str | None = None
     """An SFT model to start from instead of running SFT."""
     reward_model: str | None = None
@@ -215,7 +217,8 @@ def _ppo(cfg: Config, sft_model: str, reward_model: str, prompts: str, eval_prom
     }
     if cfg.pretrain:
         base["ptx"] = {"data": cfg.pretrain}
-        base["eval"]["lm_data"] = cfg.pretrain
+    if cfg.pretrain_eval:
+        base["eval"]["lm_data"] = cfg.pretrain_eval
     if cfg.gold:
         base["track"] = {"gold": cfg.gold}
     stage = _stage_config(ppo, base, cfg.ppo)

@@ -25,7 +25,7 @@ import importlib
 import logging
 import math
 import resource
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 import torch
@@ -159,6 +159,8 @@ class Config(TrainConfig):
     """Peak learning rate of the policy (AdamW)."""
     lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
     """Learning-rate decay after warm-up."""
+    warmup_steps: int = 0
+    """PPO steps of linear learning-rate warm-up (each step is ppo_epochs × minibatches updates)."""
     batch_size: int = 16
     """Answers per PPO minibatch (one forward/backward)."""
     ppo_epochs: int = 4
@@ -232,6 +234,8 @@ class PPO:
         self.ref = None if lora else _frozen(load_causal_lm(cfg.model))
         value_path = cfg.reward.value_model or cfg.reward.model
         value = rm.init_reward_model(ModelConfig(name_or_path=value_path, dtype=cfg.model.dtype))
+        # a value function started from the reward model predicts on its normalised scale
+        self.value_shift, self.value_scale = _normalization_at(value_path)
         # LoRA with a reward model: the value function is an adapter on it, and the
         # reward model is the same weights with the adapter off
         self.shared_reward = lora and cfg.reward.model is not None and value_path == cfg.reward.model
@@ -281,9 +285,7 @@ class PPO:
         values = self._values(query, response, attention_mask)  # (B, R)
         texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(response, mask)]
         texts = [_strip_separator(t, p, tok, cfg.rollout.separator) for t, p in zip(texts, prompts)]
-        score = self._score(prompts, texts, ended.tolist())  # (B,)
-        if cfg.reward.missing_eos_penalty is not None:
-            score = score - cfg.reward.missing_eos_penalty * (~ended).float()
+        score = self._penalised_score(prompts, texts, ended.tolist())  # (B,)
         rewards, kl = penalised_rewards(score, logp, ref_logp, mask.float(), self.kl_ctl.value, self.kl_estimator)
         if cfg.reward.whiten:
             rewards = masked_whiten(rewards, mask.float(), shift_mean=False)
@@ -316,7 +318,15 @@ class PPO:
         """V before each answer token, read at the position that predicts it: (B, R)."""
         seq = torch.cat([query, response], dim=1)
         values = rm.token_values(self.value, seq, attention_mask)  # (B, P+R)
-        return values[:, query.shape[1] - 1:-1]
+        return (values[:, query.shape[1] - 1:-1] - self.value_shift) / self.value_scale
+
+    def _penalised_score(self, prompts, texts, ended: list[bool]) -> torch.Tensor:
+        """The reward (B,), minus the fixed penalty for answers that never emitted EOS."""
+        score = self._score(prompts, texts, ended)
+        if self.cfg.reward.missing_eos_penalty is not None:
+            never = torch.tensor([not e for e in ended], dtype=torch.float, device=self.device)
+            score = score - self.cfg.reward.missing_eos_penalty * never
+        return score
 
     def _score(self, prompts, texts, ended) -> torch.Tensor:
         if self.reward_fn is not None:
@@ -419,7 +429,9 @@ def run(cfg: Config) -> dict:
     ppo = PPO(cfg, device)
     n_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(prompts) / cfg.rollout.batch_size))
     updates_per_step = cfg.ppo_epochs * math.ceil(cfg.rollout.batch_size / cfg.batch_size)
-    optimizer, scheduler = make_optimizer(ppo.parameter_groups(cfg), cfg, n_steps * updates_per_step)
+    # the scheduler steps once per minibatch update; warm-up is given in PPO steps
+    sched_cfg = replace(cfg, warmup_steps=cfg.warmup_steps * updates_per_step)
+    optimizer, scheduler = make_optimizer(ppo.parameter_groups(cfg), sched_cfg, n_steps * updates_per_step)
 
     start = 0
     if (ckpt := run_dir.latest_checkpoint()) is not None:
@@ -489,11 +501,14 @@ def evaluate(ppo: PPO, prompts: list, cfg: Config) -> dict[str, float]:
 
     out: dict[str, float] = {}
     if prompts:
-        gens = generate(ppo.policy, ppo.tokenizer, prompts, max_new_tokens=cfg.rollout.max_new_tokens,
-                        temperature=cfg.rollout.temperature, separator=cfg.rollout.separator,
-                        batch_size=cfg.rollout.batch_size, seed=cfg.seed + 7)
+        # a forked RNG: evaluating must not change the rollouts that follow it
+        with torch.random.fork_rng(devices=[ppo.device] if ppo.device.type == "cuda" else []):
+            gens = generate(ppo.policy, ppo.tokenizer, prompts, max_new_tokens=cfg.rollout.max_new_tokens,
+                            temperature=cfg.rollout.temperature, separator=cfg.rollout.separator,
+                            batch_size=cfg.rollout.batch_size, seed=cfg.seed + 7)
         texts, ended = [g.text for g in gens], [g.ended for g in gens]
-        out["eval_score"] = sum(ppo._score(prompts, texts, ended).tolist()) / len(prompts)
+        # the same score as training's: EOS penalty included
+        out["eval_score"] = sum(ppo._penalised_score(prompts, texts, ended).tolist()) / len(prompts)
         for name, fn in ppo.track.items():
             values = fn(prompts, texts, ended)
             out[f"eval_{name}"] = sum(values) / len(values)
@@ -544,6 +559,14 @@ def _at_last(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def _strip_separator(text: str, prompt, tokenizer, separator: str) -> str:
     sep = prompt_text(prompt, tokenizer, separator)[1]
     return text.removeprefix(sep) if sep else text
+
+
+def _normalization_at(path: str) -> tuple[float, float]:
+    """``(shift, scale)`` stored with a reward model at ``path``; ``(0, 1)`` for any other model."""
+    from transformers import AutoConfig
+
+    norm = getattr(AutoConfig.from_pretrained(path), rm.NORMALIZATION_KEY, None) or {}
+    return float(norm.get("shift", 0.0)), float(norm.get("scale", 1.0))
 
 
 def _frozen(model):

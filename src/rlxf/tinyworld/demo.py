@@ -50,7 +50,7 @@ PROFILE = {
     "prefs_train": (1000, 300),
     "prefs_heldout": (200, 100),
     "rm_steps": (400, 150),
-    "ppo_steps": (60, 20),
+    "ppo_steps": (40, 20),
     "eval_n": (200, 100),
 }
 
@@ -74,7 +74,7 @@ def run(cfg: Config) -> dict:
         "out": str(out), "seed": cfg.seed, "progress": cfg.progress,
         "base_model": str(files["base"]), "demonstrations": str(files["sft_train"]),
         "prompts": str(files["prompts_train"]), "eval_prompts": str(files["prompts_heldout"]),
-        "pretrain": str(files["pretrain"]), "labeller": "tinyworld", "gold": GOLD,
+        "pretrain": str(files["pretrain"]), "pretrain_eval": str(files["pretrain_heldout"]), "labeller": "tinyworld", "gold": GOLD,
         "kl_coeff": cfg.kl_coeff, "eval_n": size["eval_n"],
         "sft_train_steps": size["sft_steps"], "reward_model_train_steps": size["rm_steps"],
         "reinforcement_learning_train_steps": size["ppo_steps"],
@@ -85,7 +85,7 @@ def run(cfg: Config) -> dict:
         "reward": {"lr": 3e-4, "warmup_steps": 20, "batch_size": 8, "log_every": 10,
                    "eval_every": max(1, size["rm_steps"] // 4), "save_every": max(1, size["rm_steps"] // 4),
                    "tinyworld": {"n_train": size["prefs_train"], "n_heldout": size["prefs_heldout"], "k": 4}},
-        "ppo": {"lr": 1e-4, "warmup_steps": 5, "batch_size": 16, "log_every": 1,
+        "ppo": {"lr": 1e-4, "warmup_steps": 1, "batch_size": 16, "log_every": 1,
                 "eval_every": max(1, size["ppo_steps"] // 4), "save_every": max(1, size["ppo_steps"] // 6),
                 "rollout": {"batch_size": 32}},
     }))
