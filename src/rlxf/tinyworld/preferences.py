@@ -28,7 +28,6 @@ import logging
 import random
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 
 from rlxf.errors import ConfigError
 from rlxf.runs import Run, Timer
