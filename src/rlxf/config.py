@@ -131,6 +131,17 @@ def _own_field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def import_target(target: str) -> Any:
+    """The object a ``'module:name'`` config value names (reward functions, scorers)."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"cannot import '{target}': {err}") from None
+
+
 # ----------------------------------------------------------------------------- internals
 
 

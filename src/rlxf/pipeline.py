@@ -247,9 +247,9 @@ def _evaluate(cfg: Config, sft_model: str, ppo_model: str, reward_model: str, ev
         answers[name] = gens
     scorers = {"reward": reward_scorer(reward_model)}
     if cfg.gold:
-        from rlxf.stages.ppo import _import
+        from rlxf.config import import_target
 
-        scorers["gold"] = _import(cfg.gold)
+        scorers["gold"] = import_target(cfg.gold)
     frame = side_by_side(prompts, [g.text for g in answers["sft"]], [g.text for g in answers["ppo"]],
                          ended_a=[g.ended for g in answers["sft"]], ended_b=[g.ended for g in answers["ppo"]],
                          scorers=scorers, name_a="sft", name_b="ppo")

@@ -25,13 +25,13 @@ with ``rlxf autosxs``.
 from __future__ import annotations
 
 import html
-import importlib
 import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
+from rlxf.config import import_target
 from rlxf.data.records import Prompt
 from rlxf.errors import ConfigError, DataError
 from rlxf.models.loading import DType
@@ -171,7 +171,7 @@ def run(cfg: Config) -> dict:
                                           dtype=cfg.generation.dtype, separator=cfg.generation.separator,
                                           max_length=cfg.reward_max_length)
     if cfg.gold:
-        scorers["gold"] = import_scorer(cfg.gold)
+        scorers["gold"] = import_target(cfg.gold)
     table = side_by_side(answers.prompts, answers.a, answers.b, ended_a=answers.ended_a, ended_b=answers.ended_b,
                          scorers=scorers, name_a=cfg.name_a, name_b=cfg.name_b)
     table.to_csv(run_dir.out / "sxs.csv", index=False)
@@ -297,15 +297,6 @@ def reward_scorer(path: str, *, device: str = "auto", dtype: DType = "float32", 
                            ended=ended, max_length=max_length)
 
     return score
-
-
-def import_scorer(target: str) -> Scorer:
-    """The function ``'module:function'`` names (e.g. ``rlxf.tinyworld.evaluate:gold_totals``)."""
-    module, _, name = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"cannot import '{target}': {err}") from None
 
 
 # ----------------------------------------------------------------------------- the table

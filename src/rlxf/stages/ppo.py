@@ -21,15 +21,15 @@ the reward model, which scores with its adapter off — one copy of each base mo
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import resource
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
+from rlxf.config import import_target
 from rlxf.data.tokenize import IGNORE, collate, prompt_text, tokenize_demonstrations
 from rlxf.errors import ConfigError
 from rlxf.models import reward as rm
@@ -243,7 +243,7 @@ class PPO:
         self.reward = None
         if cfg.reward.model is not None and not self.shared_reward:
             self.reward = _frozen(rm.load_reward_model(cfg.reward.model, dtype=cfg.model.dtype))
-        self.reward_fn = _import(cfg.reward.function) if cfg.reward.function else None
+        self.reward_fn = import_target(cfg.reward.function) if cfg.reward.function else None
         self.rm_tokenizer = load_tokenizer(cfg.reward.model) if cfg.reward.model else self.tokenizer
         if load_tokenizer(value_path).get_vocab() != self.tokenizer.get_vocab():
             raise ConfigError(f"the value function starts from {value_path}, whose tokenizer differs from the "
@@ -257,7 +257,7 @@ class PPO:
         self.kl_ctl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
                        else FixedKLController(cfg.kl.coef))
         self.kl_estimator = kl_k3 if cfg.kl.estimator == "k3" else kl_k1
-        self.track = {name: _import(target) for name, target in cfg.track.items()}
+        self.track = {name: import_target(target) for name, target in cfg.track.items()}
         self.ptx = _ptx_examples(cfg, self.tokenizer) if cfg.ptx.coef > 0 else []
         self.ptx_used = 0  # pre-training batches consumed: where the ptx stream resumes
         self.ptx_batches = full_batch_indices(len(self.ptx), cfg.ptx.batch_size, cfg.seed + 1) if self.ptx else None
@@ -574,14 +574,6 @@ def _frozen(model):
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-def _import(target: str) -> Callable:
-    module, _, attr = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"cannot import '{target}': {err}") from None
 
 
 def _ptx_examples(cfg: Config, tokenizer):
