@@ -18,7 +18,7 @@ from rlxf.errors import ConfigError
 from rlxf.models.loading import ModelConfig, load_tokenizer
 from rlxf.models.reward import init_reward_model
 from rlxf.stages import ppo
-from rlxf.stages.ppo import _at_last, _truncate_at_eos
+from rlxf.stages.ppo import _truncate_at_eos
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,6 @@ def test_truncate_at_eos_by_hand():
     mask, ended = _truncate_at_eos(response, eos)
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert ended.tolist() == [True, False, True]
-    score = torch.tensor([2.0, 3.0, 4.0])
-    assert _at_last(score, mask.float()).tolist() == [[0, 2, 0, 0], [0, 0, 0, 3], [4, 0, 0, 0]]
 
 
 def test_rollout_logprobs_match_unpadded_forward(setup):

@@ -396,7 +396,7 @@ class PPO:
                  "lr": cfg.lr * cfg.value_lr_multiplier}]
 
     def rollout_stats(self, ro: Rollout) -> dict[str, float]:
-        non_score = (ro.rewards - _at_last(ro.score, ro.mask)).mul(ro.mask).sum(1)  # (B,) −β·KL summed
+        non_score = -self.kl_ctl.value * (ro.kl * ro.mask).sum(1)  # (B,) −β·KL summed (before reward whitening)
         stats = {
             "score": ro.score.mean().item(),
             "kl": (ro.kl * ro.mask).sum(1).mean().item(),
@@ -546,14 +546,6 @@ def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
         ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
         mask[i, width - len(s):] = 1
     return ids, mask
-
-
-def _at_last(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``score`` placed at each row's last real token: (B, R)."""
-    out = torch.zeros_like(mask)
-    last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(1)
-    out[torch.arange(mask.shape[0]), last] = score * (mask.sum(1) > 0)
-    return out
 
 
 def _strip_separator(text: str, prompt, tokenizer, separator: str) -> str:
