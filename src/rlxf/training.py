@@ -204,6 +204,19 @@ def load_checkpoint(path: Path, *, modules: tuple[torch.nn.Module, ...], optimiz
     return state["step"], state["extra"]
 
 
+def resume(run, *, modules: tuple[torch.nn.Module, ...], optimizer, scheduler) -> tuple[int, dict | None]:
+    """Restore the newest checkpoint of ``run`` if there is one and cut ``metrics.jsonl``
+    back to it; returns ``(step, extra)``, or ``(0, None)`` for a fresh start."""
+    import logging
+
+    start, extra = 0, None
+    if (ckpt := run.latest_checkpoint()) is not None:
+        start, extra = load_checkpoint(ckpt, modules=modules, optimizer=optimizer, scheduler=scheduler)
+        logging.getLogger("rlxf").info("resuming from %s (step %d)", ckpt, start)
+    run.truncate_metrics(start)
+    return start, extra
+
+
 def _as_random_state(value):
     # weights_only loading turns the nested tuples of random.getstate() into lists
     version, internal, gauss = value

@@ -79,6 +79,12 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remo
     return tok
 
 
+def load_model_tokenizer(cfg: ModelConfig, *, padding_side: Literal["left", "right"] = "right"):
+    """The tokenizer that goes with ``cfg``'s model (``cfg.tokenizer`` when set)."""
+    return load_tokenizer(cfg.tokenizer or cfg.name_or_path, revision=cfg.revision,
+                          trust_remote_code=cfg.trust_remote_code, padding_side=padding_side)
+
+
 def load_causal_lm(cfg: ModelConfig, *, path: str | None = None):
     """The causal LM of ``cfg`` (or the one at ``path``, with ``cfg``'s dtype and trust settings)."""
     from transformers import AutoModelForCausalLM

@@ -27,7 +27,7 @@ import torch
 from rlxf.data.records import Prompt
 from rlxf.data.tokenize import encode_pair
 from rlxf.errors import ConfigError
-from rlxf.models.loading import LoraConfig, ModelConfig, _torch_dtype, disable_dropout, load_tokenizer
+from rlxf.models.loading import LoraConfig, ModelConfig, _torch_dtype, disable_dropout, load_model_tokenizer
 
 NORMALIZATION_KEY = "rlxf_reward_normalization"
 
@@ -46,8 +46,7 @@ def init_reward_model(cfg: ModelConfig):
     """
     from transformers import AutoModelForSequenceClassification
 
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.name_or_path, revision=cfg.revision,
-                               trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_model_tokenizer(cfg)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             cfg.name_or_path, num_labels=1, dtype=_torch_dtype(cfg.dtype), revision=cfg.revision,

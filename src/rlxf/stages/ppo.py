@@ -33,13 +33,14 @@ from rlxf.config import import_target
 from rlxf.data.tokenize import IGNORE, collate, prompt_text, tokenize_demonstrations
 from rlxf.errors import ConfigError
 from rlxf.models import reward as rm
-from rlxf.models.loading import ModelConfig, add_lora, load_causal_lm, load_tokenizer, save_model
+from rlxf.models.loading import (ModelConfig, add_lora, load_causal_lm, load_model_tokenizer, load_tokenizer,
+                                 save_model)
 from rlxf.progress import progress
 from rlxf.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_k1, kl_k3,
                      logprobs_from_logits, masked_mean, masked_whiten, penalised_rewards, policy_loss, value_loss)
 from rlxf.runs import Run, Timer
-from rlxf.training import (TrainConfig, full_batch_indices, load_checkpoint, make_optimizer, resolve_device,
-                           save_checkpoint, seed_everything)
+from rlxf.training import (TrainConfig, full_batch_indices, make_optimizer, resolve_device, resume, save_checkpoint,
+                           seed_everything)
 
 log = logging.getLogger("rlxf")
 
@@ -225,8 +226,7 @@ class PPO:
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
-        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, revision=cfg.model.revision,
-                                        trust_remote_code=cfg.model.trust_remote_code, padding_side="left")
+        self.tokenizer = load_model_tokenizer(cfg.model, padding_side="left")
         lora = cfg.model.lora.enabled
         policy = load_causal_lm(cfg.model)
         self.policy = add_lora(policy, cfg.model.lora) if lora else policy
@@ -433,16 +433,12 @@ def run(cfg: Config) -> dict:
     sched_cfg = replace(cfg, warmup_steps=cfg.warmup_steps * updates_per_step)
     optimizer, scheduler = make_optimizer(ppo.parameter_groups(cfg), sched_cfg, n_steps * updates_per_step)
 
-    start = 0
-    if (ckpt := run_dir.latest_checkpoint()) is not None:
-        start, extra = load_checkpoint(ckpt, modules=ppo.trainable_modules(), optimizer=optimizer,
-                                       scheduler=scheduler)
+    start, extra = resume(run_dir, modules=ppo.trainable_modules(), optimizer=optimizer, scheduler=scheduler)
+    if extra:
         ppo.kl_ctl.load_state_dict(extra["kl_controller"])
         if ppo.ptx:
             ppo.ptx_used = extra["ptx_batches_used"]
             ppo.ptx_batches = full_batch_indices(len(ppo.ptx), cfg.ptx.batch_size, cfg.seed + 1, start=ppo.ptx_used)
-        log.info("resuming from %s (step %d of %d)", ckpt, start, n_steps)
-    run_dir.truncate_metrics(start)
 
     batches = full_batch_indices(len(prompts), cfg.rollout.batch_size, cfg.seed, start=start)
     timer = Timer()

@@ -34,15 +34,15 @@ from typing import Literal
 import torch
 
 from rlxf.errors import ConfigError, DataError
-from rlxf.models.loading import ModelConfig, load_tokenizer, save_model
+from rlxf.models.loading import ModelConfig, load_model_tokenizer, save_model
 from rlxf.models.reward import (add_reward_lora, encode_answer, init_reward_model, pad_right, raw_score,
                                 score_texts, set_reward_normalization)
 from rlxf.progress import progress
 from rlxf.rl.reward_loss import (bradley_terry_loss, expected_calibration_error, kwise_ranking_loss,
                                  pairwise_accuracy, soft_label_loss)
 from rlxf.runs import Run, Timer
-from rlxf.training import (TrainConfig, load_checkpoint, make_optimizer, micro_batch_indices, resolve_device,
-                           save_checkpoint, seed_everything, total_steps)
+from rlxf.training import (TrainConfig, make_optimizer, micro_batch_indices, resolve_device, resume, save_checkpoint,
+                           seed_everything, total_steps)
 
 log = logging.getLogger("rlxf")
 
@@ -148,8 +148,7 @@ def run(cfg: Config) -> dict:
         return run_dir.summary()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, revision=cfg.model.revision,
-                               trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_model_tokenizer(cfg.model)
     data = _load_data(cfg, tokenizer)
     model = init_reward_model(cfg.model)
     if cfg.model.lora.enabled:
@@ -159,12 +158,8 @@ def run(cfg: Config) -> dict:
     train_set, eval_set, plan = data["train"], data["eval"], data["plan"]
     n_steps = total_steps(cfg, len(train_set))
     optimizer, scheduler = make_optimizer(model.parameters(), cfg, n_steps)
-    start, window, eval_metrics = 0, _empty_window(), None
-    if (ckpt := run_dir.latest_checkpoint()) is not None:
-        start, extra = load_checkpoint(ckpt, modules=(model,), optimizer=optimizer, scheduler=scheduler)
-        window, eval_metrics = extra["window"], extra["eval"]
-        log.info("resuming from %s (step %d of %d)", ckpt, start, n_steps)
-    run_dir.truncate_metrics(start)
+    start, extra = resume(run_dir, modules=(model,), optimizer=optimizer, scheduler=scheduler)
+    window, eval_metrics = (extra["window"], extra["eval"]) if extra else (_empty_window(), None)
 
     batches = micro_batch_indices(len(train_set), cfg.batch_size, cfg.seed, start=start * cfg.grad_accum)
     pad_id = tokenizer.pad_token_id

@@ -16,11 +16,11 @@ import torch
 
 from rlxf.data.tokenize import IGNORE, Example, TokenizeStats, collate, pack, tokenize_demonstrations
 from rlxf.errors import ConfigError
-from rlxf.models.loading import ModelConfig, add_lora, load_causal_lm, load_tokenizer, save_model
+from rlxf.models.loading import ModelConfig, add_lora, load_causal_lm, load_model_tokenizer, save_model
 from rlxf.progress import progress
 from rlxf.runs import Run, Timer
-from rlxf.training import (TrainConfig, load_checkpoint, make_optimizer, micro_batch_indices,
-                           resolve_device, save_checkpoint, seed_everything, total_steps)
+from rlxf.training import (TrainConfig, make_optimizer, micro_batch_indices, resolve_device, resume, save_checkpoint,
+                           seed_everything, total_steps)
 
 log = logging.getLogger("rlxf")
 
@@ -71,8 +71,7 @@ def run(cfg: Config) -> dict:
         return run_dir.summary()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, revision=cfg.model.revision,
-                               trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_model_tokenizer(cfg.model)
     train_set, eval_set, stats = _load_data(cfg, tokenizer)
     model = load_causal_lm(cfg.model)
     if cfg.model.lora.enabled:
@@ -81,12 +80,8 @@ def run(cfg: Config) -> dict:
 
     n_steps = total_steps(cfg, len(train_set))
     optimizer, scheduler = make_optimizer(model.parameters(), cfg, n_steps)
-    start, window = 0, []
-    if (ckpt := run_dir.latest_checkpoint()) is not None:
-        start, extra = load_checkpoint(ckpt, modules=(model,), optimizer=optimizer, scheduler=scheduler)
-        window = extra["loss_window"]
-        log.info("resuming from %s (step %d of %d)", ckpt, start, n_steps)
-    run_dir.truncate_metrics(start)
+    start, extra = resume(run_dir, modules=(model,), optimizer=optimizer, scheduler=scheduler)
+    window = extra["loss_window"] if extra else []
 
     batches = micro_batch_indices(len(train_set), cfg.batch_size, cfg.seed, start=start * cfg.grad_accum)
     pad_id = tokenizer.pad_token_id
