@@ -41,3 +41,55 @@ def test_preferences_are_ranked_with_gold_and_load_as_standard_data(tmp_path, ti
                                             if ordered else None)
         assert 0.5 <= report["inter_labeller_expected"] <= 1.0
     assert preferences.run(cfg) == summary  # a finished run is reused
+
+
+def test_answers_come_from_several_policies_slot_by_slot(tmp_path, tiny_model_dir, tokenizer):
+    """With policy=[A, B], answer j of a prompt is written by policy j mod 2, and the rows say which."""
+    import torch
+
+    from conftest import make_model
+
+    # B always writes the same word: its final layer norm outputs a large copy of that word's embedding
+    parrot = make_model("gpt2", len(tokenizer), seed=1)
+    word = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" red"))[0]
+    with torch.no_grad():
+        parrot.transformer.ln_f.weight.zero_()
+        parrot.transformer.ln_f.bias.copy_(5000 * parrot.transformer.wte.weight[word])
+    parrot_dir = tmp_path / "parrot"
+    parrot.save_pretrained(parrot_dir)
+    tokenizer.save_pretrained(parrot_dir)
+
+    cfg = load_config(preferences.Config, None, [f"policy=[{tiny_model_dir},{parrot_dir}]", f"out={tmp_path / 'p'}",
+                                                 "n_train=6", "n_heldout=2", "k=3", "max_new_tokens=4",
+                                                 "progress=false"])
+    summary = preferences.run(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "p" / "rankings_train.jsonl").read_text().splitlines()]
+    assert rows
+    for row in rows:
+        by_b = [a for a, p in zip(row["completions"], row["policy"]) if p == 1]
+        assert by_b == [tokenizer.decode([word] * 4).strip()]  # slot 1 of 3; never ended (no EOS)
+        assert row["policy"].count(0) == len(row["completions"]) - 1
+    assert len(summary["train"]["answer_gold_mean_by_policy"]) == 2
+
+
+def test_reward_gold_accuracy_counts_gold_order_leaves_out_gold_ties_and_halves_reward_ties(tmp_path):
+    from rlxf.tinyworld.evaluate import reward_gold_accuracy
+
+    def pair(chosen, rejected, g_c, g_r, task):
+        return {"prompt": "p", "chosen": chosen, "rejected": rejected, "gold_chosen": g_c, "gold_rejected": g_r,
+                "ended_chosen": True, "ended_rejected": True, "task": task}
+
+    rows = [pair("aaa", "b", 0.9, 0.1, "add"),      # reward (length) agrees with gold: 1
+            pair("c", "dddd", 0.8, 0.2, "add"),     # disagrees: 0
+            pair("ee", "ff", 0.7, 0.3, "greet"),    # reward tie: 1/2
+            pair("gg", "h", 0.5, 0.5, "greet")]     # gold tie: left out
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def length(prompts, answers, ended):
+        return [float(len(a)) for a in answers]
+
+    assert reward_gold_accuracy(length, str(path), by_task=True) == {
+        "accuracy": 0.5, "pairs": 3, "by_task": {"add": 0.5, "greet": 0.5}}
+    path.write_text(json.dumps(rows[-1]) + "\n")
+    assert reward_gold_accuracy(length, str(path)) is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 
 from rlxf.errors import RlxfError
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rlxf: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
-    if isinstance(result, dict):
+    if isinstance(result, dict) and os.environ.get("RANK", "0") == "0":  # under accelerate launch: once
         print(json.dumps(result, indent=2, default=str))
     return 0
 

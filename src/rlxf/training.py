@@ -9,6 +9,7 @@ same batch whether or not the run was interrupted before it.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterator
@@ -163,57 +164,93 @@ def trainable_state(*modules: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_checkpoint(path: Path, *, modules: tuple[torch.nn.Module, ...], optimizer, scheduler,
-                    step: int, extra: dict | None = None) -> None:
-    """Trainable weights as safetensors; optimiser, scheduler, RNG and ``extra`` in ``state.pt``."""
+def save_checkpoint(run, step: int, *, accelerator, modules: tuple[torch.nn.Module, ...], optimizer, scheduler,
+                    keep: int, extra: dict | None = None) -> None:
+    """Write checkpoint ``step`` of ``run``: trainable weights as safetensors; optimiser,
+    scheduler, every process's RNG state and ``extra`` in ``state.pt``.
+
+    Every process calls this (their RNG states are gathered); the main process writes.
+    Under FSDP or DeepSpeed the weights and optimiser state are split over the processes,
+    so each writes its part with ``Accelerator.save_state`` into ``accelerate/`` instead.
+    ``modules`` are the plain models, not the DDP/FSDP wrappers.
+    """
     from safetensors.torch import save_file
 
-    save_file(trainable_state(*modules), str(path / "trainable.safetensors"))
-    torch.save({
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng_torch": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "rng_python": random.getstate(),
-        "extra": extra or {},
-    }, path / "state.pt")
+    from rlxf.distributed import gather_lists, is_sharded, rng_state
+
+    rngs = gather_lists([rng_state()], accelerator)  # one per process, in process order
+    # the name Run.new_checkpoint_dir gives; only the main process creates the directory
+    tmp = run.new_checkpoint_dir(step) if accelerator.is_main_process else run.checkpoints / f"step-{step:06d}.tmp"
+    if is_sharded(accelerator):
+        accelerator.wait_for_everyone()  # the main process has created tmp
+        accelerator.save_state(str(tmp / "accelerate"))
+    if accelerator.is_main_process:
+        if not is_sharded(accelerator):
+            save_file(trainable_state(*modules), str(tmp / "trainable.safetensors"))
+        torch.save({
+            "step": step,
+            "optimizer": None if is_sharded(accelerator) else optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng_torch": rngs[0]["torch"],
+            "rng_cuda": rngs[0]["cuda"],
+            "rng_python": rngs[0]["python"],
+            "rng_other_processes": rngs[1:],
+            "extra": extra or {},
+        }, tmp / "state.pt")
+        run.commit_checkpoint(tmp, keep)
+    accelerator.wait_for_everyone()
 
 
-def load_checkpoint(path: Path, *, modules: tuple[torch.nn.Module, ...], optimizer, scheduler) -> tuple[int, dict]:
-    """Restore what :func:`save_checkpoint` wrote; returns ``(step, extra)``.
+def load_checkpoint(path: Path, *, accelerator, modules: tuple[torch.nn.Module, ...], optimizer,
+                    scheduler) -> tuple[int, dict]:
+    """Restore what :func:`save_checkpoint` wrote; returns ``(step, extra)``. Every process calls it.
 
     ``state.pt`` is read with ``weights_only=True``: tensors and plain containers only,
     never arbitrary pickled objects.
     """
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "trainable.safetensors"))
-    with torch.no_grad():
-        for m, module in enumerate(modules):
-            for name, p in module.named_parameters():
-                if p.requires_grad:
-                    p.copy_(weights[f"{m}.{name}"])
+    from rlxf.distributed import is_sharded
+
     state = torch.load(path / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    if is_sharded(accelerator):
+        accelerator.load_state(str(path / "accelerate"))
+    else:
+        weights = load_file(str(path / "trainable.safetensors"))
+        with torch.no_grad():
+            for m, module in enumerate(modules):
+                for name, p in module.named_parameters():
+                    if p.requires_grad:
+                        p.copy_(weights[f"{m}.{name}"])
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng_torch"])
-    if state["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    random.setstate(_as_random_state(state["rng_python"]))
+    rngs = [{"torch": state["rng_torch"], "cuda": state["rng_cuda"], "python": state["rng_python"]},
+            *state.get("rng_other_processes", [])]
+    if accelerator.process_index < len(rngs):
+        rng = rngs[accelerator.process_index]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(_as_random_state(rng["python"]))
+    else:
+        logging.getLogger("rlxf").warning("%s was written by %d processes; process %d keeps its own seed, so this "
+                                          "run will not repeat an uninterrupted one exactly", path, len(rngs),
+                                          accelerator.process_index)
     return state["step"], state["extra"]
 
 
-def resume(run, *, modules: tuple[torch.nn.Module, ...], optimizer, scheduler) -> tuple[int, dict | None]:
-    """Restore the newest checkpoint of ``run`` if there is one and cut ``metrics.jsonl``
-    back to it; returns ``(step, extra)``, or ``(0, None)`` for a fresh start."""
-    import logging
-
+def resume(run, *, accelerator, modules: tuple[torch.nn.Module, ...], optimizer, scheduler
+           ) -> tuple[int, dict | None]:
+    """Restore the newest checkpoint of ``run`` if there is one and (main process) cut
+    ``metrics.jsonl`` back to it; returns ``(step, extra)``, or ``(0, None)`` for a fresh start."""
     start, extra = 0, None
     if (ckpt := run.latest_checkpoint()) is not None:
-        start, extra = load_checkpoint(ckpt, modules=modules, optimizer=optimizer, scheduler=scheduler)
+        start, extra = load_checkpoint(ckpt, accelerator=accelerator, modules=modules, optimizer=optimizer,
+                                       scheduler=scheduler)
         logging.getLogger("rlxf").info("resuming from %s (step %d)", ckpt, start)
-    run.truncate_metrics(start)
+    if accelerator.is_main_process:
+        run.truncate_metrics(start)
+    accelerator.wait_for_everyone()
     return start, extra
 
 

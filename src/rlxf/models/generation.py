@@ -4,6 +4,9 @@ Prompts are rendered and split from answers exactly as in training (see
 ``rlxf.data.tokenize``), left-padded, and sampled in length-sorted batches. Each
 answer reports whether the model ended it (emitted EOS) — the gold oracle and the
 PPO EOS penalty both need to know.
+
+This is for evaluation and data generation; PPO samples its rollouts through
+:mod:`rlxf.models.rollout_backends` (HF ``generate`` by default, vLLM optionally).
 """
 
 from __future__ import annotations

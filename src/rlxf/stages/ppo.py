@@ -31,16 +31,17 @@ import torch
 
 from rlxf.config import import_target
 from rlxf.data.tokenize import IGNORE, collate, prompt_text, tokenize_demonstrations
+from rlxf.distributed import (TokenValues, check_divisible, gather_lists, gather_rows, global_masked_whiten, is_sharded,
+                              make_accelerator, open_run, save_final, share, stage_device, sum_over_processes)
 from rlxf.errors import ConfigError
 from rlxf.models import reward as rm
-from rlxf.models.loading import (ModelConfig, add_lora, load_causal_lm, load_model_tokenizer, load_tokenizer,
-                                 save_model)
+from rlxf.models.loading import ModelConfig, add_lora, load_causal_lm, load_model_tokenizer, load_tokenizer
+from rlxf.models.rollout_backends import make_backend
 from rlxf.progress import progress
 from rlxf.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_k1, kl_k3,
-                     logprobs_from_logits, masked_mean, masked_whiten, penalised_rewards, policy_loss, value_loss)
-from rlxf.runs import Run, Timer
-from rlxf.training import (TrainConfig, full_batch_indices, make_optimizer, resolve_device, resume, save_checkpoint,
-                           seed_everything)
+                     logprobs_from_logits, masked_mean, penalised_rewards, policy_loss, value_loss)
+from rlxf.runs import Timer
+from rlxf.training import TrainConfig, full_batch_indices, make_optimizer, resume, save_checkpoint, seed_everything
 
 log = logging.getLogger("rlxf")
 
@@ -59,8 +60,14 @@ class RolloutConfig:
     """Sampling temperature, also applied to the logits when computing log-probs."""
     separator: str = " "
     """Text between a plain-text prompt and its answer (as in SFT)."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """What samples the answers: 'hf' (the policy's generate) or 'vllm' (pip install 'rlxf[vllm]', GPU)."""
+    vllm_gpu_memory: float = 0.3
+    """With backend=vllm: the share of each GPU vLLM may use; training needs the rest."""
 
     def validate(self) -> None:
+        if not 0 < self.vllm_gpu_memory < 1:
+            raise ConfigError(f"rollout.vllm_gpu_memory must be in (0, 1), got {self.vllm_gpu_memory}")
         if self.temperature <= 0:
             raise ConfigError(f"rollout.temperature must be > 0, got {self.temperature}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -195,6 +202,9 @@ class Config(TrainConfig):
         for name, target in self.track.items():
             if ":" not in target:
                 raise ConfigError(f"track.{name} must be 'module:function', got {target!r}")
+        if self.rollout.backend == "vllm" and self.model.lora.enabled:
+            raise ConfigError("rollout.backend=vllm loads full weights into vLLM after each update; with "
+                              "model.lora.enabled=true use rollout.backend=hf")
 
 
 @dataclass
@@ -222,10 +232,20 @@ class Rollout:
 
 
 class PPO:
-    """The models, optimiser and state of one PPO run; :meth:`step` is one PPO step."""
+    """The models, optimiser and state of one PPO run: :meth:`rollout` samples and scores
+    a batch, :meth:`update` trains on it.
 
-    def __init__(self, cfg: Config, device: torch.device) -> None:
+    With several processes each one holds every model, samples its share of the prompts
+    and trains on its rows; statistics that whiten or are logged are taken over all
+    processes (see :mod:`rlxf.distributed`). ``policy`` and ``value`` are the plain
+    models; ``policy_fwd`` and ``value_fwd`` are what :meth:`prepare` made of them
+    (DDP wrappers, the models themselves with one process), used for every forward pass
+    that trains.
+    """
+
+    def __init__(self, cfg: Config, device: torch.device, accelerator=None) -> None:
         self.cfg, self.device = cfg, device
+        self.acc = accelerator or make_accelerator(cfg.device)
         self.tokenizer = load_model_tokenizer(cfg.model, padding_side="left")
         lora = cfg.model.lora.enabled
         policy = load_causal_lm(cfg.model)
@@ -261,6 +281,17 @@ class PPO:
         self.ptx = _ptx_examples(cfg, self.tokenizer) if cfg.ptx.coef > 0 else []
         self.ptx_used = 0  # pre-training batches consumed: where the ptx stream resumes
         self.ptx_batches = full_batch_indices(len(self.ptx), cfg.ptx.batch_size, cfg.seed + 1) if self.ptx else None
+        self.policy_fwd, self.value_fwd = self.policy, TokenValues(self.value)
+        self.backend = make_backend(cfg.rollout.backend, self.policy, self.tokenizer, model_path=cfg.model.name_or_path,
+                                    dtype=cfg.model.dtype, seed=cfg.seed + self.acc.process_index,
+                                    gpu_memory_utilization=cfg.rollout.vllm_gpu_memory,
+                                    num_processes=self.acc.num_processes)
+
+    def prepare(self, optimizer):
+        """Wrap the trained models and the optimiser for the launch (DDP, or nothing with
+        one process); returns the optimiser to step."""
+        self.policy_fwd, self.value_fwd, optimizer = self.acc.prepare(self.policy, self.value_fwd, optimizer)
+        return optimizer
 
     # -- rollout ------------------------------------------------------------------------
 
@@ -270,15 +301,13 @@ class PPO:
         query, query_mask = _left_pad([self._encode_prompt(p) for p in prompts], tok.pad_token_id)  # (B, P) each
         query, query_mask = query.to(self.device), query_mask.to(self.device)
         self.policy.eval()
-        seqs = self.policy.generate(input_ids=query, attention_mask=query_mask, do_sample=True, top_k=0, top_p=1.0,
-                                    temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-                                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        response = seqs[:, query.shape[1]:]  # (B, R)
+        response = self.backend.generate(query, query_mask, max_new_tokens=cfg.rollout.max_new_tokens,
+                                         temperature=cfg.rollout.temperature)  # (B, R)
         mask, ended = _truncate_at_eos(response, tok.eos_token_id)  # (B, R), (B,)
         response = response.masked_fill(mask == 0, tok.pad_token_id)
         attention_mask = torch.cat([query_mask, mask], dim=1)  # (B, P+R)
 
-        logits = self._logits(self.policy, query, response, attention_mask)  # (B, R, V)
+        logits = self._logits(self.policy_fwd, query, response, attention_mask)  # (B, R, V)
         logp = logprobs_from_logits(logits, response)  # (B, R)
         del logits
         ref_logp = logprobs_from_logits(self._ref_logits(query, response, attention_mask), response)  # (B, R)
@@ -287,11 +316,12 @@ class PPO:
         texts = [_strip_separator(t, p, tok, cfg.rollout.separator) for t, p in zip(texts, prompts)]
         score = self._penalised_score(prompts, texts, ended.tolist())  # (B,)
         rewards, kl = penalised_rewards(score, logp, ref_logp, mask.float(), self.kl_ctl.value, self.kl_estimator)
+        # whitening statistics are over all processes' rows: N processes whiten as one does
         if cfg.reward.whiten:
-            rewards = masked_whiten(rewards, mask.float(), shift_mean=False)
+            rewards = global_masked_whiten(rewards, mask.float(), self.acc, shift_mean=False)
         advantages, returns = gae(rewards, values, mask.float(), cfg.gamma, cfg.lam)  # (B, R) each
         if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask.float())
+            advantages = global_masked_whiten(advantages, mask.float(), self.acc)
         return Rollout(query, response, attention_mask, mask.float(), ended, logp, ref_logp, values, score, kl,
                        rewards, advantages, returns, texts, list(prompts))
 
@@ -312,12 +342,12 @@ class PPO:
         if self.ref is not None:
             return self._logits(self.ref, query, response, attention_mask)
         with self.policy.disable_adapter():
-            return self._logits(self.policy, query, response, attention_mask)
+            return self._logits(self.policy_fwd, query, response, attention_mask)
 
     def _values(self, query, response, attention_mask) -> torch.Tensor:
         """V before each answer token, read at the position that predicts it: (B, R)."""
         seq = torch.cat([query, response], dim=1)
-        values = rm.token_values(self.value, seq, attention_mask)  # (B, P+R)
+        values = self.value_fwd(seq, attention_mask)  # (B, P+R): rm.token_values of the value model
         return (values[:, query.shape[1] - 1:-1] - self.value_shift) / self.value_scale
 
     def _penalised_score(self, prompts, texts, ended: list[bool]) -> torch.Tensor:
@@ -343,27 +373,37 @@ class PPO:
     # -- update -------------------------------------------------------------------------
 
     def update(self, ro: Rollout, optimizer, scheduler) -> dict[str, float]:
-        """``ppo_epochs`` passes of clipped PPO over shuffled minibatches of ``ro``."""
-        cfg = self.cfg
+        """``ppo_epochs`` passes of clipped PPO over shuffled minibatches of ``ro``.
+
+        With N processes each shuffles its own rows into minibatches of ``batch_size / N``;
+        together they make minibatches of ``batch_size`` (a different random partition of
+        the rollout than one process would draw). Losses are token means over the whole
+        minibatch: a process weighs its mean by its share of the minibatch's tokens.
+        """
+        cfg, n_proc = self.cfg, self.acc.num_processes
         self.policy.train()
         self.value.train()
-        stats: dict[str, list[float]] = {}
+        stats: dict[str, list[float]] = {}  # this process's part of each minibatch's value
+        grad_norms: list[float] = []
         n = ro.query.shape[0]
         for _ in range(cfg.ppo_epochs):
-            for idx in torch.randperm(n).split(cfg.batch_size):
-                logits = self._logits(self.policy, ro.query[idx], ro.response[idx], ro.attention_mask[idx])
+            for idx in torch.randperm(n).split(cfg.batch_size // n_proc):
+                logits = self._logits(self.policy_fwd, ro.query[idx], ro.response[idx], ro.attention_mask[idx])
                 logp = logprobs_from_logits(logits, ro.response[idx])  # (b, R)
                 mask = ro.mask[idx]
                 pg = policy_loss(logp, ro.logp[idx], ro.advantages[idx], mask, cfg.clip_range)
                 values = self._values(ro.query[idx], ro.response[idx], ro.attention_mask[idx])  # (b, R)
                 vf = value_loss(values, ro.values[idx], ro.returns[idx], mask, cfg.value_clip_range)
-                loss = pg.loss + cfg.vf_coef * vf.loss
+                n_mine = float(mask.sum())
+                part = n_mine / sum_over_processes([n_mine], self.acc)[0]  # 1.0 with one process
+                # × N: DDP averages the processes' gradients, the minibatch loss is the sum of their parts
+                loss = (pg.loss + cfg.vf_coef * vf.loss) * (part * n_proc)
                 if self.ptx:
-                    ptx_loss = self._ptx_loss()
-                    loss = loss + cfg.ptx.coef * ptx_loss
-                    _add(stats, "ptx_loss", ptx_loss.item())
-                loss.backward()
-                grad_norm = _clip_grad(optimizer, cfg.max_grad_norm)
+                    ptx_loss, ptx_part = self._ptx_loss()
+                    loss = loss + cfg.ptx.coef * (ptx_loss * (ptx_part * n_proc))
+                    _add(stats, "ptx_loss", ptx_loss.item() * ptx_part)
+                self.acc.backward(loss)
+                grad_norms.append(_clip_grad(optimizer, cfg.max_grad_norm))
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -371,19 +411,28 @@ class PPO:
                     entropy = masked_mean(entropy_from_logits(logits), mask)
                 for key, value in (("policy_loss", pg.loss), ("value_loss", vf.loss), ("clip_frac", pg.clip_frac),
                                    ("value_clip_frac", vf.clip_frac), ("approx_kl", pg.approx_kl),
-                                   ("entropy", entropy), ("grad_norm", grad_norm)):
-                    _add(stats, key, float(value.detach()) if torch.is_tensor(value) else value)
-        return {k: sum(v) / len(v) for k, v in stats.items()}
+                                   ("entropy", entropy)):
+                    _add(stats, key, float(value.detach()) * part)
+        keys = list(stats)
+        totals = sum_over_processes([v for k in keys for v in stats[k]], self.acc)  # each minibatch's value
+        per_key = len(totals) // max(len(keys), 1)
+        out = {k: totals[i * per_key:(i + 1) * per_key] for i, k in enumerate(keys)}
+        out["grad_norm"] = grad_norms  # the same on every process (gradients are all-reduced)
+        return {k: sum(v) / len(v) for k, v in out.items()}
 
-    def _ptx_loss(self) -> torch.Tensor:
-        """Mean next-token NLL on one batch of pre-training text (the γ term of eq. 2)."""
-        batch = collate([self.ptx[i] for i in next(self.ptx_batches)], self.tokenizer.pad_token_id)
+    def _ptx_loss(self) -> tuple[torch.Tensor, float]:
+        """Mean next-token NLL on this process's share of one batch of pre-training text
+        (the γ term of eq. 2), and that share's part of the batch's target tokens."""
+        examples = [self.ptx[i] for i in next(self.ptx_batches)]  # the global batch
         self.ptx_used += 1
+        mine, _ = share(examples, self.acc)
+        batch = collate(mine, self.tokenizer.pad_token_id)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         labels = batch.pop("labels")
-        logits = self.policy(**batch, use_cache=False).logits[:, :-1]  # (b, T-1, V)
-        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
+        logits = self.policy_fwd(**batch, use_cache=False).logits[:, :-1]  # (b, T-1, V)
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
                                                  labels[:, 1:].reshape(-1), ignore_index=IGNORE)
+        return loss, _n_ptx_targets(mine) / max(_n_ptx_targets(examples), 1)
 
     # -- bookkeeping --------------------------------------------------------------------
 
@@ -396,77 +445,98 @@ class PPO:
                  "lr": cfg.lr * cfg.value_lr_multiplier}]
 
     def rollout_stats(self, ro: Rollout) -> dict[str, float]:
-        non_score = -self.kl_ctl.value * (ro.kl * ro.mask).sum(1)  # (B,) −β·KL summed (before reward whitening)
+        """Means over the whole rollout batch: every process's rows."""
+        rows = lambda x: gather_rows(x, self.acc)  # noqa: E731  (B_r,) here -> (B,) over processes
+        kl = rows((ro.kl * ro.mask).sum(1))  # (B,) KL summed over each answer
+        score = rows(ro.score)  # (B,)
+        non_score = -self.kl_ctl.value * kl  # (B,) −β·KL summed (before reward whitening)
         stats = {
-            "score": ro.score.mean().item(),
-            "kl": (ro.kl * ro.mask).sum(1).mean().item(),
+            "score": score.mean().item(),
+            "kl": kl.mean().item(),
             "non_score_reward": non_score.mean().item(),
-            "reward": (ro.score + non_score).mean().item(),
-            "response_length": ro.mask.sum(1).mean().item(),
-            "eos_rate": ro.ended.float().mean().item(),
+            "reward": (score + non_score).mean().item(),
+            "response_length": rows(ro.mask.sum(1)).mean().item(),
+            "eos_rate": rows(ro.ended.float()).mean().item(),
             "kl_coef": self.kl_ctl.value,
         }
         for name, fn in self.track.items():
-            values = fn(ro.prompts, ro.texts, ro.ended.tolist())
+            values = gather_lists(list(fn(ro.prompts, ro.texts, ro.ended.tolist())), self.acc)
             stats[name] = sum(values) / len(values)
         return stats
 
 
 def run(cfg: Config) -> dict:
-    """Train with PPO; resume from the newest checkpoint of ``cfg.out`` if any."""
+    """Train with PPO; resume from the newest checkpoint of ``cfg.out`` if any.
+
+    Under ``accelerate launch`` (DDP) every process runs this and samples its share of
+    each rollout batch; see :mod:`rlxf.distributed`.
+    """
     from rlxf.data.formats import load_prompts
 
-    run_dir = Run.open(cfg.out, cfg)
+    acc = make_accelerator(cfg.device)
+    if is_sharded(acc):
+        raise ConfigError("PPO runs under DDP (examples/accelerate/ddp_gpu.yaml), not FSDP or DeepSpeed; "
+                          "for a policy too large for one GPU use model.lora.enabled=true")
+    check_divisible(acc, **{"rollout.batch_size": cfg.rollout.batch_size, "batch_size": cfg.batch_size},
+                    **({"ptx.batch_size": cfg.ptx.batch_size} if cfg.ptx.coef > 0 else {}))
+    run_dir = open_run(cfg, acc)
     if run_dir.complete:
         log.info("%s is already complete; delete it to train again", run_dir.out)
         return run_dir.summary()
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed + acc.process_index)
+    device = stage_device(acc, cfg.device)
     prompts = list(load_prompts(cfg.rollout.prompts))
     if not prompts:
         raise ConfigError(f"rollout.prompts ({cfg.rollout.prompts}) holds no prompts")
     eval_prompts = list(load_prompts(cfg.eval.prompts))[:cfg.eval.n] if cfg.eval.prompts else []
-    ppo = PPO(cfg, device)
+    ppo = PPO(cfg, device, acc)
     n_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(prompts) / cfg.rollout.batch_size))
     updates_per_step = cfg.ppo_epochs * math.ceil(cfg.rollout.batch_size / cfg.batch_size)
     # the scheduler steps once per minibatch update; warm-up is given in PPO steps
     sched_cfg = replace(cfg, warmup_steps=cfg.warmup_steps * updates_per_step)
     optimizer, scheduler = make_optimizer(ppo.parameter_groups(cfg), sched_cfg, n_steps * updates_per_step)
+    optimizer = ppo.prepare(optimizer)  # the scheduler is not prepared: accelerate would step it N times
 
-    start, extra = resume(run_dir, modules=ppo.trainable_modules(), optimizer=optimizer, scheduler=scheduler)
+    start, extra = resume(run_dir, accelerator=acc, modules=ppo.trainable_modules(), optimizer=optimizer,
+                          scheduler=scheduler)
     if extra:
         ppo.kl_ctl.load_state_dict(extra["kl_controller"])
         if ppo.ptx:
             ppo.ptx_used = extra["ptx_batches_used"]
             ppo.ptx_batches = full_batch_indices(len(ppo.ptx), cfg.ptx.batch_size, cfg.seed + 1, start=ppo.ptx_used)
+    if start:
+        ppo.backend.sync_weights(ppo.policy)  # the engine still holds the starting weights
 
     batches = full_batch_indices(len(prompts), cfg.rollout.batch_size, cfg.seed, start=start)
     timer = Timer()
-    bar = progress(range(start, n_steps), desc="ppo", initial=start, total=n_steps, enabled=cfg.progress)
+    bar = progress(range(start, n_steps), desc="ppo", initial=start, total=n_steps,
+                   enabled=cfg.progress and acc.is_main_process)
     last: dict[str, float] = {}
     for step in bar:
-        ro = ppo.rollout([prompts[i] for i in next(batches)])
+        mine, _ = share(next(batches), acc)  # this process's rollout.batch_size / N prompts
+        ro = ppo.rollout([prompts[i] for i in mine])
         stats = ppo.rollout_stats(ro)
         stats.update(ppo.update(ro, optimizer, scheduler))
+        ppo.backend.sync_weights(ppo.policy)
         ppo.kl_ctl.update(stats["kl"], cfg.rollout.batch_size)
         stats["lr"] = scheduler.get_last_lr()[0]
         done = step + 1
         bar.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl']:.3f}")
-        if eval_prompts and ((cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps):
+        # held-out evaluation runs on the main process alone (a forked RNG, plain models)
+        if eval_prompts and acc.is_main_process and ((cfg.eval_every and done % cfg.eval_every == 0)
+                                                     or done == n_steps):
             stats.update(evaluate(ppo, eval_prompts, cfg))
-        if done % cfg.log_every == 0 or done == n_steps or "eval_score" in stats:
+        if acc.is_main_process and (done % cfg.log_every == 0 or done == n_steps or "eval_score" in stats):
             run_dir.log(done, stats)
         last = stats
         if (cfg.save_every and done % cfg.save_every == 0) or done == n_steps:
-            tmp = run_dir.new_checkpoint_dir(done)
-            save_checkpoint(tmp, modules=ppo.trainable_modules(), optimizer=optimizer, scheduler=scheduler,
-                            step=done, extra={"kl_controller": ppo.kl_ctl.state_dict(),
-                                              "ptx_batches_used": ppo.ptx_used})
-            run_dir.commit_checkpoint(tmp, cfg.keep_checkpoints)
+            save_checkpoint(run_dir, done, accelerator=acc, modules=ppo.trainable_modules(), optimizer=optimizer,
+                            scheduler=scheduler, keep=cfg.keep_checkpoints,
+                            extra={"kl_controller": ppo.kl_ctl.state_dict(), "ptx_batches_used": ppo.ptx_used})
     bar.close()
 
-    save_model(ppo.policy, _plain_tokenizer(ppo.tokenizer), run_dir.final)
-    if cfg.eval.lm_data and "eval_lm_loss" not in last:
+    save_final(ppo.policy_fwd, _plain_tokenizer(ppo.tokenizer), run_dir.final, acc)
+    if cfg.eval.lm_data and "eval_lm_loss" not in last and acc.is_main_process:
         last.update(evaluate(ppo, [], cfg))
     rows = run_dir.metrics()
     tail = rows[-max(1, len(rows) // 10):]  # the last tenth of the logged steps
@@ -485,7 +555,8 @@ def run(cfg: Config) -> dict:
         "seconds": timer.elapsed(),
         "final": str(run_dir.final),
     }
-    run_dir.write_summary(summary)
+    if acc.is_main_process:
+        run_dir.write_summary(summary)
     return summary
 
 
@@ -584,6 +655,11 @@ def _clip_grad(optimizer, max_norm: float | None) -> float:
     if max_norm is None or not params:
         return 0.0
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def _n_ptx_targets(examples) -> int:
+    """Target tokens of pre-training sequences: every labelled token but the first."""
+    return sum(sum(1 for t in e.labels[1:] if t != IGNORE) for e in examples)
 
 
 def _add(stats: dict[str, list[float]], key: str, value: float) -> None:

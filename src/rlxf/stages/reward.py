@@ -33,16 +33,18 @@ from typing import Literal
 
 import torch
 
+from rlxf.distributed import (TokenValues, configure_deepspeed, gather_lists, make_accelerator, open_run,
+                              refuse_sharded_lora, save_final, share, stage_device, sum_over_processes)
 from rlxf.errors import ConfigError, DataError
-from rlxf.models.loading import ModelConfig, load_model_tokenizer, save_model
-from rlxf.models.reward import (add_reward_lora, encode_answer, init_reward_model, pad_right, raw_score,
+from rlxf.models.loading import ModelConfig, load_model_tokenizer
+from rlxf.models.reward import (add_reward_lora, encode_answer, init_reward_model, last_token_index, pad_right,
                                 score_texts, set_reward_normalization)
 from rlxf.progress import progress
 from rlxf.rl.reward_loss import (bradley_terry_loss, expected_calibration_error, kwise_ranking_loss,
                                  pairwise_accuracy, soft_label_loss)
-from rlxf.runs import Run, Timer
-from rlxf.training import (TrainConfig, make_optimizer, micro_batch_indices, resolve_device, resume, save_checkpoint,
-                           seed_everything, total_steps)
+from rlxf.runs import Timer
+from rlxf.training import (TrainConfig, make_optimizer, micro_batch_indices, resume, save_checkpoint, seed_everything,
+                           total_steps)
 
 log = logging.getLogger("rlxf")
 
@@ -141,13 +143,18 @@ class LossPlan:
 
 
 def run(cfg: Config) -> dict:
-    """Train, evaluate, normalise and save; resume from the newest checkpoint of ``cfg.out`` if any."""
-    run_dir = Run.open(cfg.out, cfg)
+    """Train, evaluate, normalise and save; resume from the newest checkpoint of ``cfg.out`` if any.
+
+    Under ``accelerate launch`` every process runs this; see :mod:`rlxf.distributed`.
+    """
+    acc = make_accelerator(cfg.device)
+    refuse_sharded_lora(acc, cfg.model.lora.enabled)
+    run_dir = open_run(cfg, acc)
     if run_dir.complete:
         log.info("%s is already complete; delete it to train again", run_dir.out)
         return run_dir.summary()
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed + acc.process_index)
+    device = stage_device(acc, cfg.device)
     tokenizer = load_model_tokenizer(cfg.model)
     data = _load_data(cfg, tokenizer)
     model = init_reward_model(cfg.model)
@@ -158,24 +165,32 @@ def run(cfg: Config) -> dict:
     train_set, eval_set, plan = data["train"], data["eval"], data["plan"]
     n_steps = total_steps(cfg, len(train_set))
     optimizer, scheduler = make_optimizer(model.parameters(), cfg, n_steps)
-    start, extra = resume(run_dir, modules=(model,), optimizer=optimizer, scheduler=scheduler)
+    # the forward pass DDP/FSDP must see is token_values'; the scheduler is not prepared
+    # (accelerate would step it once per process)
+    configure_deepspeed(acc, cfg.batch_size, cfg.grad_accum)
+    scorer, optimizer = acc.prepare(TokenValues(model), optimizer)
+    start, extra = resume(run_dir, accelerator=acc, modules=(model,), optimizer=optimizer, scheduler=scheduler)
     window, eval_metrics = (extra["window"], extra["eval"]) if extra else (_empty_window(), None)
 
     batches = micro_batch_indices(len(train_set), cfg.batch_size, cfg.seed, start=start * cfg.grad_accum)
     pad_id = tokenizer.pad_token_id
     timer = Timer()
-    bar = progress(range(start, n_steps), desc="reward", initial=start, total=n_steps, enabled=cfg.progress)
+    bar = progress(range(start, n_steps), desc="reward", initial=start, total=n_steps,
+                   enabled=cfg.progress and acc.is_main_process)
     for step in bar:
-        micro = [[train_set[i] for i in next(batches)] for _ in range(cfg.grad_accum)]
+        micro = [[train_set[i] for i in next(batches)] for _ in range(cfg.grad_accum)]  # the global step
         n_groups = sum(len(groups) for groups in micro)
         step_loss = 0.0
         for groups in micro:
-            loss, diffs, outcomes = _forward(model, groups, plan, pad_id, device)
-            (loss * len(groups) / n_groups).backward()  # the step's loss is the mean over its groups
-            step_loss += loss.item() * len(groups) / n_groups
-            window["diffs"] += diffs.tolist()
-            window["outcomes"] += outcomes.tolist()
-        grad_norm = _clip(model, cfg.max_grad_norm)
+            mine, weight = share(groups, acc)
+            loss, diffs, outcomes = _forward(scorer, mine, plan, pad_id, device)
+            # the step's loss is the mean over its groups; × N: DDP averages the processes' gradients
+            acc.backward(loss * weight * len(mine) / n_groups * acc.num_processes)
+            step_loss += weight * loss.item() * len(mine) / n_groups
+            window["diffs"] += gather_lists(diffs.tolist() if weight else [], acc)
+            window["outcomes"] += gather_lists(outcomes.tolist() if weight else [], acc)
+        step_loss = sum_over_processes([step_loss], acc)[0]
+        grad_norm = _clip(acc, scorer, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -189,22 +204,22 @@ def run(cfg: Config) -> dict:
                        grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
             window = _empty_window()
         if eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps):
-            eval_metrics = evaluate(model, eval_set, plan, pad_id, device, cfg.batch_size)
+            eval_metrics = _evaluate_shared(scorer, eval_set, plan, pad_id, device, cfg.batch_size, acc)
             row.update({f"eval_{k}": v for k, v in eval_metrics.items()})
-            model.train()
-        if row:
+            scorer.train()
+        if row and acc.is_main_process:
             run_dir.log(done, row)
         if (cfg.save_every and done % cfg.save_every == 0) or done == n_steps:
-            tmp = run_dir.new_checkpoint_dir(done)
-            save_checkpoint(tmp, modules=(model,), optimizer=optimizer, scheduler=scheduler, step=done,
+            save_checkpoint(run_dir, done, accelerator=acc, modules=(model,), optimizer=optimizer,
+                            scheduler=scheduler, keep=cfg.keep_checkpoints,
                             extra={"window": window, "eval": eval_metrics})
-            run_dir.commit_checkpoint(tmp, cfg.keep_checkpoints)
     bar.close()
 
     normalization = None
     if cfg.normalize.enabled:
-        normalization = _normalize(model, tokenizer, cfg, data["reference"])
-    save_model(model, tokenizer, run_dir.final)
+        # every process scores the whole reference set (FSDP needs them all in each forward pass)
+        normalization = _normalize(acc.unwrap_model(scorer).model, tokenizer, cfg, data["reference"])
+    save_final(scorer, tokenizer, run_dir.final, acc)
     last = [r for r in run_dir.metrics() if "loss" in r]
     summary = {
         "stage": "reward",
@@ -224,21 +239,25 @@ def run(cfg: Config) -> dict:
         "seconds": timer.elapsed(),
         "final": str(run_dir.final),
     }
-    run_dir.write_summary(summary)
+    if acc.is_main_process:
+        run_dir.write_summary(summary)
     return summary
 
 
 # ----------------------------------------------------------------------------- the loss
 
-def _forward(model, groups: list[Group], plan: LossPlan, pad_id: int, device
+def _forward(scorer, groups: list[Group], plan: LossPlan, pad_id: int, device
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean loss over ``groups``, and every pair's ``r_w - r_l`` and label, for the metrics.
 
-    All answers of all groups go through the model in one forward pass.
+    ``scorer`` is the reward model wrapped in :class:`rlxf.distributed.TokenValues` (or
+    its DDP/FSDP wrapper). All answers of all groups go through it in one forward pass.
     """
     seqs = [s for g in groups for s in g.sequences]
     batch = pad_right(seqs, pad_id)
-    rewards = raw_score(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))  # (N,)
+    mask = batch["attention_mask"].to(device)
+    values = scorer(batch["input_ids"].to(device), mask)  # (N, T)
+    rewards = values.gather(1, last_token_index(mask).unsqueeze(1)).squeeze(1)  # (N,) as rm.raw_score
     per_group = list(torch.split(rewards, [len(g.sequences) for g in groups]))  # each (K_g,), best first
     rankings = [r for r, g in zip(per_group, groups) if g.is_ranking]
     pairs = [(r, g) for r, g in zip(per_group, groups) if not g.is_ranking]
@@ -285,11 +304,27 @@ def evaluate(model, groups: list[Group], plan: LossPlan, pad_id: int, device, ba
     total, diffs, outcomes = 0.0, [], []
     for i in range(0, len(groups), batch_size):
         chunk = groups[i:i + batch_size]
-        loss, d, o = _forward(model, chunk, plan, pad_id, device)
+        loss, d, o = _forward(TokenValues(model), chunk, plan, pad_id, device)
         total += loss.item() * len(chunk)
         diffs.append(d)
         outcomes.append(o)
     return {"loss": total / len(groups), **_pair_metrics(torch.cat(diffs), torch.cat(outcomes))}
+
+
+@torch.no_grad()
+def _evaluate_shared(scorer, groups: list[Group], plan: LossPlan, pad_id: int, device, batch_size: int,
+                     acc) -> dict[str, float]:
+    """:func:`evaluate` with each batch shared out over the processes (the same with one)."""
+    scorer.eval()
+    total, diffs, outcomes = 0.0, [], []
+    for i in range(0, len(groups), batch_size):
+        mine, weight = share(groups[i:i + batch_size], acc)
+        loss, d, o = _forward(scorer, mine, plan, pad_id, device)
+        total += weight * loss.item() * len(mine)
+        diffs += gather_lists(d.tolist() if weight else [], acc)
+        outcomes += gather_lists(o.tolist() if weight else [], acc)
+    total = sum_over_processes([total], acc)[0]
+    return {"loss": total / len(groups), **_pair_metrics(torch.tensor(diffs), torch.tensor(outcomes))}
 
 
 def _empty_window() -> dict[str, list[float]]:
@@ -301,11 +336,12 @@ def _n_pairs(group: Group) -> int:
     return k * (k - 1) // 2
 
 
-def _clip(model, max_norm: float | None) -> float:
+def _clip(acc, model, max_norm: float | None) -> float:
     params = [p for p in model.parameters() if p.grad is not None]
     if max_norm is None:
         return float(torch.norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norm = acc.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm) if norm is not None else float("nan")  # DeepSpeed clips inside its engine
 
 
 # ----------------------------------------------------------------------------- data

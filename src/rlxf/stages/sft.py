@@ -15,12 +15,14 @@ from dataclasses import dataclass
 import torch
 
 from rlxf.data.tokenize import IGNORE, Example, TokenizeStats, collate, pack, tokenize_demonstrations
+from rlxf.distributed import (configure_deepspeed, make_accelerator, open_run, refuse_sharded_lora, save_final,
+                              share, stage_device, sum_over_processes)
 from rlxf.errors import ConfigError
-from rlxf.models.loading import ModelConfig, add_lora, load_causal_lm, load_model_tokenizer, save_model
+from rlxf.models.loading import ModelConfig, add_lora, load_causal_lm, load_model_tokenizer
 from rlxf.progress import progress
-from rlxf.runs import Run, Timer
-from rlxf.training import (TrainConfig, make_optimizer, micro_batch_indices, resolve_device, resume, save_checkpoint,
-                           seed_everything, total_steps)
+from rlxf.runs import Timer
+from rlxf.training import (TrainConfig, make_optimizer, micro_batch_indices, resume, save_checkpoint, seed_everything,
+                           total_steps)
 
 log = logging.getLogger("rlxf")
 
@@ -64,13 +66,18 @@ class Config(TrainConfig):
 
 
 def run(cfg: Config) -> dict:
-    """Train, evaluate and save; resume from the newest checkpoint of ``cfg.out`` if any."""
-    run_dir = Run.open(cfg.out, cfg)
+    """Train, evaluate and save; resume from the newest checkpoint of ``cfg.out`` if any.
+
+    Under ``accelerate launch`` every process runs this; see :mod:`rlxf.distributed`.
+    """
+    acc = make_accelerator(cfg.device)
+    refuse_sharded_lora(acc, cfg.model.lora.enabled)
+    run_dir = open_run(cfg, acc)
     if run_dir.complete:
         log.info("%s is already complete; delete it to train again", run_dir.out)
         return run_dir.summary()
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed + acc.process_index)
+    device = stage_device(acc, cfg.device)
     tokenizer = load_model_tokenizer(cfg.model)
     train_set, eval_set, stats = _load_data(cfg, tokenizer)
     model = load_causal_lm(cfg.model)
@@ -80,24 +87,30 @@ def run(cfg: Config) -> dict:
 
     n_steps = total_steps(cfg, len(train_set))
     optimizer, scheduler = make_optimizer(model.parameters(), cfg, n_steps)
-    start, extra = resume(run_dir, modules=(model,), optimizer=optimizer, scheduler=scheduler)
+    # the scheduler is not prepared: accelerate would step it once per process
+    configure_deepspeed(acc, cfg.batch_size, cfg.grad_accum)
+    wrapped, optimizer = acc.prepare(model, optimizer)
+    start, extra = resume(run_dir, accelerator=acc, modules=(model,), optimizer=optimizer, scheduler=scheduler)
     window = extra["loss_window"] if extra else []
 
     batches = micro_batch_indices(len(train_set), cfg.batch_size, cfg.seed, start=start * cfg.grad_accum)
     pad_id = tokenizer.pad_token_id
     timer = Timer()
     eval_loss = None
-    bar = progress(range(start, n_steps), desc="sft", initial=start, total=n_steps, enabled=cfg.progress)
+    bar = progress(range(start, n_steps), desc="sft", initial=start, total=n_steps,
+                   enabled=cfg.progress and acc.is_main_process)
     for step in bar:
-        micro = [collate([train_set[i] for i in next(batches)], pad_id, packed=cfg.data.packing)
-                 for _ in range(cfg.grad_accum)]
-        n_tokens = sum(int((b["labels"] != IGNORE).sum()) for b in micro)
+        micro = [[train_set[i] for i in next(batches)] for _ in range(cfg.grad_accum)]  # the global step
+        n_tokens = sum(_n_targets(e) for examples in micro for e in examples)
         step_loss = 0.0
-        for batch in micro:
-            loss_sum, _ = _token_nll(model, batch, device)
-            (loss_sum / n_tokens).backward()
-            step_loss += loss_sum.item() / n_tokens
-        grad_norm = _clip(model, cfg.max_grad_norm)
+        for examples in micro:
+            mine, weight = share(examples, acc)
+            loss_sum, _ = _token_nll(wrapped, collate(mine, pad_id, packed=cfg.data.packing), device)
+            # × N: DDP averages the N processes' gradients, the loss is their sum
+            acc.backward(loss_sum * weight / n_tokens * acc.num_processes)
+            step_loss += weight * loss_sum.item() / n_tokens
+        step_loss = sum_over_processes([step_loss], acc)[0]
+        grad_norm = _clip(acc, wrapped, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -110,19 +123,17 @@ def run(cfg: Config) -> dict:
                        tokens=n_tokens)
             window = []
         if eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps):
-            eval_loss = evaluate(model, eval_set, pad_id, device, cfg.batch_size, packed=cfg.data.packing)
+            eval_loss = _evaluate_shared(wrapped, eval_set, pad_id, device, cfg.batch_size, cfg.data.packing, acc)
             row["eval_loss"] = eval_loss
-            model.train()
-        if row:
+            wrapped.train()
+        if row and acc.is_main_process:
             run_dir.log(done, row)
         if (cfg.save_every and done % cfg.save_every == 0) or done == n_steps:
-            tmp = run_dir.new_checkpoint_dir(done)
-            save_checkpoint(tmp, modules=(model,), optimizer=optimizer, scheduler=scheduler, step=done,
-                            extra={"loss_window": window})
-            run_dir.commit_checkpoint(tmp, cfg.keep_checkpoints)
+            save_checkpoint(run_dir, done, accelerator=acc, modules=(model,), optimizer=optimizer,
+                            scheduler=scheduler, keep=cfg.keep_checkpoints, extra={"loss_window": window})
     bar.close()
 
-    save_model(model, tokenizer, run_dir.final)
+    save_final(wrapped, tokenizer, run_dir.final, acc)
     last = [r for r in run_dir.metrics() if "loss" in r]
     summary = {
         "stage": "sft",
@@ -137,7 +148,8 @@ def run(cfg: Config) -> dict:
         "seconds": timer.elapsed(),
         "final": str(run_dir.final),
     }
-    run_dir.write_summary(summary)
+    if acc.is_main_process:
+        run_dir.write_summary(summary)
     return summary
 
 
@@ -189,8 +201,28 @@ def evaluate(model, examples: list[Example], pad_id: int, device, batch_size: in
     return total / max(count, 1)
 
 
-def _clip(model, max_norm: float | None) -> float:
+@torch.no_grad()
+def _evaluate_shared(model, examples: list[Example], pad_id: int, device, batch_size: int, packed: bool,
+                     acc) -> float:
+    """:func:`evaluate` with each batch shared out over the processes (the same with one)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        mine, weight = share(examples[i:i + batch_size], acc)
+        loss, n = _token_nll(model, collate(mine, pad_id, packed=packed), device)
+        total, count = total + weight * loss.item(), count + weight * n
+    total, count = sum_over_processes([total, count], acc)
+    return total / max(count, 1)
+
+
+def _n_targets(example: Example) -> int:
+    """Labelled tokens of one example, as ``collate`` lays them out (padding is IGNORE)."""
+    return sum(1 for t in example.labels if t != IGNORE)
+
+
+def _clip(acc, model, max_norm: float | None) -> float:
     params = [p for p in model.parameters() if p.grad is not None]
     if max_norm is None:
         return float(torch.norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norm = acc.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm) if norm is not None else float("nan")  # DeepSpeed clips inside its engine

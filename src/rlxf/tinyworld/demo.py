@@ -13,7 +13,6 @@ gold win rates, and how often the reward model orders held-out pairs as gold doe
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,25 +69,8 @@ def run(cfg: Config) -> dict:
         files = build.paths(world.out, base=build.SHIPPED)
     data_seconds = timer.elapsed()
 
-    result = pipeline.run_stages(from_dict(pipeline.Config, {
-        "out": str(out), "seed": cfg.seed, "progress": cfg.progress,
-        "base_model": str(files["base"]), "demonstrations": str(files["sft_train"]),
-        "prompts": str(files["prompts_train"]), "eval_prompts": str(files["prompts_heldout"]),
-        "pretrain": str(files["pretrain"]), "pretrain_eval": str(files["pretrain_heldout"]), "labeller": "tinyworld", "gold": GOLD,
-        "kl_coeff": cfg.kl_coeff, "eval_n": size["eval_n"],
-        "sft_train_steps": size["sft_steps"], "reward_model_train_steps": size["rm_steps"],
-        "reinforcement_learning_train_steps": size["ppo_steps"],
-        "prompt_sequence_length": 96, "target_sequence_length": 32,
-        "sft": {"lr": 1e-3, "warmup_steps": 20, "batch_size": 16, "log_every": 10,
-                "eval_every": max(1, size["sft_steps"] // 4), "save_every": max(1, size["sft_steps"] // 4),
-                "data": {"eval": str(files["sft_eval"])}},
-        "reward": {"lr": 3e-4, "warmup_steps": 20, "batch_size": 8, "log_every": 10,
-                   "eval_every": max(1, size["rm_steps"] // 4), "save_every": max(1, size["rm_steps"] // 4),
-                   "tinyworld": {"n_train": size["prefs_train"], "n_heldout": size["prefs_heldout"], "k": 4}},
-        "ppo": {"lr": 1e-4, "warmup_steps": 1, "batch_size": 16, "log_every": 1,
-                "eval_every": max(1, size["ppo_steps"] // 4), "save_every": max(1, size["ppo_steps"] // 6),
-                "rollout": {"batch_size": 32}},
-    }))
+    result = pipeline.run_stages(from_dict(pipeline.Config, pipeline_settings(files, size, cfg.seed, cfg.kl_coeff,
+                                                                              cfg.progress, str(out))))
     result["summary"]["seconds"] = {"data": data_seconds, **result["summary"]["seconds"]}
 
     timer = Timer()
@@ -103,6 +85,29 @@ def run(cfg: Config) -> dict:
     pipeline.write_outputs(result, title="Tinyworld demo: base → SFT → reward model → PPO")
     _print_table(result["summary"], Path(cfg.out))
     return result["summary"]
+
+
+def pipeline_settings(files: dict, size: dict, seed: int, kl_coeff: float, progress: bool, out: str) -> dict:
+    """The ``rlxf pipeline`` config of the demo (also used by the Tinyworld benchmarks)."""
+    return {
+        "out": out, "seed": seed, "progress": progress,
+        "base_model": str(files["base"]), "demonstrations": str(files["sft_train"]),
+        "prompts": str(files["prompts_train"]), "eval_prompts": str(files["prompts_heldout"]),
+        "pretrain": str(files["pretrain"]), "pretrain_eval": str(files["pretrain_heldout"]),
+        "labeller": "tinyworld", "gold": GOLD, "kl_coeff": kl_coeff, "eval_n": size["eval_n"],
+        "sft_train_steps": size["sft_steps"], "reward_model_train_steps": size["rm_steps"],
+        "reinforcement_learning_train_steps": size["ppo_steps"],
+        "prompt_sequence_length": 96, "target_sequence_length": 32,
+        "sft": {"lr": 1e-3, "warmup_steps": 20, "batch_size": 16, "log_every": 10,
+                "eval_every": max(1, size["sft_steps"] // 4), "save_every": max(1, size["sft_steps"] // 4),
+                "data": {"eval": str(files["sft_eval"])}},
+        "reward": {"lr": 3e-4, "warmup_steps": 20, "batch_size": 8, "log_every": 10,
+                   "eval_every": max(1, size["rm_steps"] // 4), "save_every": max(1, size["rm_steps"] // 4),
+                   "tinyworld": {"n_train": size["prefs_train"], "n_heldout": size["prefs_heldout"], "k": 4}},
+        "ppo": {"lr": 1e-4, "warmup_steps": 1, "batch_size": 16, "log_every": 1,
+                "eval_every": max(1, size["ppo_steps"] // 4), "save_every": max(1, size["ppo_steps"] // 6),
+                "rollout": {"batch_size": 32}},
+    }
 
 
 def _gold_report(cfg: Config, files: dict, result: dict, n_prompts: int) -> dict:
@@ -135,22 +140,13 @@ def _gold_report(cfg: Config, files: dict, result: dict, n_prompts: int) -> dict
 
 def _rm_gold_accuracy(result: dict) -> float | None:
     """Share of held-out answer pairs (gold ties left out) that the reward model orders as gold does."""
-    from rlxf.evaluate.sxs import reward_scorer
+    from rlxf.tinyworld.evaluate import reward_gold_accuracy
 
     prefs = result["stages"]["preferences"]
     if not prefs:
         return None
-    rows = [json.loads(line) for line in Path(prefs["files"]["pairs_heldout"]).read_text().splitlines()]
-    rows = [r for r in rows if r["gold_chosen"] != r["gold_rejected"]]
-    if not rows:
-        return None
-    score = reward_scorer(result["summary"]["models"]["reward"])
-    prompts = [r["prompt"] for r in rows]
-    a = score(prompts, [r["chosen"] for r in rows], [r["ended_chosen"] for r in rows])
-    b = score(prompts, [r["rejected"] for r in rows], [r["ended_rejected"] for r in rows])
-    right = [(x > y) == (r["gold_chosen"] > r["gold_rejected"]) if x != y else 0.5
-             for x, y, r in zip(a, b, rows)]
-    return sum(right) / len(right)
+    measured = reward_gold_accuracy(result["summary"]["models"]["reward"], prefs["files"]["pairs_heldout"])
+    return measured and measured["accuracy"]
 
 
 def _print_table(summary: dict, out: Path) -> None:

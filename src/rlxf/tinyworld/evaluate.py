@@ -58,3 +58,36 @@ def gold_totals(prompts: list[str], answers: list[str], ended: list[bool]) -> li
     """The gold oracle's total per answer, in the shape PPO's ``track`` and
     ``reward.function`` expect: ``rlxf.tinyworld.evaluate:gold_totals``."""
     return [score(p, a, e).total for p, a, e in zip(prompts, answers, ended)]
+
+
+def reward_gold_accuracy(reward, pairs_file: str, *, by_task: bool = False) -> dict | None:
+    """How often a reward model orders answer pairs as the gold oracle does.
+
+    ``reward`` is a reward-model directory or a scorer ``f(prompts, answers, ended) ->
+    scores``; ``pairs_file`` a ``pairs_*.jsonl`` of ``rlxf tinyworld preferences`` (its
+    ``gold_chosen``/``gold_rejected`` and ``ended_*`` fields). Gold ties are left out;
+    equal rewards count half. Returns ``{"accuracy", "pairs"}`` (and ``"by_task"``), or
+    None when every pair is a gold tie.
+    """
+    import json
+    from pathlib import Path
+
+    from rlxf.evaluate.sxs import reward_scorer
+
+    rows = [json.loads(line) for line in Path(pairs_file).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["gold_chosen"] != r["gold_rejected"]]
+    if not rows:
+        return None
+    scorer = reward_scorer(reward) if isinstance(reward, (str, Path)) else reward
+    prompts = [r["prompt"] for r in rows]
+    chosen = scorer(prompts, [r["chosen"] for r in rows], [r["ended_chosen"] for r in rows])
+    rejected = scorer(prompts, [r["rejected"] for r in rows], [r["ended_rejected"] for r in rows])
+    right = [0.5 if a == b else float((a > b) == (r["gold_chosen"] > r["gold_rejected"]))
+             for a, b, r in zip(chosen, rejected, rows)]
+    result = {"accuracy": sum(right) / len(right), "pairs": len(right)}
+    if by_task:
+        tasks: dict[str, list[float]] = {}
+        for r, ok in zip(rows, right):
+            tasks.setdefault(r["task"], []).append(ok)
+        result["by_task"] = {t: sum(v) / len(v) for t, v in sorted(tasks.items())}
+    return result

@@ -6,7 +6,7 @@ from a policy (typically the SFT model) and has one labeller, drawn from the pan
 (:func:`rlxf.tinyworld.labellers.default_panel`), rank them best to worst.
 
     OUT/
-      rankings_train.jsonl   {prompt, completions, ranking} + gold, ended, labeller, task, kind, id
+      rankings_train.jsonl   {prompt, completions, ranking} + gold, ended, policy, labeller, task, kind, id
       rankings_heldout.jsonl the same on held-out prompts (no train prompt asks the same thing)
       pairs_train.jsonl      {prompt, chosen, rejected} + gold_chosen, gold_rejected, ended_chosen,
       pairs_heldout.jsonl    ended_rejected, labeller, task, kind, id: ALL C(K, 2) pairs of each
@@ -15,7 +15,10 @@ from a policy (typically the SFT model) and has one labeller, drawn from the pan
 
 ``gold`` is the gold oracle's total score of each answer, so a reward model can be
 checked against the true order as well as against the noisy labels; ``ended`` says
-whether the policy ended the answer (an unended answer is scored as not fluent).
+whether the policy ended the answer (an unended answer is scored as not fluent);
+``policy`` which of the policies wrote it (an index into the ``policy`` list: with
+several policies, as InstructGPT did, the comparisons span more kinds of answer,
+e.g. the base model's rude and rambling ones next to the SFT model's).
 Duplicate or empty answers to one prompt are re-sampled a few times; a prompt left
 with fewer than two different answers is dropped (counted in the summary). The
 summary reports how often the labels agree with the gold order and how often two
@@ -42,8 +45,10 @@ RESAMPLE_ROUNDS = 4  # extra sampling rounds for prompts with duplicate or empty
 class Config:
     """``rlxf tinyworld preferences``: sample answers from a policy, have simulated labellers rank them."""
 
-    policy: str
-    """The model that writes the answers (e.g. the Tinyworld SFT model), Hugging Face format with its tokenizer."""
+    policy: str | list[str]
+    """The model that writes the answers (e.g. the Tinyworld SFT model), Hugging Face format with its
+    tokenizer; or a list of models: answer j of each prompt comes from model j mod len(list)
+    (InstructGPT sampled comparisons from several policies)."""
     out: str
     """Output directory (rankings_*.jsonl, pairs_*.jsonl, summary.json)."""
     n_train: int = 1000
@@ -68,6 +73,8 @@ class Config:
     """Show progress bars."""
 
     def validate(self) -> None:
+        if not _policy_paths(self):
+            raise ConfigError("policy must name at least one model")
         if self.k < 2:
             raise ConfigError(f"k must be ≥ 2 (a ranking compares answers), got {self.k}")
         if min(self.n_train, self.n_heldout, self.max_new_tokens, self.batch_size) < 1:
@@ -88,13 +95,14 @@ def run(cfg: Config) -> dict:
     if run_dir.complete:
         return run_dir.summary()
     timer = Timer()
-    tokenizer = load_tokenizer(cfg.policy, padding_side="left")
-    model = load_causal_lm(ModelConfig(name_or_path=cfg.policy)).to(resolve_device(cfg.device)).eval()
+    device = resolve_device(cfg.device)
+    policies = [(load_causal_lm(ModelConfig(name_or_path=path)).to(device).eval(),
+                 load_tokenizer(path, padding_side="left")) for path in _policy_paths(cfg)]
     panel = default_panel(cfg.seed, temperature=cfg.labeller_temperature)
     summary = {"stage": "tinyworld preferences", "policy": cfg.policy, "k": cfg.k}
     for split, n in (("train", cfg.n_train), ("heldout", cfg.n_heldout)):
         prompts = sample_prompts(n, cfg.seed, split)
-        answers = _sample_distinct(model, tokenizer, prompts, cfg, split)
+        answers = _sample_distinct(policies, prompts, cfg, split)
         pick = random.Random(f"tinyworld/preferences/{cfg.seed}/{split}")
         rankings = []
         for tp, sampled in zip(prompts, answers):
@@ -115,38 +123,50 @@ def run(cfg: Config) -> dict:
     return summary
 
 
-def _sample_distinct(model, tokenizer, prompts, cfg: Config, split: str) -> list[list[tuple[str, bool]]]:
-    """Up to K different, non-empty ``(answer, ended)`` per prompt, re-sampling clashes."""
+def _policy_paths(cfg: Config) -> list[str]:
+    return [cfg.policy] if isinstance(cfg.policy, str) else list(cfg.policy)
+
+
+def _sample_distinct(policies, prompts, cfg: Config, split: str) -> list[list[tuple[str, bool, int]]]:
+    """Up to K different, non-empty ``(answer, ended, policy index)`` per prompt, re-sampling clashes.
+
+    Slot j of a prompt is always sampled from policy j mod len(policies).
+    """
     from rlxf.models.generation import generate
 
     slots = [(i, j) for i in range(len(prompts)) for j in range(cfg.k)]
-    got: list[list[tuple[str, bool]]] = [[] for _ in prompts]
+    got: list[list[tuple[str, bool, int]]] = [[] for _ in prompts]
     for round_ in range(1 + RESAMPLE_ROUNDS):
         if not slots:
             break
         seed = random.Random(f"tinyworld/preferences/{cfg.seed}/{split}/{round_}").randrange(2**31)
-        out = generate(model, tokenizer, [prompts[i].text for i, _ in slots], max_new_tokens=cfg.max_new_tokens,
-                       temperature=cfg.temperature, batch_size=cfg.batch_size, seed=seed,
-                       progress=cfg.progress)
+        out = {}
+        for p, (model, tokenizer) in enumerate(policies):
+            mine = [slot for slot in slots if slot[1] % len(policies) == p]
+            texts = generate(model, tokenizer, [prompts[i].text for i, _ in mine],
+                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                             batch_size=cfg.batch_size, seed=seed + p, progress=cfg.progress)
+            out.update(zip(mine, texts))
         missing = []
-        for (i, j), g in zip(slots, out):
+        for (i, j), g in ((slot, out[slot]) for slot in slots):
             text = g.text.strip()
-            if text and all(text != a for a, _ in got[i]):
-                got[i].append((text, g.ended))
+            if text and all(text != a for a, _, _ in got[i]):
+                got[i].append((text, g.ended, j % len(policies)))
             else:
                 missing.append((i, j))
         slots = missing
     return got
 
 
-def _ranking_row(tp, sampled: list[tuple[str, bool]], labeller) -> dict:
+def _ranking_row(tp, sampled: list[tuple[str, bool, int]], labeller) -> dict:
     from rlxf.tinyworld.oracle import score
 
-    completions = [a for a, _ in sampled]
-    ended = [e for _, e in sampled]
+    completions = [a for a, _, _ in sampled]
+    ended = [e for _, e, _ in sampled]
     return {"prompt": tp.text, "completions": completions,
             "ranking": list(labeller.rank(tp, completions, ended)),
-            "gold": [score(tp, a, e).total for a, e in sampled], "ended": ended,
+            "gold": [score(tp, a, e).total for a, e, _ in sampled], "ended": ended,
+            "policy": [p for _, _, p in sampled],
             "labeller": labeller.name, "task": tp.task, "kind": tp.kind, "id": tp.id}
 
 
@@ -181,5 +201,7 @@ def _report(rankings: list[dict], pairs: list[dict], panel) -> dict:
         "inter_labeller_expected": mean(inter),
         "mean_answers_per_prompt": mean(len(r["completions"]) for r in rankings),
         "answer_gold_mean": mean(g for g, _ in answers),
+        "answer_gold_mean_by_policy": [mean(g for r in rankings for g, q in zip(r["gold"], r["policy"]) if q == p)
+                                       for p in range(1 + max((q for r in rankings for q in r["policy"]), default=0))],
         "answers_ended": mean(e for _, e in answers),
     }
