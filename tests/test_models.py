@@ -74,3 +74,31 @@ def test_generation_reports_ending_and_strips_separator(tiny_model_dir):
         assert not g.text.startswith(" ")
     greedy = generate(model, tok, prompts[:1] * 3, max_new_tokens=5, greedy=True)
     assert len({g.text for g in greedy}) == 1
+
+
+def test_loaded_gpt2_uses_the_one_kernel_tanh_gelu_with_the_same_outputs(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    fused = load_causal_lm(ModelConfig(name_or_path=str(tiny_model_dir))).eval()
+    assert any(isinstance(m, NewGELUActivation) for m in plain.modules())
+    assert not any(isinstance(m, NewGELUActivation) for m in fused.modules())
+    assert any(isinstance(m, GELUTanh) for m in fused.modules())
+    ids = torch.randint(2, 100, (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, fused(ids).logits, atol=1e-5)
+    assert fused.config.activation_function == "gelu_new"  # what is saved stays the model's own
+
+
+def test_optimizer_uses_the_fused_adamw_on_cpu():
+    from rlxf.training import TrainConfig, make_optimizer
+
+    model = torch.nn.Linear(4, 2)
+    opt, _ = make_optimizer(model.parameters(), TrainConfig(out="unused", lr=1e-3), 10)
+    assert opt.defaults["fused"] is True
+    before = model.weight.detach().clone()
+    model(torch.ones(1, 4)).sum().backward()
+    opt.step()
+    # AdamW's first step moves every weight with a gradient by lr (times sign of the gradient)
+    assert torch.allclose((before - model.weight).abs(), torch.full_like(before, 1e-3), rtol=1e-3)

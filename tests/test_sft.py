@@ -122,3 +122,27 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir):
     assert (tmp_path / "killed" / "metrics.jsonl").read_text() == (tmp_path / "whole" / "metrics.jsonl").read_text()
     a, b = _final_weights(tmp_path / "whole"), _final_weights(tmp_path / "killed")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_loss_from_answer_positions_only_equals_the_full_logits_loss(tokenizer, arch):
+    """The LM head runs only where an answer token is predicted; the loss must not change."""
+    from conftest import make_model
+
+    from rlxf.data.records import Demonstration
+    from rlxf.data.tokenize import IGNORE, collate, pack, tokenize_demonstrations
+
+    model = make_model(arch, len(tokenizer)).eval()
+    demos = [Demonstration(f"question : what color is the {a} ? answer :", f"the {a} is {c} .")
+             for a, c in [("fox", "red"), ("owl", "blue"), ("bear", "brown"), ("cat", "black")]]
+    exs = tokenize_demonstrations(demos, tokenizer, max_length=64)
+    assert sft._keeps_logits(model)
+    for batch in (collate(exs, tokenizer.pad_token_id), collate(pack(exs, 64), tokenizer.pad_token_id, packed=True)):
+        with torch.no_grad():
+            fast, n = sft._token_nll(model, dict(batch), "cpu")
+            labels = batch.pop("labels")
+            logits = model(**batch, use_cache=False).logits[:, :-1]
+        full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
+                                                 ignore_index=IGNORE, reduction="sum")
+        assert n == int((labels[:, 1:] != IGNORE).sum()) > 0
+        torch.testing.assert_close(fast, full, atol=1e-4, rtol=1e-5)

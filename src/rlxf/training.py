@@ -110,7 +110,10 @@ def make_optimizer(params, cfg: TrainConfig, n_steps: int):
         groups = [{"params": [p for p in params if p.requires_grad]}]
     if not groups or not groups[0]["params"]:
         raise ConfigError("the model has no trainable parameters")
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    # the fused kernel (one pass over all tensors) where it applies; PyTorch's CPU default is a per-tensor loop
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
+                            fused=fused or None, foreach=None if fused else True)
     sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=n_steps)
     return opt, sched
 

@@ -27,7 +27,8 @@ import torch
 from rlxf.data.records import Prompt
 from rlxf.data.tokenize import encode_pair
 from rlxf.errors import ConfigError
-from rlxf.models.loading import LoraConfig, ModelConfig, _torch_dtype, disable_dropout, load_model_tokenizer
+from rlxf.models.loading import (LoraConfig, ModelConfig, _torch_dtype, disable_dropout, fuse_gelu,
+                                 load_model_tokenizer)
 
 NORMALIZATION_KEY = "rlxf_reward_normalization"
 
@@ -63,7 +64,7 @@ def init_reward_model(cfg: ModelConfig):
         delattr(model.config, NORMALIZATION_KEY)
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
-    return model
+    return fuse_gelu(model)
 
 
 def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_code: bool = False):
@@ -79,7 +80,7 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_
         raise ConfigError(f"'{path}' has {model.config.num_labels} output labels; a reward model has 1")
     _head(model)
     disable_dropout(model)
-    return model.eval()
+    return fuse_gelu(model).eval()
 
 
 def add_reward_lora(model, lora: LoraConfig):

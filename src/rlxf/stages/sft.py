@@ -180,14 +180,38 @@ def _load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], To
 
 
 def _token_nll(model, batch: dict, device) -> tuple[torch.Tensor, int]:
-    """Summed next-token NLL over labelled tokens, and their count."""
+    """Summed next-token NLL over labelled tokens, and their count.
+
+    The LM head (hidden × vocabulary per position) runs only where the next token is an
+    answer token, when the model supports it (``logits_to_keep`` as a boolean mask): the
+    prompt's logits would be thrown away by the loss anyway.
+    """
     batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch.pop("labels")
-    logits = model(**batch, use_cache=False).logits[:, :-1]  # (B, T-1, V); no cache: packed masks need it
     targets = labels[:, 1:]  # (B, T-1)
+    wanted = targets != IGNORE  # (B, T-1): positions that predict an answer token
+    if _keeps_logits(model):
+        keep = torch.nn.functional.pad(wanted, (0, 1))  # (B, T): the last position predicts nothing
+        logits = model(**batch, use_cache=False, logits_to_keep=keep).logits  # (n, V), answer positions only
+        targets = targets[wanted]  # (n,)
+    else:
+        logits = model(**batch, use_cache=False).logits[:, :-1]  # (B, T-1, V); no cache: packed masks need it
     loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                                              ignore_index=IGNORE, reduction="sum")
-    return loss, int((targets != IGNORE).sum())
+    return loss, int(wanted.sum())
+
+
+def _keeps_logits(model) -> bool:
+    """Whether ``model`` (maybe wrapped by DDP or peft) takes a boolean ``logits_to_keep``."""
+    import inspect
+
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  (boolean masks come with it)
+    except ImportError:
+        return False
+    inner = getattr(model, "module", model)  # DDP
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 @torch.no_grad()

@@ -103,7 +103,9 @@ def pipeline_settings(files: dict, size: dict, seed: int, kl_coeff: float, progr
                 "data": {"eval": str(files["sft_eval"])}},
         "reward": {"lr": 3e-4, "warmup_steps": 20, "batch_size": 8, "log_every": 10,
                    "eval_every": max(1, size["rm_steps"] // 4), "save_every": max(1, size["rm_steps"] // 4),
-                   "tinyworld": {"n_train": size["prefs_train"], "n_heldout": size["prefs_heldout"], "k": 4}},
+                   # answers from the base and the SFT model, as InstructGPT sampled from several policies
+                   "tinyworld": {"n_train": size["prefs_train"], "n_heldout": size["prefs_heldout"], "k": 4,
+                                 "policy": [str(files["base"]), str(Path(out) / "sft" / "final")]}},
         "ppo": {"lr": 1e-4, "warmup_steps": 1, "batch_size": 16, "log_every": 1,
                 "eval_every": max(1, size["ppo_steps"] // 4), "save_every": max(1, size["ppo_steps"] // 6),
                 "rollout": {"batch_size": 32}},
