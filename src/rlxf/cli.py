@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_yaml(cfg), end="")
             return 0
         result = module.run(cfg)
+        _close_process_group()
     except RlxfError as err:
         print(f"rlxf: error: {err}", file=sys.stderr)
         return 2
@@ -78,6 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(result, dict) and os.environ.get("RANK", "0") == "0":  # under accelerate launch: once
         print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _close_process_group() -> None:
+    """Under ``accelerate launch``: wait for every process, then close the process group.
+    A process that exits while gloo's threads still run can abort ("terminate called
+    without an active exception") and fail the whole launch."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _find_command(argv: list[str]) -> tuple[tuple[str, ...], str | None]:
