@@ -359,3 +359,59 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, reward_base):
     a = load_file(str(tmp_path / "whole" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "final" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- one prompt, many answers
+
+
+def test_shared_prefix_batch_splits_each_group_at_its_common_tokens():
+    from rlxf.models.reward import shared_prefix_batch
+
+    batch = shared_prefix_batch([[[1, 2, 3, 4], [1, 2, 5]], [[7, 8], [7, 9, 9]], [[1, 2], [1, 2, 3]]], pad_id=0)
+    # the last group: one answer is a prefix of the other, yet each keeps a token of its own
+    assert batch["prefix_ids"].tolist() == [[1, 2], [0, 7], [0, 1]]
+    assert batch["prefix_mask"].tolist() == [[1, 1], [0, 1], [0, 1]]
+    assert batch["suffix_ids"].tolist() == [[3, 4], [5, 0], [8, 0], [9, 9], [2, 0], [2, 3]]
+    assert batch["suffix_mask"].tolist() == [[1, 1], [1, 0], [1, 0], [1, 1], [1, 0], [1, 1]]
+    assert batch["owner"].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
+def test_shared_prompt_values_and_gradients_equal_one_forward_per_answer(tmp_path, tokenizer, arch):
+    from rlxf.models.reward import pad_right, shared_prefix_batch, shared_prefix_values
+
+    make_model(arch, len(tokenizer)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = init_reward_model(ModelConfig(name_or_path=str(tmp_path)))
+    groups = [[list(range(5, 15)) + [20, 21, 22], list(range(5, 15)) + [30, 31]],
+              [list(range(40, 44)) + [50, 51, 52, 53], list(range(40, 44)) + [60], list(range(40, 44)) + [70, 71]]]
+    full = pad_right([s for g in groups for s in g], tokenizer.pad_token_id)
+    shared = shared_prefix_batch(groups, tokenizer.pad_token_id)
+    assert shared["prefix_mask"].sum(1).tolist() == [10, 4]
+
+    r_full = token_values(model, full["input_ids"], full["attention_mask"])
+    r_full = r_full.gather(1, (full["attention_mask"].sum(1) - 1)[:, None])[:, 0]  # (N,) at each last token
+    values = shared_prefix_values(model, shared["prefix_ids"], shared["prefix_mask"], shared["suffix_ids"],
+                                  shared["suffix_mask"], shared["owner"])
+    r_shared = values.gather(1, (shared["suffix_mask"].sum(1) - 1)[:, None])[:, 0]
+    torch.testing.assert_close(r_shared, r_full, atol=1e-5, rtol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_full = torch.autograd.grad((r_full * torch.arange(1.0, 6.0)).sum(), params, allow_unused=True)
+    g_shared = torch.autograd.grad((r_shared * torch.arange(1.0, 6.0)).sum(), params, allow_unused=True)
+    for a, b in zip(g_full, g_shared):
+        if a is not None:
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_training_with_and_without_prompt_sharing_gives_the_same_run(tmp_path, reward_base):
+    runs = {}
+    for share in (True, False):
+        name = f"share-{share}"
+        reward.run(_config(tmp_path, reward_base, ranking_rows(), "max_steps=12", "batch_size=4",
+                           f"share_prompt={str(share).lower()}", name=name))
+        runs[share] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in runs[True]] == [r["step"] for r in runs[False]]
+    for a, b in zip(runs[True], runs[False]):
+        for key in ("loss", "eval_loss", "eval_accuracy"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], abs=1e-4), (key, a, b)

@@ -208,7 +208,13 @@ class TokenValues(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from rlxf.models.reward import token_values
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, suffix_ids: torch.Tensor | None = None,
+                suffix_mask: torch.Tensor | None = None, owner: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) values of ``input_ids``; with ``suffix_*`` and ``owner``, ``input_ids`` are
+        shared prefixes and the result is the suffixes' (N, S) values
+        (:func:`rlxf.models.reward.shared_prefix_values`)."""
+        from rlxf.models.reward import shared_prefix_values, token_values
 
-        return token_values(self.model, input_ids, attention_mask)  # (B, T)
+        if suffix_ids is None:
+            return token_values(self.model, input_ids, attention_mask)  # (B, T)
+        return shared_prefix_values(self.model, input_ids, attention_mask, suffix_ids, suffix_mask, owner)  # (N, S)

@@ -140,6 +140,34 @@ def pad_right(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def shared_prefix_batch(groups: list[list[list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """The inputs of :func:`shared_prefix_values` for groups of token sequences.
+
+    Each group's prefix is the longest run of tokens all its sequences start with (at
+    least one token of every sequence is left to its suffix). Returns ``prefix_ids`` and
+    ``prefix_mask`` (G, P) left-padded, ``suffix_ids`` and ``suffix_mask`` (N, S)
+    right-padded, in group order, and ``owner`` (N,): each suffix's group.
+    """
+    prefixes, suffixes, owner = [], [], []
+    for g, seqs in enumerate(groups):
+        shared = 0
+        while all(len(s) > shared + 1 for s in seqs) and len({s[shared] for s in seqs}) == 1:
+            shared += 1
+        prefixes.append(seqs[0][:shared])
+        suffixes += [s[shared:] for s in seqs]
+        owner += [g] * len(seqs)
+    width = max(len(p) for p in prefixes)
+    prefix_ids = torch.full((len(prefixes), width), pad_id, dtype=torch.long)  # (G, P)
+    prefix_mask = torch.zeros((len(prefixes), width), dtype=torch.long)  # (G, P)
+    for i, p in enumerate(prefixes):
+        if p:
+            prefix_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            prefix_mask[i, width - len(p):] = 1
+    right = pad_right(suffixes, pad_id)
+    return {"prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "suffix_ids": right["input_ids"],
+            "suffix_mask": right["attention_mask"], "owner": torch.tensor(owner, dtype=torch.long)}
+
+
 def reward_inputs(prompts: list[Prompt], answers: list[str], tokenizer, separator: str = " ",
                   max_length: int = 512, ended: list[bool] | None = None) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``/``attention_mask`` (B, T) for scoring ``answers`` to ``prompts``.
@@ -171,6 +199,29 @@ def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       use_cache=False).last_hidden_state  # (B, T, H)
     return _head(hf)(hidden).squeeze(-1).float()  # (B, T)
+
+
+def shared_prefix_values(model, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, suffix_ids: torch.Tensor,
+                         suffix_mask: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """:func:`token_values` of sequences that share prefixes, each prefix run once: (N, S).
+
+    ``prefix_*``: (G, P), left-padded; ``suffix_*``: (N, S), right-padded; ``owner``:
+    (N,), the prefix row of each suffix. Row n holds the values of
+    ``prefix[owner[n]] + suffix[n]`` at the suffix's positions: the prefix's keys and
+    values are computed once and read by all of its suffixes (gradients flow back
+    through them), so K answers to one prompt cost one prompt, not K.
+    """
+    hf = _unwrap(model)
+    backbone = getattr(hf, hf.base_model_prefix)
+    prefix_pos = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)  # (G, P)
+    cache = backbone(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_pos,
+                     use_cache=True).past_key_values
+    cache.reorder_cache(owner)  # every layer's keys and values: (G, ...) -> (N, ...)
+    suffix_pos = prefix_mask.long().sum(-1)[owner, None] + suffix_mask.long().cumsum(-1) - 1  # (N, S)
+    mask = torch.cat([prefix_mask[owner], suffix_mask], dim=1)  # (N, P + S)
+    hidden = backbone(input_ids=suffix_ids, attention_mask=mask, position_ids=suffix_pos.clamp(min=0),
+                      past_key_values=cache, use_cache=True).last_hidden_state  # (N, S, H)
+    return _head(hf)(hidden).squeeze(-1).float()  # (N, S)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

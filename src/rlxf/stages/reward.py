@@ -38,7 +38,7 @@ from rlxf.distributed import (TokenValues, configure_deepspeed, gather_lists, ma
 from rlxf.errors import ConfigError, DataError
 from rlxf.models.loading import ModelConfig, load_model_tokenizer
 from rlxf.models.reward import (add_reward_lora, encode_answer, init_reward_model, last_token_index, pad_right,
-                                score_texts, set_reward_normalization)
+                                score_texts, set_reward_normalization, shared_prefix_batch)
 from rlxf.progress import progress
 from rlxf.rl.reward_loss import (bradley_terry_loss, expected_calibration_error, kwise_ranking_loss,
                                  pairwise_accuracy, soft_label_loss)
@@ -116,6 +116,9 @@ class Config(TrainConfig):
     """Bias normalisation after training."""
     batch_size: int = 8
     """Comparisons per micro-batch: pairs, or whole rankings under the K-wise loss."""
+    share_prompt: bool = True
+    """Run the tokens a comparison's answers share (its prompt) once, through the KV cache,
+    instead of once per answer (same result; false for models without a KV cache)."""
 
 
 @dataclass
@@ -183,7 +186,7 @@ def run(cfg: Config) -> dict:
         step_loss = 0.0
         for groups in micro:
             mine, weight = share(groups, acc)
-            loss, diffs, outcomes = _forward(scorer, mine, plan, pad_id, device)
+            loss, diffs, outcomes = _forward(scorer, mine, plan, pad_id, device, cfg.share_prompt)
             # the step's loss is the mean over its groups; × N: DDP averages the processes' gradients
             acc.backward(loss * weight * len(mine) / n_groups * acc.num_processes)
             step_loss += weight * loss.item() * len(mine) / n_groups
@@ -204,7 +207,8 @@ def run(cfg: Config) -> dict:
                        grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
             window = _empty_window()
         if eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps):
-            eval_metrics = _evaluate_shared(scorer, eval_set, plan, pad_id, device, cfg.batch_size, acc)
+            eval_metrics = _evaluate_shared(scorer, eval_set, plan, pad_id, device, cfg.batch_size, acc,
+                                            cfg.share_prompt)
             row.update({f"eval_{k}": v for k, v in eval_metrics.items()})
             scorer.train()
         if row and acc.is_main_process:
@@ -246,17 +250,22 @@ def run(cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------- the loss
 
-def _forward(scorer, groups: list[Group], plan: LossPlan, pad_id: int, device
+def _forward(scorer, groups: list[Group], plan: LossPlan, pad_id: int, device, share_prompt: bool = True
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean loss over ``groups``, and every pair's ``r_w - r_l`` and label, for the metrics.
 
     ``scorer`` is the reward model wrapped in :class:`rlxf.distributed.TokenValues` (or
-    its DDP/FSDP wrapper). All answers of all groups go through it in one forward pass.
+    its DDP/FSDP wrapper). All answers of all groups go through it in one call; with
+    ``share_prompt`` the tokens a group's answers share (their prompt) run once.
     """
-    seqs = [s for g in groups for s in g.sequences]
-    batch = pad_right(seqs, pad_id)
-    mask = batch["attention_mask"].to(device)
-    values = scorer(batch["input_ids"].to(device), mask)  # (N, T)
+    if share_prompt:
+        batch = {k: v.to(device) for k, v in shared_prefix_batch([g.sequences for g in groups], pad_id).items()}
+        mask = batch["suffix_mask"]  # (N, S)
+        values = scorer(batch["prefix_ids"], batch["prefix_mask"], batch["suffix_ids"], mask, batch["owner"])
+    else:
+        batch = pad_right([s for g in groups for s in g.sequences], pad_id)
+        mask = batch["attention_mask"].to(device)  # (N, T)
+        values = scorer(batch["input_ids"].to(device), mask)  # (N, T)
     rewards = values.gather(1, last_token_index(mask).unsqueeze(1)).squeeze(1)  # (N,) as rm.raw_score
     per_group = list(torch.split(rewards, [len(g.sequences) for g in groups]))  # each (K_g,), best first
     rankings = [r for r, g in zip(per_group, groups) if g.is_ranking]
@@ -298,13 +307,14 @@ def _pair_metrics(diffs: torch.Tensor, outcomes: torch.Tensor) -> dict[str, floa
 
 
 @torch.no_grad()
-def evaluate(model, groups: list[Group], plan: LossPlan, pad_id: int, device, batch_size: int) -> dict[str, float]:
+def evaluate(model, groups: list[Group], plan: LossPlan, pad_id: int, device, batch_size: int,
+             share_prompt: bool = True) -> dict[str, float]:
     """Held-out loss, pairwise accuracy, mean margin and calibration error (raw rewards)."""
     model.eval()
     total, diffs, outcomes = 0.0, [], []
     for i in range(0, len(groups), batch_size):
         chunk = groups[i:i + batch_size]
-        loss, d, o = _forward(TokenValues(model), chunk, plan, pad_id, device)
+        loss, d, o = _forward(TokenValues(model), chunk, plan, pad_id, device, share_prompt)
         total += loss.item() * len(chunk)
         diffs.append(d)
         outcomes.append(o)
@@ -313,13 +323,13 @@ def evaluate(model, groups: list[Group], plan: LossPlan, pad_id: int, device, ba
 
 @torch.no_grad()
 def _evaluate_shared(scorer, groups: list[Group], plan: LossPlan, pad_id: int, device, batch_size: int,
-                     acc) -> dict[str, float]:
+                     acc, share_prompt: bool = True) -> dict[str, float]:
     """:func:`evaluate` with each batch shared out over the processes (the same with one)."""
     scorer.eval()
     total, diffs, outcomes = 0.0, [], []
     for i in range(0, len(groups), batch_size):
         mine, weight = share(groups[i:i + batch_size], acc)
-        loss, d, o = _forward(scorer, mine, plan, pad_id, device)
+        loss, d, o = _forward(scorer, mine, plan, pad_id, device, share_prompt)
         total += weight * loss.item() * len(mine)
         diffs += gather_lists(d.tolist() if weight else [], acc)
         outcomes += gather_lists(o.tolist() if weight else [], acc)

@@ -205,9 +205,9 @@ def _keeps_logits(model) -> bool:
     """Whether ``model`` (maybe wrapped by DDP or peft) takes a boolean ``logits_to_keep``."""
     import inspect
 
-    try:
-        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  (boolean masks come with it)
-    except ImportError:
+    import transformers.modeling_utils
+
+    if not hasattr(transformers.modeling_utils, "slice_logits_to_keep"):  # boolean masks came with it
         return False
     inner = getattr(model, "module", model)  # DDP
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
