@@ -143,6 +143,8 @@ def _sample_distinct(policies, prompts, cfg: Config, split: str) -> list[list[tu
         out = {}
         for p, (model, tokenizer) in enumerate(policies):
             mine = [slot for slot in slots if slot[1] % len(policies) == p]
+            if not mine:
+                continue
             texts = generate(model, tokenizer, [prompts[i].text for i, _ in mine],
                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                              batch_size=cfg.batch_size, seed=seed + p, progress=cfg.progress)
