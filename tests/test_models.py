@@ -102,3 +102,31 @@ def test_optimizer_uses_the_fused_adamw_on_cpu():
     opt.step()
     # AdamW's first step moves every weight with a gradient by lr (times sign of the gradient)
     assert torch.allclose((before - model.weight).abs(), torch.full_like(before, 1e-3), rtol=1e-3)
+
+
+def test_learning_rate_schedules_by_hand():
+    from rlxf.training import lr_factor
+
+    # warm-up over 4 steps: 0, 1/4, 1/2, 3/4, then the schedule from 1
+    assert [lr_factor(s, "constant", 4, 12) for s in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_factor(12, "constant", 4, 12) == 1.0
+    # linear after warm-up: 8 steps from 1 to 0
+    assert [lr_factor(s, "linear", 4, 12) for s in (4, 6, 8, 12, 13)] == [1.0, 0.75, 0.5, 0.0, 0.0]
+    # cosine: 1 at the start, 1/2 halfway, (1 + cos(pi/4)) / 2 a quarter of the way, 0 at the end
+    assert lr_factor(4, "cosine", 4, 12) == 1.0
+    assert lr_factor(8, "cosine", 4, 12) == pytest.approx(0.5)
+    assert lr_factor(6, "cosine", 4, 12) == pytest.approx((1 + 2 ** -0.5) / 2)
+    assert lr_factor(12, "cosine", 4, 12) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(0, "cosine", 0, 10) == 1.0  # no warm-up: the peak at once
+
+
+def test_training_does_not_import_the_trainer_stack():
+    """The schedulers are rlxf's own: transformers' would pull in its Trainer and peft (~100 MB)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from rlxf.training import make_optimizer, TrainConfig; "
+            "make_optimizer(torch.nn.Linear(2, 2).parameters(), TrainConfig(out='x'), 5); "
+            "print('peft' in sys.modules, 'transformers.trainer_utils' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

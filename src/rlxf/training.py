@@ -96,13 +96,11 @@ def total_steps(cfg: TrainConfig, n_examples: int) -> int:
 
 
 def make_optimizer(params, cfg: TrainConfig, n_steps: int):
-    """AdamW with the configured warm-up and decay (transformers' schedulers).
+    """AdamW with the configured warm-up and decay (:func:`lr_factor`).
 
     ``params``: parameters (those that require grad are trained) or parameter groups
     (dicts, a group may set its own ``lr``).
     """
-    from transformers import get_scheduler
-
     params = list(params)
     if params and isinstance(params[0], dict):
         groups = [g for g in params if g["params"]]
@@ -114,8 +112,29 @@ def make_optimizer(params, cfg: TrainConfig, n_steps: int):
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
                             fused=fused or None, foreach=None if fused else True)
-    sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=n_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, cfg.lr_schedule, cfg.warmup_steps, n_steps))
     return opt, sched
+
+
+def lr_factor(step: int, schedule: str, warmup: int, total: int) -> float:
+    """The learning rate at optimiser step ``step`` as a share of the peak.
+
+    Linear warm-up from 0 over ``warmup`` steps, then 1 (``constant``), a straight line
+    to 0 at ``total`` (``linear``), or half a cosine to 0 at ``total`` (``cosine``).
+    (Written here rather than taken from transformers: its "constant" schedule ignores
+    the warm-up, and importing its schedulers loads its Trainer and peft, ~100 MB.)
+    """
+    if step < warmup:
+        return step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    raise ValueError(f"unknown lr schedule {schedule!r}")
 
 
 def micro_batch_indices(n_examples: int, batch_size: int, seed: int, start: int = 0) -> Iterator[list[int]]:
