@@ -127,12 +127,12 @@ def lr_factor(step: int, schedule: str, warmup: int, total: int) -> float:
     """
     if step < warmup:
         return step / warmup
-    progress = (step - warmup) / max(1, total - warmup)
     if schedule == "constant":
         return 1.0
     if schedule == "linear":
-        return max(0.0, 1.0 - progress)
+        return max(0.0, (total - step) / max(1, total - warmup))
     if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
     raise ValueError(f"unknown lr schedule {schedule!r}")
 
