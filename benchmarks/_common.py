@@ -202,6 +202,19 @@ def alternate(rounds: int, sides: dict[str, callable]) -> dict[str, list[dict]]:
 
 # ----------------------------------------------------------------------------- hooks inside the training loops
 
+def fresh_side(spec: dict) -> Path:
+    """Start one side's measured process: its thread count, and an empty run directory
+    beside its result file (returned)."""
+    import shutil
+
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    out = Path(spec["result"]).parent / "run"
+    shutil.rmtree(out, ignore_errors=True)
+    return out
+
+
 def track_clock(prompts, answers, ended) -> list[float]:
     """An rlxf PPO ``track`` function: logs the wall-clock time into metrics.jsonl.
 

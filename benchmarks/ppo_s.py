@@ -89,17 +89,11 @@ def main() -> None:
 
 def rlxf_side(spec: dict) -> None:
     """rlxf's real PPO stage (``rlxf.stages.ppo.run``), configured as the CLI would be."""
-    import shutil
-
-    import torch
-
-    torch.set_num_threads(spec["threads"])
+    out = c.fresh_side(spec)
     from rlxf.config import from_dict
     from rlxf.runs import Run
     from rlxf.stages import ppo
 
-    out = Path(spec["result"]).parent / "run"
-    shutil.rmtree(out, ignore_errors=True)
     cfg = from_dict(ppo.Config, {
         "out": str(out), "seed": spec["seed"], "device": "cpu", "progress": False, "log_every": 1,
         # one extra step: the track hook fires after each rollout, so N + 1 steps bracket N whole steps
@@ -124,17 +118,13 @@ def rlxf_side(spec: dict) -> None:
 
 def trl_side(spec: dict) -> None:
     """TRL 1.12's ``trl.experimental.ppo.PPOTrainer`` on the same models, prompts and settings."""
-    import shutil
-
     import torch
 
-    torch.set_num_threads(spec["threads"])
+    out = c.fresh_side(spec)
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    out = Path(spec["result"]).parent / "run"
-    shutil.rmtree(out, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(spec["policy"])
     ids = [tokenizer(row["prompt"], add_special_tokens=False)["input_ids"][-PROMPT_TOKENS:]
            for row in c.read_jsonl(spec["prompts"])]

@@ -50,18 +50,12 @@ def header(args, shape: c.Shape) -> list[str]:
 
 def rlxf_side(spec: dict) -> None:
     """rlxf's real reward stage (``rlxf.stages.reward.run``), configured as the CLI would be."""
-    import shutil
-
-    import torch
-
-    torch.set_num_threads(spec["threads"])
+    out = c.fresh_side(spec)
     from rlxf.config import from_dict
     from rlxf.models.loading import load_tokenizer
     from rlxf.models.reward import encode_answer
     from rlxf.stages import reward
 
-    out = Path(spec["result"]).parent / "run"
-    shutil.rmtree(out, ignore_errors=True)
     cfg = from_dict(reward.Config, {
         "out": str(out), "seed": spec["seed"], "device": "cpu", "progress": False,
         "model": {"name_or_path": spec["policy"], "dtype": "float32"},
@@ -82,17 +76,13 @@ def rlxf_side(spec: dict) -> None:
 
 def trl_side(spec: dict) -> None:
     """TRL 1.16's ``RewardTrainer`` on the same backbone, pairs and settings."""
-    import shutil
-
     import torch
 
-    torch.set_num_threads(spec["threads"])
+    out = c.fresh_side(spec)
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    out = Path(spec["result"]).parent / "run"
-    shutil.rmtree(out, ignore_errors=True)
     args = RewardConfig(
         output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=False, fp16=False,
         gradient_checkpointing=False,  # rlxf does not checkpoint activations either

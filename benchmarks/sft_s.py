@@ -48,19 +48,13 @@ def header(args, shape: c.Shape) -> list[str]:
 
 def rlxf_side(spec: dict) -> None:
     """rlxf's real SFT stage (``rlxf.stages.sft.run``), configured as the CLI would be."""
-    import shutil
-
-    import torch
-
-    torch.set_num_threads(spec["threads"])
+    out = c.fresh_side(spec)
     from rlxf.config import from_dict
     from rlxf.data.formats import load_demonstrations
     from rlxf.data.tokenize import tokenize_demonstrations
     from rlxf.models.loading import load_tokenizer
     from rlxf.stages import sft
 
-    out = Path(spec["result"]).parent / "run"
-    shutil.rmtree(out, ignore_errors=True)
     cfg = from_dict(sft.Config, {
         "out": str(out), "seed": spec["seed"], "device": "cpu", "progress": False,
         "model": {"name_or_path": spec["policy"], "dtype": "float32"},
@@ -79,17 +73,13 @@ def rlxf_side(spec: dict) -> None:
 
 def trl_side(spec: dict) -> None:
     """TRL 1.16's ``SFTTrainer`` on the same model, rows and settings."""
-    import shutil
-
     import torch
 
-    torch.set_num_threads(spec["threads"])
+    out = c.fresh_side(spec)
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    out = Path(spec["result"]).parent / "run"
-    shutil.rmtree(out, ignore_errors=True)
     args = SFTConfig(
         output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=False, fp16=False,
         gradient_checkpointing=False,  # rlxf does not checkpoint activations either
