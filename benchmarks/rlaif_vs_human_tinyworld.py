@@ -78,7 +78,7 @@ def run(args) -> dict:
         "out": str(out / "ai-labels"), "data": pairs, "template": "tinyworld", "seed": args.seed,
         "judge": {"model": args.judge, "batch_size": 64}, "chunk_size": 512, "progress": False}))
 
-    n_pairs = sum(1 for _ in open(pairs))
+    n_pairs = prefs["train"]["pairs"]
     rm_steps = max(1, round(args.rm_epochs * n_pairs / 32))
     results, models = {}, {"sft": sft}
     for name, train in (("human", pairs), ("ai", str(out / "ai-labels" / "preferences.jsonl"))):

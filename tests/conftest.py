@@ -87,3 +87,15 @@ def demo_rows(n: int = 64) -> list[dict]:
         a, c = animals[i % len(animals)], colors[(i * 3) % len(colors)]
         rows.append({"prompt": f"question : what color is the {a} ? answer :", "completion": f"the {a} is {c} ."})
     return rows
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """(chromium, chromedriver) paths for the browser tests; the test is skipped, with the
+    install command as the reason, when either is missing."""
+    from annotate_browser import find_chromium
+
+    found = find_chromium()
+    if found is None:
+        pytest.skip("headless Chromium not installed: apt-get install chromium chromium-driver")
+    return found

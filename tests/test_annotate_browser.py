@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from annotate_browser import Browser, find_chromium
+from annotate_browser import Browser
 from annotate_helpers import PASSWORD, XSS, ServerProcess, make_db
 
 from rlxf.config import load_config
@@ -22,14 +22,6 @@ TASKS = [
     ("Rank these numbers.", ["one", "two", "three", "four"], {}),
 ]
 PAIR_CHOICES = ["A", "B", "tie", "skip"]  # in the order pair tasks come up
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    found = find_chromium()
-    if found is None:
-        pytest.skip("headless Chromium not installed: apt-get install chromium chromium-driver")
-    return found
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ reason shown, when Chromium or chromedriver is not installed
 from __future__ import annotations
 
 import pytest
-from annotate_browser import Browser, find_chromium
+from annotate_browser import Browser
 from test_report import make_pipeline
 
 from rlxf.evaluate import report
@@ -22,14 +22,6 @@ class ReportBrowser(Browser):
         """Browser log entries at level SEVERE (console.error, failed loads, CSP and script errors);
         chromedriver collects them by default."""
         return [e for e in self._cmd("POST", "/se/log", {"type": "browser"}) if e["level"] == "SEVERE"]
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    found = find_chromium()
-    if found is None:
-        pytest.skip("headless Chromium not installed: apt-get install chromium chromium-driver")
-    return found
 
 
 @pytest.mark.slow

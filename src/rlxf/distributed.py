@@ -23,6 +23,7 @@ computes exactly what it computed before this module existed.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,10 @@ from rlxf.errors import ConfigError
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+
+    from rlxf.runs import Run
+
+log = logging.getLogger("rlxf")
 
 
 def make_accelerator(device: str) -> "Accelerator":
@@ -48,12 +53,6 @@ def make_accelerator(device: str) -> "Accelerator":
 
     return Accelerator(cpu=device == "cpu", device_placement=False,
                        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-
-
-def stage_device(accelerator: "Accelerator", device: str) -> torch.device:
-    from rlxf.training import resolve_device
-
-    return accelerator.device if accelerator.num_processes > 1 else resolve_device(device)
 
 
 def is_sharded(accelerator: "Accelerator") -> bool:
@@ -148,14 +147,27 @@ def rng_state() -> dict:
             "python": random.getstate()}
 
 
-def open_run(cfg, accelerator: "Accelerator"):
-    """The stage's run directory: opened (created, or checked against ``cfg``) by the main
-    process only; the others wait for it and then only read it."""
+def start_stage(cfg, accelerator: "Accelerator") -> tuple["Run", torch.device]:
+    """A training stage's run directory and this process's device.
+
+    The directory is opened (created, or checked against ``cfg``) by the main process
+    only; the others wait for it and then only read it. A complete run is logged and
+    returned as it is (the caller returns its summary); otherwise this process is seeded
+    with ``cfg.seed + rank``. The device is ``cfg.device`` for a single process, and the
+    one accelerate assigned under ``accelerate launch``.
+    """
     from rlxf.runs import Run
+    from rlxf.training import resolve_device, seed_everything
 
     run = Run.open(cfg.out, cfg) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
-    return run or Run(Path(cfg.out))
+    run = run or Run(Path(cfg.out))
+    if run.complete:
+        log.info("%s is already complete; delete it to train again", run.out)
+    else:
+        seed_everything(cfg.seed + accelerator.process_index)
+    device = accelerator.device if accelerator.num_processes > 1 else resolve_device(cfg.device)
+    return run, device
 
 
 def save_final(wrapped, tokenizer, out: Path, accelerator: "Accelerator") -> None:

@@ -32,7 +32,7 @@ import torch
 from rlxf.config import import_target
 from rlxf.data.tokenize import IGNORE, collate, prompt_text, tokenize_demonstrations
 from rlxf.distributed import (TokenValues, check_divisible, gather_lists, gather_rows, global_masked_whiten, is_sharded,
-                              make_accelerator, open_run, save_final, share, stage_device, sum_over_processes)
+                              make_accelerator, save_final, share, start_stage, sum_over_processes)
 from rlxf.errors import ConfigError
 from rlxf.models import reward as rm
 from rlxf.models.loading import ModelConfig, add_lora, load_causal_lm, load_model_tokenizer, load_tokenizer
@@ -41,7 +41,7 @@ from rlxf.progress import progress
 from rlxf.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_k1, kl_k3,
                      logprobs_from_logits, masked_mean, penalised_rewards, policy_loss, value_loss)
 from rlxf.runs import Timer
-from rlxf.training import TrainConfig, full_batch_indices, make_optimizer, resume, save_checkpoint, seed_everything
+from rlxf.training import TrainConfig, full_batch_indices, make_optimizer, resume, save_checkpoint
 
 log = logging.getLogger("rlxf")
 
@@ -479,12 +479,9 @@ def run(cfg: Config) -> dict:
                           "for a policy too large for one GPU use model.lora.enabled=true")
     check_divisible(acc, **{"rollout.batch_size": cfg.rollout.batch_size, "batch_size": cfg.batch_size},
                     **({"ptx.batch_size": cfg.ptx.batch_size} if cfg.ptx.coef > 0 else {}))
-    run_dir = open_run(cfg, acc)
+    run_dir, device = start_stage(cfg, acc)
     if run_dir.complete:
-        log.info("%s is already complete; delete it to train again", run_dir.out)
         return run_dir.summary()
-    seed_everything(cfg.seed + acc.process_index)
-    device = stage_device(acc, cfg.device)
     prompts = list(load_prompts(cfg.rollout.prompts))
     if not prompts:
         raise ConfigError(f"rollout.prompts ({cfg.rollout.prompts}) holds no prompts")

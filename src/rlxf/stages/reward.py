@@ -33,8 +33,8 @@ from typing import Literal
 
 import torch
 
-from rlxf.distributed import (TokenValues, configure_deepspeed, gather_lists, make_accelerator, open_run,
-                              refuse_sharded_lora, save_final, share, stage_device, sum_over_processes)
+from rlxf.distributed import (TokenValues, configure_deepspeed, gather_lists, make_accelerator, refuse_sharded_lora,
+                              save_final, share, start_stage, sum_over_processes)
 from rlxf.errors import ConfigError, DataError
 from rlxf.models.loading import ModelConfig, load_model_tokenizer
 from rlxf.models.reward import (add_reward_lora, encode_answer, init_reward_model, last_token_index, pad_right,
@@ -43,8 +43,7 @@ from rlxf.progress import progress
 from rlxf.rl.reward_loss import (bradley_terry_loss, expected_calibration_error, kwise_ranking_loss,
                                  pairwise_accuracy, soft_label_loss)
 from rlxf.runs import Timer
-from rlxf.training import (TrainConfig, make_optimizer, micro_batch_indices, resume, save_checkpoint, seed_everything,
-                           total_steps)
+from rlxf.training import TrainConfig, make_optimizer, micro_batch_indices, resume, save_checkpoint, total_steps
 
 log = logging.getLogger("rlxf")
 
@@ -152,12 +151,9 @@ def run(cfg: Config) -> dict:
     """
     acc = make_accelerator(cfg.device)
     refuse_sharded_lora(acc, cfg.model.lora.enabled)
-    run_dir = open_run(cfg, acc)
+    run_dir, device = start_stage(cfg, acc)
     if run_dir.complete:
-        log.info("%s is already complete; delete it to train again", run_dir.out)
         return run_dir.summary()
-    seed_everything(cfg.seed + acc.process_index)
-    device = stage_device(acc, cfg.device)
     tokenizer = load_model_tokenizer(cfg.model)
     data = _load_data(cfg, tokenizer)
     model = init_reward_model(cfg.model)

@@ -8,6 +8,7 @@ also pre-trains (Tinyworld's base model is built this way).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -15,14 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from rlxf.data.tokenize import IGNORE, Example, TokenizeStats, collate, pack, tokenize_demonstrations
-from rlxf.distributed import (configure_deepspeed, make_accelerator, open_run, refuse_sharded_lora, save_final,
-                              share, stage_device, sum_over_processes)
+from rlxf.distributed import (configure_deepspeed, make_accelerator, refuse_sharded_lora, save_final, share,
+                              start_stage, sum_over_processes)
 from rlxf.errors import ConfigError
 from rlxf.models.loading import ModelConfig, add_lora, load_causal_lm, load_model_tokenizer
 from rlxf.progress import progress
 from rlxf.runs import Timer
-from rlxf.training import (TrainConfig, make_optimizer, micro_batch_indices, resume, save_checkpoint, seed_everything,
-                           total_steps)
+from rlxf.training import TrainConfig, make_optimizer, micro_batch_indices, resume, save_checkpoint, total_steps
 
 log = logging.getLogger("rlxf")
 
@@ -72,12 +72,9 @@ def run(cfg: Config) -> dict:
     """
     acc = make_accelerator(cfg.device)
     refuse_sharded_lora(acc, cfg.model.lora.enabled)
-    run_dir = open_run(cfg, acc)
+    run_dir, device = start_stage(cfg, acc)
     if run_dir.complete:
-        log.info("%s is already complete; delete it to train again", run_dir.out)
         return run_dir.summary()
-    seed_everything(cfg.seed + acc.process_index)
-    device = stage_device(acc, cfg.device)
     tokenizer = load_model_tokenizer(cfg.model)
     train_set, eval_set, stats = _load_data(cfg, tokenizer)
     model = load_causal_lm(cfg.model)
@@ -203,15 +200,21 @@ def _token_nll(model, batch: dict, device) -> tuple[torch.Tensor, int]:
 
 def _keeps_logits(model) -> bool:
     """Whether ``model`` (maybe wrapped by DDP or peft) takes a boolean ``logits_to_keep``."""
+    inner = getattr(model, "module", model)  # DDP
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
+    return _forward_keeps_logits(type(inner))
+
+
+@functools.cache
+def _forward_keeps_logits(model_class: type) -> bool:
+    """Answered once per model class: this runs on every micro-batch."""
     import inspect
 
     import transformers.modeling_utils
 
     if not hasattr(transformers.modeling_utils, "slice_logits_to_keep"):  # boolean masks came with it
         return False
-    inner = getattr(model, "module", model)  # DDP
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 @torch.no_grad()
