@@ -295,13 +295,15 @@ def write_result(spec: dict, **fields) -> None:
 
 # ----------------------------------------------------------------------------- the machine
 
-def matmul_peak_flops(threads: int, size: int = MATMUL_SIZE, repeats: int = 10) -> float:
-    """fp32 FLOP/s of the best of ``repeats`` timed ``size``² matrix multiplies (2·n³ each),
-    with the thread count the benchmarks use: the peak that MFU is measured against."""
+def matmul_peak_flops(threads: int, precision: str = "fp32", size: int = MATMUL_SIZE, repeats: int = 10) -> float:
+    """FLOP/s of the best of ``repeats`` timed ``size``² matrix multiplies (2·n³ each) in
+    ``precision`` (fp32 or bf16), with the thread count the benchmarks use: the peak that
+    MFU is measured against."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b  # warm-up: first-call allocation and kernel selection
     best = float("inf")
     for _ in range(repeats):
@@ -338,8 +340,18 @@ def summarize(name: str, version: str, runs: list[dict], samples: list[float], f
                 statistics.median(r["peak_rss_mb"] for r in runs), flops / med / peak)
 
 
+def add_precision_argument(parser) -> None:
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="fp32 on both sides, or bf16 mixed precision on both sides (rlxf mixed_precision=bf16, "
+                             "TRL bf16=True): autocast matmuls, float32 weights")
+
+
+def precision_words(precision: str) -> str:
+    return "fp32" if precision == "fp32" else "bf16 mixed precision (autocast; float32 weights and optimiser)"
+
+
 def report(benchmark: str, unit: str, header: list[str], ours: Side, peer: Side, *, flops: float,
-           flops_formula: str, peak: float, targets: dict[str, float], extra: dict) -> None:
+           flops_formula: str, peak: float, targets: dict[str, float], extra: dict, precision: str = "fp32") -> None:
     """Print the table, then one JSON line with both sides' medians and the ratios."""
     time_ratio, rss_ratio = ours.seconds / peer.seconds, ours.peak_rss_mb / peer.peak_rss_mb
     print()
@@ -355,12 +367,12 @@ def report(benchmark: str, unit: str, header: list[str], ours: Side, peer: Side,
                                       if k in targets else "") for k, v in checks.items())
     print(f"rlxf / {peer.name}: {line}")
     print(f"model FLOPs per {unit}: {flops / 1e9:.2f} GFLOP = {flops_formula}")
-    print(f"fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s ({MATMUL_SIZE}² matmul, best of 10, same threads); "
+    print(f"{precision} matmul peak: {peak / 1e9:.1f} GFLOP/s ({MATMUL_SIZE}² matmul, best of 10, same threads); "
           f"{load_average()}")
     print(json.dumps({"benchmark": benchmark, "unit": unit, "rlxf": asdict(ours), "peer": asdict(peer),
                       "time_ratio": round(time_ratio, 4), "rss_ratio": round(rss_ratio, 4),
                       "targets": targets, "model_flops_per_unit": flops, "flops_formula": flops_formula,
-                      "matmul_peak_flops": peak, "load": load_average(), **extra}))
+                      "precision": precision, "matmul_peak_flops": peak, "load": load_average(), **extra}))
 
 
 # ----------------------------------------------------------------------------- SFT-S and RM-S
@@ -383,6 +395,7 @@ def epoch_benchmark(script: str, description: str, *, data_rows, flops_of, heade
     parser.add_argument("--work", default=f"runs/bench-{Path(script).stem.replace('_', '-')}",
                         help="models, data and run directories")
     parser.add_argument("--seed", type=int, default=0)
+    add_precision_argument(parser)
     parser.add_argument("--child", choices=("rlxf", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -397,20 +410,22 @@ def epoch_benchmark(script: str, description: str, *, data_rows, flops_of, heade
     paths = build_models(work / "models", shape, args.seed)
     data = write_jsonl(work / "train.jsonl", data_rows(random.Random(args.seed), shape, args.examples))
     steps = -(-args.examples // args.batch_size)
-    spec = {**paths, "data": data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed}
-    peak = matmul_peak_flops(args.threads)
-    print(f"{description}: {args.rounds} rounds × {args.epochs} epoch(s) per side; {load_average()}", flush=True)
+    spec = {**paths, "data": data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+            "precision": args.precision}
+    peak = matmul_peak_flops(args.threads, args.precision)
+    print(f"{description}: {args.rounds} rounds × {args.epochs} epoch(s) per side, {args.precision}; "
+          f"{load_average()}", flush=True)
     runs = alternate(args.rounds, {
         "rlxf": lambda: run_side(sys.executable, script, "rlxf", spec, work / "rlxf", args.threads),
         "trl": lambda: run_side(peer, script, "trl", spec, work / "trl", args.threads),
     })
-    peak = max(peak, matmul_peak_flops(args.threads))
+    peak = max(peak, matmul_peak_flops(args.threads, args.precision))
     flops, formula = flops_of(shape, args.examples)
     sides = [summarize(label, runs[key][0]["version"], runs[key],
                        [s for r in runs[key] for s in epoch_seconds(r["step_ends"], steps)], flops, peak)
              for key, label in (("rlxf", "rlxf"), ("trl", "TRL"))]
     report(Path(script).stem.replace("_", "-"), "epoch", header_of(args, shape), *sides, flops=flops,
-           flops_formula=formula, peak=peak, targets={"time_ratio": 0.66},
+           flops_formula=formula, peak=peak, targets={"time_ratio": 0.66}, precision=args.precision,
            extra={"sequence_tokens": {k: runs[k][0]["sequence_tokens"] for k in runs}, "threads": args.threads,
                   "rounds": args.rounds, "epochs_per_process": args.epochs, "steps_per_epoch": steps,
                   "batch_size": args.batch_size})

@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads, both sides")
     parser.add_argument("--work", default="runs/bench-ppo-s", help="models, data and run directories")
     parser.add_argument("--seed", type=int, default=0)
+    c.add_precision_argument(parser)
     parser.add_argument("--child", choices=("rlxf", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -55,14 +56,15 @@ def main() -> None:
     rng = random.Random(args.seed)
     prompts = c.write_jsonl(work / "prompts.jsonl", [{"prompt": c.random_words(rng, PROMPT_TOKENS, shape)}
                                                      for _ in range(ROLLOUTS * (args.updates + 1))])
-    spec = {**paths, "prompts": prompts, "updates": args.updates, "seed": args.seed}
-    peak = c.matmul_peak_flops(args.threads)
-    print(f"PPO-S: {args.rounds} rounds × {args.updates} updates per side; {c.load_average()}", flush=True)
+    spec = {**paths, "prompts": prompts, "updates": args.updates, "seed": args.seed, "precision": args.precision}
+    peak = c.matmul_peak_flops(args.threads, args.precision)
+    print(f"PPO-S: {args.rounds} rounds × {args.updates} updates per side, {args.precision}; {c.load_average()}",
+          flush=True)
     runs = c.alternate(args.rounds, {
         "rlxf": lambda: c.run_side(sys.executable, __file__, "rlxf", spec, work / "rlxf", args.threads),
         "trl": lambda: c.run_side(peer_python, __file__, "trl", spec, work / "trl", args.threads),
     })
-    peak = max(peak, c.matmul_peak_flops(args.threads))
+    peak = max(peak, c.matmul_peak_flops(args.threads, args.precision))
 
     n_lm, n_rm = shape.matmul_params(lm_head=True), shape.matmul_params(lm_head=False)
     tokens = ROLLOUTS * (PROMPT_TOKENS + ANSWER_TOKENS)
@@ -79,10 +81,12 @@ def main() -> None:
     c.report("ppo-s", "update", [
         f"PPO-S: GPT-2 {shape.layers}×{shape.hidden}, {shape.heads} heads, V={shape.vocab}, random init; "
         f"{ROLLOUTS} rollouts × ({PROMPT_TOKENS} prompt + {ANSWER_TOKENS} answer tokens) per update; "
-        f"{EPOCHS} PPO epochs × {MINIBATCHES} minibatches; k1 KL β={KL_COEF}; fp32; {args.threads} threads",
+        f"{EPOCHS} PPO epochs × {MINIBATCHES} minibatches; k1 KL β={KL_COEF}; {c.precision_words(args.precision)}; "
+        f"{args.threads} threads",
         f"seconds per PPO update (rollout + {EPOCHS} epochs), first update of each process excluded; "
         "peak RSS = median over processes of each one's own peak"],
         ours, peer, flops=flops, flops_formula=formula, peak=peak, targets={"time_ratio": 0.33, "rss_ratio": 0.7},
+        precision=args.precision,
         extra={"answer_tokens": {"rlxf": runs["rlxf"][0]["answer_tokens"], "peer": runs["trl"][0]["answer_tokens"]},
                "threads": args.threads, "rounds": args.rounds, "updates_per_process": args.updates})
 
@@ -96,6 +100,7 @@ def rlxf_side(spec: dict) -> None:
 
     cfg = from_dict(ppo.Config, {
         "out": str(out), "seed": spec["seed"], "device": "cpu", "progress": False, "log_every": 1,
+        "mixed_precision": "bf16" if spec.get("precision") == "bf16" else "no",
         # one extra step: the track hook fires after each rollout, so N + 1 steps bracket N whole steps
         "max_steps": spec["updates"] + 1,
         "model": {"name_or_path": spec["policy"], "dtype": "float32"},
@@ -130,7 +135,7 @@ def trl_side(spec: dict) -> None:
            for row in c.read_jsonl(spec["prompts"])]
     dataset = Dataset.from_dict({"input_ids": ids})
     args = PPOConfig(
-        output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=False, fp16=False,
+        output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=spec.get("precision") == "bf16", fp16=False,
         gradient_checkpointing=False,  # rlxf does not checkpoint activations either
         report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
         # 16 rollouts per update, split into 2 minibatches of 8, one optimiser step each

@@ -44,7 +44,8 @@ def flops(shape: c.Shape, n: int) -> tuple[float, str]:
 def header(args, shape: c.Shape) -> list[str]:
     return [f"RM-S: reward model on GPT-2 {shape.layers}×{shape.hidden}, {shape.heads} heads, V={shape.vocab}, "
             f"random init; {args.examples} pairs × 2 × {PROMPT_TOKENS + ANSWER_TOKENS + 1} tokens, "
-            f"{args.batch_size} pairs per step, Bradley-Terry, AdamW, fp32, {args.threads} threads",
+            f"{args.batch_size} pairs per step, Bradley-Terry, AdamW, {c.precision_words(args.precision)}, "
+            f"{args.threads} threads",
             "seconds per epoch (first step of each process excluded); peak RSS = median over processes"]
 
 
@@ -58,6 +59,7 @@ def rlxf_side(spec: dict) -> None:
 
     cfg = from_dict(reward.Config, {
         "out": str(out), "seed": spec["seed"], "device": "cpu", "progress": False,
+        "mixed_precision": "bf16" if spec.get("precision") == "bf16" else "no",
         "model": {"name_or_path": spec["policy"], "dtype": "float32"},
         "data": {"train": spec["data"], "eval_fraction": 0.0, "max_length": PROMPT_TOKENS + ANSWER_TOKENS + 1,
                  "loss": "bradley_terry"},
@@ -84,7 +86,7 @@ def trl_side(spec: dict) -> None:
     from trl import RewardConfig, RewardTrainer
 
     args = RewardConfig(
-        output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=False, fp16=False,
+        output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=spec.get("precision") == "bf16", fp16=False,
         gradient_checkpointing=False,  # rlxf does not checkpoint activations either
         report_to="none", save_strategy="no", eval_strategy="no", logging_steps=10, disable_tqdm=True,
         dataloader_num_workers=0, per_device_train_batch_size=spec["batch_size"],

@@ -42,7 +42,7 @@ def flops(shape: c.Shape, n: int) -> tuple[float, str]:
 def header(args, shape: c.Shape) -> list[str]:
     return [f"SFT-S: GPT-2 {shape.layers}×{shape.hidden}, {shape.heads} heads, V={shape.vocab}, random init; "
             f"{args.examples} demonstrations × {PROMPT_TOKENS + ANSWER_TOKENS + 1} tokens, batch {args.batch_size}, "
-            f"AdamW, fp32, {args.threads} threads",
+            f"AdamW, {c.precision_words(args.precision)}, {args.threads} threads",
             "seconds per epoch (first step of each process excluded); peak RSS = median over processes"]
 
 
@@ -57,6 +57,7 @@ def rlxf_side(spec: dict) -> None:
 
     cfg = from_dict(sft.Config, {
         "out": str(out), "seed": spec["seed"], "device": "cpu", "progress": False,
+        "mixed_precision": "bf16" if spec.get("precision") == "bf16" else "no",
         "model": {"name_or_path": spec["policy"], "dtype": "float32"},
         "data": {"train": spec["data"], "eval_fraction": 0.0, "max_length": PROMPT_TOKENS + ANSWER_TOKENS + 1},
         "batch_size": spec["batch_size"], "epochs": spec["epochs"], "lr": LR,
@@ -81,7 +82,7 @@ def trl_side(spec: dict) -> None:
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
-        output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=False, fp16=False,
+        output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=spec.get("precision") == "bf16", fp16=False,
         gradient_checkpointing=False,  # rlxf does not checkpoint activations either
         report_to="none", save_strategy="no", eval_strategy="no", logging_steps=10, disable_tqdm=True,
         dataloader_num_workers=0, per_device_train_batch_size=spec["batch_size"],

@@ -90,3 +90,31 @@ def test_help_comes_from_field_docstrings():
     assert "data.max_length (int, default 512)" in text
     assert "model.lora.r (int, default 8)" in text
     assert "out (str, required)" in text
+
+
+def test_a_run_made_before_a_key_existed_resumes_when_the_key_keeps_its_default(tmp_path):
+    import yaml
+
+    from rlxf.runs import Run
+
+    cfg = load_config(sft.Config, overrides=[f"out={tmp_path / 'run'}", "model.name_or_path=m", "data.train=t.jsonl"])
+    Run.open(cfg.out, cfg)
+    saved = tmp_path / "run" / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["mixed_precision"], old["model"]["lora"]["r"]  # as written by an older rlxf
+    saved.write_text(yaml.safe_dump(old))
+    Run.open(cfg.out, cfg)  # same behaviour: accepted
+
+    saved.write_text(yaml.safe_dump(old))
+    changed = load_config(sft.Config, overrides=[f"out={tmp_path / 'run'}", "model.name_or_path=m",
+                                                 "data.train=t.jsonl", "mixed_precision=bf16", "model.lora.r=4"])
+    with pytest.raises(ConfigError, match=r"different config \(mixed_precision, model.lora.r changed\)"):
+        Run.open(changed.out, changed)
+
+
+def test_yaml_booleans_read_as_the_literal_choice_written(tmp_path):
+    """YAML 1.1 parses `no` as false; `mixed_precision: no` still means the choice 'no'."""
+    assert _cfg(tmp_path, BASE + "mixed_precision: no\n").mixed_precision == "no"
+    assert _cfg(tmp_path, BASE, "mixed_precision=no").mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        _cfg(tmp_path, BASE + "mixed_precision: yes\n")

@@ -15,6 +15,7 @@ from conftest import demo_rows, write_jsonl
 
 from rlxf.config import load_config
 from rlxf.errors import ConfigError, DataError
+from rlxf.models.loading import keeps_logits
 from rlxf.stages import sft
 
 
@@ -136,7 +137,7 @@ def test_loss_from_answer_positions_only_equals_the_full_logits_loss(tokenizer, 
     demos = [Demonstration(f"question : what color is the {a} ? answer :", f"the {a} is {c} .")
              for a, c in [("fox", "red"), ("owl", "blue"), ("bear", "brown"), ("cat", "black")]]
     exs = tokenize_demonstrations(demos, tokenizer, max_length=64)
-    assert sft._keeps_logits(model)
+    assert keeps_logits(model)
     for batch in (collate(exs, tokenizer.pad_token_id), collate(pack(exs, 64), tokenizer.pad_token_id, packed=True)):
         with torch.no_grad():
             fast, n = sft._token_nll(model, dict(batch), "cpu")

@@ -50,7 +50,7 @@ class Run:
         config_path = run.out / "config.yaml"
         if config_path.exists():
             previous = yaml.safe_load(config_path.read_text()) or {}
-            changed = _diff(previous, resolved)
+            changed = _diff(previous, resolved, _defaults(config))
             if changed:
                 raise ConfigError(
                     f"{run.out} holds a run with a different config ({', '.join(changed[:5])} changed); "
@@ -117,15 +117,36 @@ def checkpoint_step(path: Path) -> int:
     return int(path.name.split("-")[1])
 
 
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+def _diff(old: dict, new: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ. A key the old config lacks is no change when
+    the new value is that key's default: the key was added to rlxf after the run began,
+    and the run was made with the behaviour the default keeps."""
     keys = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            keys += _diff(a, b, f"{prefix}{key}.")
+            keys += _diff(a, b, defaults.get(key) or {}, f"{prefix}{key}.")
+        elif key not in old and key in defaults and b == defaults[key]:
+            continue
         elif a != b:
             keys.append(f"{prefix}{key}")
     return keys
+
+
+def _defaults(config: Any) -> dict[str, Any]:
+    """The default of every field of ``config`` that has one, nested like :func:`to_dict`."""
+    import dataclasses
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = _defaults(value)
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def _plain(value: Any) -> Any:

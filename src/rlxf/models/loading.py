@@ -8,6 +8,8 @@ config turns it on.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,10 @@ class ModelConfig:
     """Hub revision (branch, tag or commit) to load."""
     trust_remote_code: bool = False
     """Run model code shipped with the checkpoint. Off by default: it executes arbitrary Python."""
+    attn_implementation: str | None = None
+    """Attention kernels: 'eager', 'sdpa', 'flash_attention_2', ... null lets rlxf choose:
+    eager under mixed_precision=bf16 on CPU (PyTorch's SDPA is the slower one there),
+    else transformers' default (sdpa)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """Parameter-efficient fine-tuning with LoRA."""
 
@@ -97,6 +103,62 @@ def load_causal_lm(cfg: ModelConfig, *, path: str | None = None):
     except OSError as err:
         raise ConfigError(f"cannot load a causal LM from '{name}': {err}") from None
     return fuse_gelu(model)
+
+
+def auto_eager(requested: str | None, device, mixed_precision: str) -> bool:
+    """Whether :func:`settle_attention` picks eager attention by itself."""
+    return requested is None and device.type == "cpu" and mixed_precision == "bf16"
+
+
+@contextlib.contextmanager
+def attention_kernel(model, name: str | None):
+    """Run ``model`` with attention implementation ``name`` inside the block (no change
+    when ``name`` is None), and switch back after it."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    before = inner.config._attn_implementation
+    if name is None or name == before:
+        yield
+        return
+    inner.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        inner.set_attn_implementation(before)
+
+
+def settle_attention(model, requested: str | None, device, mixed_precision: str = "no"):
+    """Switch ``model`` to the ``requested`` attention implementation, or when that is
+    null to the faster one for where it runs: on CPU under bf16 autocast the plain
+    matmul + softmax ("eager") forward + backward measured 1.3-1.6x faster than
+    PyTorch's SDPA kernel for 56-512 tokens (GPT-2 4x256, 2 threads); elsewhere SDPA
+    stays. Both compute the same attention. Returns ``model``."""
+    choice = "eager" if auto_eager(requested, device, mixed_precision) else requested
+    if choice and model.config._attn_implementation != choice:
+        try:
+            model.set_attn_implementation(choice)
+        except (ValueError, ImportError) as err:
+            raise ConfigError(f"model.attn_implementation={choice}: {err}") from None
+    return model
+
+
+def keeps_logits(model) -> bool:
+    """Whether ``model`` (maybe wrapped by DDP or peft) takes ``logits_to_keep``, as a count of
+    last positions or as a boolean mask of positions: the LM head then runs only there."""
+    inner = getattr(model, "module", model)  # DDP
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
+    return _forward_keeps_logits(type(inner))
+
+
+@functools.cache
+def _forward_keeps_logits(model_class: type) -> bool:
+    """Answered once per model class: this runs on every micro-batch."""
+    import inspect
+
+    import transformers.modeling_utils
+
+    if not hasattr(transformers.modeling_utils, "slice_logits_to_keep"):  # boolean masks came with it
+        return False
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def fuse_gelu(model):

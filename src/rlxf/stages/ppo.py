@@ -35,13 +35,15 @@ from rlxf.distributed import (TokenValues, check_divisible, gather_lists, gather
                               make_accelerator, save_final, share, start_stage, sum_over_processes)
 from rlxf.errors import ConfigError
 from rlxf.models import reward as rm
-from rlxf.models.loading import ModelConfig, add_lora, load_causal_lm, load_model_tokenizer, load_tokenizer
+from rlxf.models.loading import (ModelConfig, add_lora, attention_kernel, auto_eager, keeps_logits, load_causal_lm,
+                                 load_model_tokenizer, load_tokenizer, settle_attention)
 from rlxf.models.rollout_backends import make_backend
 from rlxf.progress import progress
 from rlxf.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_k1, kl_k3,
                      logprobs_from_logits, masked_mean, penalised_rewards, policy_loss, value_loss)
 from rlxf.runs import Timer
-from rlxf.training import TrainConfig, full_batch_indices, make_optimizer, resume, save_checkpoint
+from rlxf.training import (TrainConfig, autocast, check_mixed_precision, full_batch_indices, make_optimizer, resume,
+                            save_checkpoint)
 
 log = logging.getLogger("rlxf")
 
@@ -248,12 +250,13 @@ class PPO:
         self.acc = accelerator or make_accelerator(cfg.device)
         self.tokenizer = load_model_tokenizer(cfg.model, padding_side="left")
         lora = cfg.model.lora.enabled
-        policy = load_causal_lm(cfg.model)
+        fast = lambda m: settle_attention(m, cfg.model.attn_implementation, device, cfg.mixed_precision)  # noqa: E731
+        policy = fast(load_causal_lm(cfg.model))
         self.policy = add_lora(policy, cfg.model.lora) if lora else policy
         # LoRA: the reference is the policy with its adapter off; else a frozen copy
-        self.ref = None if lora else _frozen(load_causal_lm(cfg.model))
+        self.ref = None if lora else _frozen(fast(load_causal_lm(cfg.model)))
         value_path = cfg.reward.value_model or cfg.reward.model
-        value = rm.init_reward_model(ModelConfig(name_or_path=value_path, dtype=cfg.model.dtype))
+        value = fast(rm.init_reward_model(ModelConfig(name_or_path=value_path, dtype=cfg.model.dtype)))
         # a value function started from the reward model predicts on its normalised scale
         self.value_shift, self.value_scale = _normalization_at(value_path)
         # LoRA with a reward model: the value function is an adapter on it, and the
@@ -262,7 +265,7 @@ class PPO:
         self.value = rm.add_reward_lora(value, cfg.model.lora) if self.shared_reward else value
         self.reward = None
         if cfg.reward.model is not None and not self.shared_reward:
-            self.reward = _frozen(rm.load_reward_model(cfg.reward.model, dtype=cfg.model.dtype))
+            self.reward = _frozen(fast(rm.load_reward_model(cfg.reward.model, dtype=cfg.model.dtype)))
         self.reward_fn = import_target(cfg.reward.function) if cfg.reward.function else None
         self.rm_tokenizer = load_tokenizer(cfg.reward.model) if cfg.reward.model else self.tokenizer
         if load_tokenizer(value_path).get_vocab() != self.tokenizer.get_vocab():
@@ -281,6 +284,11 @@ class PPO:
         self.ptx = _ptx_examples(cfg, self.tokenizer) if cfg.ptx.coef > 0 else []
         self.ptx_used = 0  # pre-training batches consumed: where the ptx stream resumes
         self.ptx_batches = full_batch_indices(len(self.ptx), cfg.ptx.batch_size, cfg.seed + 1) if self.ptx else None
+        # sampling (one query token against a growing key length) keeps SDPA where rlxf chose
+        # eager for itself: eager would build a oneDNN matmul for every key length, +37 MB
+        # peak in PPO-S for no speed
+        self.sampling_attention = "sdpa" if auto_eager(cfg.model.attn_implementation, device,
+                                                       cfg.mixed_precision) else None
         self.policy_fwd, self.value_fwd = self.policy, TokenValues(self.value)
         self.backend = make_backend(cfg.rollout.backend, self.policy, self.tokenizer, model_path=cfg.model.name_or_path,
                                     dtype=cfg.model.dtype, seed=cfg.seed + self.acc.process_index,
@@ -295,14 +303,23 @@ class PPO:
 
     # -- rollout ------------------------------------------------------------------------
 
+    def autocast(self):
+        """The context of every forward pass (:func:`rlxf.training.autocast`)."""
+        return autocast(self.cfg.mixed_precision, self.device)
+
     @torch.no_grad()
     def rollout(self, prompts: list) -> Rollout:
+        with self.autocast():
+            return self._rollout(prompts)
+
+    def _rollout(self, prompts: list) -> Rollout:
         cfg, tok = self.cfg, self.tokenizer
         query, query_mask = _left_pad([self._encode_prompt(p) for p in prompts], tok.pad_token_id)  # (B, P) each
         query, query_mask = query.to(self.device), query_mask.to(self.device)
         self.policy.eval()
-        response = self.backend.generate(query, query_mask, max_new_tokens=cfg.rollout.max_new_tokens,
-                                         temperature=cfg.rollout.temperature)  # (B, R)
+        with attention_kernel(self.policy, self.sampling_attention):
+            response = self.backend.generate(query, query_mask, max_new_tokens=cfg.rollout.max_new_tokens,
+                                             temperature=cfg.rollout.temperature)  # (B, R)
         mask, ended = _truncate_at_eos(response, tok.eos_token_id)  # (B, R), (B,)
         response = response.masked_fill(mask == 0, tok.pad_token_id)
         attention_mask = torch.cat([query_mask, mask], dim=1)  # (B, P+R)
@@ -334,9 +351,12 @@ class PPO:
         """Logits predicting each answer token, divided by the sampling temperature: (B, R, V)."""
         seq = torch.cat([query, response], dim=1)  # (B, P+R)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P+R)
+        r = response.shape[1]
+        # the LM head only where an answer token is predicted: the last R + 1 positions
+        keep = {"logits_to_keep": r + 1} if keeps_logits(model) else {}
         logits = model(input_ids=seq, attention_mask=attention_mask, position_ids=position_ids,
-                       use_cache=False).logits  # (B, P+R, V)
-        return logits[:, query.shape[1] - 1:-1].float() / self.cfg.rollout.temperature
+                       use_cache=False, **keep).logits  # (B, R+1, V), or (B, P+R, V)
+        return logits[:, -r - 1:-1].float() / self.cfg.rollout.temperature
 
     def _ref_logits(self, query, response, attention_mask) -> torch.Tensor:
         if self.ref is not None:
@@ -388,18 +408,19 @@ class PPO:
         n = ro.query.shape[0]
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(n).split(cfg.batch_size // n_proc):
-                logits = self._logits(self.policy_fwd, ro.query[idx], ro.response[idx], ro.attention_mask[idx])
+                with self.autocast():  # logits and values come out float32
+                    logits = self._logits(self.policy_fwd, ro.query[idx], ro.response[idx], ro.attention_mask[idx])
+                    values = self._values(ro.query[idx], ro.response[idx], ro.attention_mask[idx])  # (b, R)
+                    ptx_loss, ptx_part = self._ptx_loss() if self.ptx else (None, 0.0)
                 logp = logprobs_from_logits(logits, ro.response[idx])  # (b, R)
                 mask = ro.mask[idx]
                 pg = policy_loss(logp, ro.logp[idx], ro.advantages[idx], mask, cfg.clip_range)
-                values = self._values(ro.query[idx], ro.response[idx], ro.attention_mask[idx])  # (b, R)
                 vf = value_loss(values, ro.values[idx], ro.returns[idx], mask, cfg.value_clip_range)
                 n_mine = float(mask.sum())
                 part = n_mine / sum_over_processes([n_mine], self.acc)[0]  # 1.0 with one process
                 # × N: DDP averages the processes' gradients, the minibatch loss is the sum of their parts
                 loss = (pg.loss + cfg.vf_coef * vf.loss) * (part * n_proc)
                 if self.ptx:
-                    ptx_loss, ptx_part = self._ptx_loss()
                     loss = loss + cfg.ptx.coef * (ptx_loss * (ptx_part * n_proc))
                     _add(stats, "ptx_loss", ptx_loss.item() * ptx_part)
                 self.acc.backward(loss)
@@ -482,6 +503,7 @@ def run(cfg: Config) -> dict:
     run_dir, device = start_stage(cfg, acc)
     if run_dir.complete:
         return run_dir.summary()
+    check_mixed_precision(cfg.mixed_precision, device)
     prompts = list(load_prompts(cfg.rollout.prompts))
     if not prompts:
         raise ConfigError(f"rollout.prompts ({cfg.rollout.prompts}) holds no prompts")
@@ -522,7 +544,8 @@ def run(cfg: Config) -> dict:
         # held-out evaluation runs on the main process alone (a forked RNG, plain models)
         if eval_prompts and acc.is_main_process and ((cfg.eval_every and done % cfg.eval_every == 0)
                                                      or done == n_steps):
-            stats.update(evaluate(ppo, eval_prompts, cfg))
+            with ppo.autocast():
+                stats.update(evaluate(ppo, eval_prompts, cfg))
         if acc.is_main_process and (done % cfg.log_every == 0 or done == n_steps or "eval_score" in stats):
             run_dir.log(done, stats)
         last = stats
@@ -534,7 +557,8 @@ def run(cfg: Config) -> dict:
 
     save_final(ppo.policy_fwd, _plain_tokenizer(ppo.tokenizer), run_dir.final, acc)
     if cfg.eval.lm_data and "eval_lm_loss" not in last and acc.is_main_process:
-        last.update(evaluate(ppo, [], cfg))
+        with ppo.autocast():
+            last.update(evaluate(ppo, [], cfg))
     rows = run_dir.metrics()
     tail = rows[-max(1, len(rows) // 10):]  # the last tenth of the logged steps
     summary = {
@@ -566,7 +590,8 @@ def evaluate(ppo: PPO, prompts: list, cfg: Config) -> dict[str, float]:
     out: dict[str, float] = {}
     if prompts:
         # a forked RNG: evaluating must not change the rollouts that follow it
-        with torch.random.fork_rng(devices=[ppo.device] if ppo.device.type == "cuda" else []):
+        with (torch.random.fork_rng(devices=[ppo.device] if ppo.device.type == "cuda" else []),
+              attention_kernel(ppo.policy, ppo.sampling_attention)):
             gens = generate(ppo.policy, ppo.tokenizer, prompts, max_new_tokens=cfg.rollout.max_new_tokens,
                             temperature=cfg.rollout.temperature, separator=cfg.rollout.separator,
                             batch_size=cfg.rollout.batch_size, seed=cfg.seed + 7)

@@ -36,14 +36,15 @@ import torch
 from rlxf.distributed import (TokenValues, configure_deepspeed, gather_lists, make_accelerator, refuse_sharded_lora,
                               save_final, share, start_stage, sum_over_processes)
 from rlxf.errors import ConfigError, DataError
-from rlxf.models.loading import ModelConfig, load_model_tokenizer
+from rlxf.models.loading import ModelConfig, load_model_tokenizer, settle_attention
 from rlxf.models.reward import (add_reward_lora, encode_answer, init_reward_model, last_token_index, pad_right,
                                 score_texts, set_reward_normalization, shared_prefix_batch)
 from rlxf.progress import progress
 from rlxf.rl.reward_loss import (bradley_terry_loss, expected_calibration_error, kwise_ranking_loss,
                                  pairwise_accuracy, soft_label_loss)
 from rlxf.runs import Timer
-from rlxf.training import TrainConfig, make_optimizer, micro_batch_indices, resume, save_checkpoint, total_steps
+from rlxf.training import (TrainConfig, autocast, check_mixed_precision, make_optimizer, micro_batch_indices, resume,
+                            save_checkpoint, total_steps)
 
 log = logging.getLogger("rlxf")
 
@@ -154,9 +155,10 @@ def run(cfg: Config) -> dict:
     run_dir, device = start_stage(cfg, acc)
     if run_dir.complete:
         return run_dir.summary()
+    check_mixed_precision(cfg.mixed_precision, device)
     tokenizer = load_model_tokenizer(cfg.model)
     data = _load_data(cfg, tokenizer)
-    model = init_reward_model(cfg.model)
+    model = settle_attention(init_reward_model(cfg.model), cfg.model.attn_implementation, device, cfg.mixed_precision)
     if cfg.model.lora.enabled:
         model = add_reward_lora(model, cfg.model.lora)
     model.to(device).train()
@@ -182,7 +184,8 @@ def run(cfg: Config) -> dict:
         step_loss = 0.0
         for groups in micro:
             mine, weight = share(groups, acc)
-            loss, diffs, outcomes = _forward(scorer, mine, plan, pad_id, device, cfg.share_prompt)
+            with autocast(cfg.mixed_precision, device):
+                loss, diffs, outcomes = _forward(scorer, mine, plan, pad_id, device, cfg.share_prompt)
             # the step's loss is the mean over its groups; × N: DDP averages the processes' gradients
             acc.backward(loss * weight * len(mine) / n_groups * acc.num_processes)
             step_loss += weight * loss.item() * len(mine) / n_groups
@@ -203,8 +206,9 @@ def run(cfg: Config) -> dict:
                        grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
             window = _empty_window()
         if eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps):
-            eval_metrics = _evaluate_shared(scorer, eval_set, plan, pad_id, device, cfg.batch_size, acc,
-                                            cfg.share_prompt)
+            with autocast(cfg.mixed_precision, device):
+                eval_metrics = _evaluate_shared(scorer, eval_set, plan, pad_id, device, cfg.batch_size, acc,
+                                                cfg.share_prompt)
             row.update({f"eval_{k}": v for k, v in eval_metrics.items()})
             scorer.train()
         if row and acc.is_main_process:
@@ -217,7 +221,8 @@ def run(cfg: Config) -> dict:
 
     normalization = None
     if cfg.normalize.enabled:
-        # every process scores the whole reference set (FSDP needs them all in each forward pass)
+        # every process scores the whole reference set (FSDP needs them all in each forward pass),
+        # in the weights' dtype: the precision the saved model is loaded with
         normalization = _normalize(acc.unwrap_model(scorer).model, tokenizer, cfg, data["reference"])
     save_final(scorer, tokenizer, run_dir.final, acc)
     last = [r for r in run_dir.metrics() if "loss" in r]

@@ -8,7 +8,6 @@ also pre-trains (Tinyworld's base model is built this way).
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -19,10 +18,12 @@ from rlxf.data.tokenize import IGNORE, Example, TokenizeStats, collate, pack, to
 from rlxf.distributed import (configure_deepspeed, make_accelerator, refuse_sharded_lora, save_final, share,
                               start_stage, sum_over_processes)
 from rlxf.errors import ConfigError
-from rlxf.models.loading import ModelConfig, add_lora, load_causal_lm, load_model_tokenizer
+from rlxf.models.loading import (ModelConfig, add_lora, keeps_logits, load_causal_lm, load_model_tokenizer,
+                                 settle_attention)
 from rlxf.progress import progress
 from rlxf.runs import Timer
-from rlxf.training import TrainConfig, make_optimizer, micro_batch_indices, resume, save_checkpoint, total_steps
+from rlxf.training import (TrainConfig, autocast, check_mixed_precision, make_optimizer, micro_batch_indices, resume,
+                            save_checkpoint, total_steps)
 
 log = logging.getLogger("rlxf")
 
@@ -75,9 +76,10 @@ def run(cfg: Config) -> dict:
     run_dir, device = start_stage(cfg, acc)
     if run_dir.complete:
         return run_dir.summary()
+    check_mixed_precision(cfg.mixed_precision, device)
     tokenizer = load_model_tokenizer(cfg.model)
     train_set, eval_set, stats = _load_data(cfg, tokenizer)
-    model = load_causal_lm(cfg.model)
+    model = settle_attention(load_causal_lm(cfg.model), cfg.model.attn_implementation, device, cfg.mixed_precision)
     if cfg.model.lora.enabled:
         model = add_lora(model, cfg.model.lora)
     model.to(device).train()
@@ -102,7 +104,8 @@ def run(cfg: Config) -> dict:
         step_loss = 0.0
         for examples in micro:
             mine, weight = share(examples, acc)
-            loss_sum, _ = _token_nll(wrapped, collate(mine, pad_id, packed=cfg.data.packing), device)
+            with autocast(cfg.mixed_precision, device):
+                loss_sum, _ = _token_nll(wrapped, collate(mine, pad_id, packed=cfg.data.packing), device)
             # × N: DDP averages the N processes' gradients, the loss is their sum
             acc.backward(loss_sum * weight / n_tokens * acc.num_processes)
             step_loss += weight * loss_sum.item() / n_tokens
@@ -120,7 +123,8 @@ def run(cfg: Config) -> dict:
                        tokens=n_tokens)
             window = []
         if eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps):
-            eval_loss = _evaluate_shared(wrapped, eval_set, pad_id, device, cfg.batch_size, cfg.data.packing, acc)
+            with autocast(cfg.mixed_precision, device):
+                eval_loss = _evaluate_shared(wrapped, eval_set, pad_id, device, cfg.batch_size, cfg.data.packing, acc)
             row["eval_loss"] = eval_loss
             wrapped.train()
         if row and acc.is_main_process:
@@ -187,7 +191,7 @@ def _token_nll(model, batch: dict, device) -> tuple[torch.Tensor, int]:
     labels = batch.pop("labels")
     targets = labels[:, 1:]  # (B, T-1)
     wanted = targets != IGNORE  # (B, T-1): positions that predict an answer token
-    if _keeps_logits(model):
+    if keeps_logits(model):
         keep = torch.nn.functional.pad(wanted, (0, 1))  # (B, T): the last position predicts nothing
         logits = model(**batch, use_cache=False, logits_to_keep=keep).logits  # (n, V), answer positions only
         targets = targets[wanted]  # (n,)
@@ -196,25 +200,6 @@ def _token_nll(model, batch: dict, device) -> tuple[torch.Tensor, int]:
     loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                                              ignore_index=IGNORE, reduction="sum")
     return loss, int(wanted.sum())
-
-
-def _keeps_logits(model) -> bool:
-    """Whether ``model`` (maybe wrapped by DDP or peft) takes a boolean ``logits_to_keep``."""
-    inner = getattr(model, "module", model)  # DDP
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
-    return _forward_keeps_logits(type(inner))
-
-
-@functools.cache
-def _forward_keeps_logits(model_class: type) -> bool:
-    """Answered once per model class: this runs on every micro-batch."""
-    import inspect
-
-    import transformers.modeling_utils
-
-    if not hasattr(transformers.modeling_utils, "slice_logits_to_keep"):  # boolean masks came with it
-        return False
-    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 @torch.no_grad()

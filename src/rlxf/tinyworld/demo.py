@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 from rlxf.config import from_dict
@@ -39,6 +40,9 @@ class Config:
     """A directory made by `rlxf tinyworld build`; null uses the shipped base model."""
     kl_coeff: float = 0.05
     """β of PPO's KL penalty."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """'bf16' runs SFT, reward and PPO with bfloat16 matmuls (float32 weights): faster on
+    CPUs with AVX512-BF16/AMX and on recent GPUs; the gold evaluation stays float32."""
     progress: bool = True
     """Show progress bars."""
 
@@ -70,7 +74,8 @@ def run(cfg: Config) -> dict:
     data_seconds = timer.elapsed()
 
     result = pipeline.run_stages(from_dict(pipeline.Config, pipeline_settings(files, size, cfg.seed, cfg.kl_coeff,
-                                                                              cfg.progress, str(out))))
+                                                                              cfg.progress, str(out),
+                                                                              cfg.mixed_precision)))
     result["summary"]["seconds"] = {"data": data_seconds, **result["summary"]["seconds"]}
 
     timer = Timer()
@@ -87,9 +92,10 @@ def run(cfg: Config) -> dict:
     return result["summary"]
 
 
-def pipeline_settings(files: dict, size: dict, seed: int, kl_coeff: float, progress: bool, out: str) -> dict:
+def pipeline_settings(files: dict, size: dict, seed: int, kl_coeff: float, progress: bool, out: str,
+                      mixed_precision: str = "no") -> dict:
     """The ``rlxf pipeline`` config of the demo (also used by the Tinyworld benchmarks)."""
-    return {
+    settings = {
         "out": out, "seed": seed, "progress": progress,
         "base_model": str(files["base"]), "demonstrations": str(files["sft_train"]),
         "prompts": str(files["prompts_train"]), "eval_prompts": str(files["prompts_heldout"]),
@@ -110,6 +116,9 @@ def pipeline_settings(files: dict, size: dict, seed: int, kl_coeff: float, progr
                 "eval_every": max(1, size["ppo_steps"] // 4), "save_every": max(1, size["ppo_steps"] // 6),
                 "rollout": {"batch_size": 32}},
     }
+    for stage in ("sft", "reward", "ppo"):
+        settings[stage]["mixed_precision"] = mixed_precision
+    return settings
 
 
 def _gold_report(cfg: Config, files: dict, result: dict, n_prompts: int) -> dict:

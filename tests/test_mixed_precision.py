@@ -1,0 +1,199 @@
+"""bf16 mixed precision (``mixed_precision=bf16``) and the attention kernel it runs with.
+
+bf16 changes numbers, so these tests compare with float32 at tolerances a bf16 matmul
+(8 mantissa bits, relative error ~4e-3 per product) can meet, and check that what must
+stay exact does: the PPO reference equals the policy before any update.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import SENTENCES, make_model, write_jsonl
+
+from rlxf.config import load_config
+from rlxf.errors import ConfigError
+from rlxf.models.loading import ModelConfig, load_tokenizer, settle_attention
+from rlxf.models.reward import init_reward_model
+from rlxf.stages import ppo, reward, sft
+from rlxf.training import autocast
+
+CPU = torch.device("cpu")
+
+
+def test_autocast_runs_matmuls_in_bf16_and_nothing_with_no():
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    with autocast("bf16", CPU):
+        assert layer(x).dtype == torch.bfloat16
+        assert torch.nn.functional.layer_norm(x, (4,)).dtype == torch.float32  # element-wise work keeps float32
+    with autocast("no", CPU):
+        assert layer(x).dtype == torch.float32
+    assert layer.weight.dtype == torch.float32  # weights are never converted
+
+
+def test_mixed_precision_accepts_only_no_and_bf16(tmp_path):
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_config(sft.Config, None, ["out=x", "model.name_or_path=m", "data.train=t", "mixed_precision=fp16"])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_settle_attention_chooses_eager_for_bf16_on_cpu_only(tokenizer, arch):
+    model = make_model(arch, len(tokenizer))
+    default = model.config._attn_implementation
+    assert settle_attention(model, None, CPU, "no").config._attn_implementation == default
+    assert settle_attention(model, None, CPU, "bf16").config._attn_implementation == "eager"
+    assert settle_attention(model, "sdpa", CPU, "bf16").config._attn_implementation == "sdpa"  # asked for: kept
+    with pytest.raises(ConfigError, match="attn_implementation=no_such_kernel"):
+        settle_attention(model, "no_such_kernel", CPU, "no")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_eager_and_sdpa_attention_agree_on_padded_batches(tokenizer, arch):
+    """Switching kernels must not change what the model computes (left padding included)."""
+    model = make_model(arch, len(tokenizer)).eval()
+    ids = torch.randint(3, len(tokenizer), (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding
+    mask[1, 9:] = 0  # right padding
+    with torch.no_grad():
+        sdpa = settle_attention(model, "sdpa", CPU)(input_ids=ids, attention_mask=mask).logits
+        eager = settle_attention(model, "eager", CPU)(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(eager[real], sdpa[real], atol=1e-5, rtol=1e-5)
+    # packed rows (SFT's packing): no attention mask, position ids restart at each sequence
+    pos = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]] * 3)
+    with torch.no_grad():
+        # (use_cache=False: transformers derives the block-diagonal mask only without a cache, as SFT runs)
+        sdpa = settle_attention(model, "sdpa", CPU)(input_ids=ids, position_ids=pos, use_cache=False).logits
+        eager = settle_attention(model, "eager", CPU)(input_ids=ids, position_ids=pos, use_cache=False).logits
+        alone = model(input_ids=ids[:, 5:8], use_cache=False).logits  # the second sequence by itself
+    torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eager[:, 5:8], alone, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the stages
+
+def _sft_config(tmp_path, model_dir, name, *overrides):
+    write_jsonl(tmp_path / "demos.jsonl", [{"prompt": s.split(" answer :")[0] + " answer :",
+                                            "completion": s.split(" answer :")[1]}
+                                           for s in SENTENCES if " answer :" in s] * 4)
+    return load_config(sft.Config, None, [
+        f"out={tmp_path / name}", f"model.name_or_path={model_dir}", f"data.train={tmp_path / 'demos.jsonl'}",
+        "data.eval_fraction=0.2", "max_steps=30", "lr=3e-3", "batch_size=4", "log_every=5", "eval_every=30",
+        "progress=false", *overrides])
+
+
+def _losses(run_dir) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_sft_in_bf16_follows_the_float32_loss_curve(tmp_path, tiny_model_dir):
+    full = sft.run(_sft_config(tmp_path, tiny_model_dir, "fp32"))
+    half = sft.run(_sft_config(tmp_path, tiny_model_dir, "bf16", "mixed_precision=bf16"))
+    a, b = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
+    assert b[-1] < 0.7 * b[0]  # it learns
+    assert max(abs(x - y) / x for x, y in zip(a, b)) < 0.03  # and like float32 does
+    assert abs(half["final_eval_loss"] - full["final_eval_loss"]) / full["final_eval_loss"] < 0.03
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(half["final"]).dtype == torch.float32  # saved as trained: float32
+
+
+def test_reward_model_in_bf16_follows_the_float32_run(tmp_path, tiny_model_dir):
+    from test_reward import pair_rows
+
+    data = write_jsonl(tmp_path / "prefs.jsonl", pair_rows())
+
+    def config(name, *extra):
+        return load_config(reward.Config, None, [
+            f"out={tmp_path / name}", f"model.name_or_path={tiny_model_dir}", f"data.train={data}",
+            "data.eval_fraction=0.25", "max_steps=40", "lr=3e-3", "batch_size=8", "log_every=10", "progress=false",
+            *extra])
+
+    full = reward.run(config("fp32"))
+    half = reward.run(config("bf16", "mixed_precision=bf16"))
+    a, b = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
+    assert b[-1] < 0.5 * b[0]  # it learns
+    assert max(abs(x - y) for x, y in zip(a, b)) < 0.05 * max(a)  # and like float32 does
+    assert abs(half["heldout"]["accuracy"] - full["heldout"]["accuracy"]) <= 0.1
+    assert half["heldout"]["accuracy"] > 0.8
+    # normalisation scores in the saved weights' dtype (float32) with either setting
+    shifts = half["normalization"]["shift"], full["normalization"]["shift"]
+    assert abs(shifts[0] - shifts[1]) < 0.1 * abs(shifts[1]) + 0.05
+
+
+@pytest.fixture(scope="module")
+def ppo_setup(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("ppo-bf16")
+    rm = init_reward_model(ModelConfig(name_or_path=str(tiny_model_dir)))
+    with torch.no_grad():
+        rm.score.weight.mul_(20)
+    rm.save_pretrained(root / "rm")
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(root / "rm")
+    prompts = sorted({s.split(" answer :")[0] + " answer :" for s in SENTENCES if " answer :" in s})
+    write_jsonl(root / "prompts.jsonl", [{"prompt": p} for p in prompts] * 4)
+    return root, tiny_model_dir
+
+
+def _ppo_config(root, model_dir, name, *overrides):
+    return load_config(ppo.Config, None, [
+        f"model.name_or_path={model_dir}", f"reward.model={root / 'rm'}", f"rollout.prompts={root / 'prompts.jsonl'}",
+        "rollout.batch_size=8", "rollout.max_new_tokens=10", "batch_size=4", "max_steps=12", "lr=3e-3",
+        f"out={root / name}", "progress=false", "log_every=1", *overrides])
+
+
+def test_ppo_rollout_in_bf16_keeps_the_reference_exact(ppo_setup):
+    """Policy and reference run the same bf16 path, so before any update their log-probs
+    are equal and the KL is exactly 0; the log-probs are float32 and near float32's."""
+    root, model_dir = ppo_setup
+    from rlxf.data.formats import load_prompts
+
+    trainer = ppo.PPO(_ppo_config(root, model_dir, "unused", "mixed_precision=bf16"), CPU)
+    assert trainer.policy.config._attn_implementation == "eager"
+    prompts = list(load_prompts(str(root / "prompts.jsonl")))[:8]
+    torch.manual_seed(0)
+    ro = trainer.rollout(prompts)
+    assert ro.logp.dtype == ro.values.dtype == torch.float32
+    # sampling ran with SDPA (one query token a step), and eager is back for the rest
+    assert trainer.sampling_attention == "sdpa" and trainer.policy.config._attn_implementation == "eager"
+    assert torch.equal(ro.logp, ro.ref_logp) and torch.count_nonzero(ro.kl) == 0
+    with torch.no_grad():
+        full = trainer._logits(trainer.policy, ro.query, ro.response, ro.attention_mask)  # float32, no autocast
+    exact = torch.log_softmax(full, -1).gather(2, ro.response[..., None]).squeeze(2)
+    real = ro.mask.bool()
+    assert (ro.logp[real] - exact[real]).abs().mean() < 0.02
+
+
+def test_a_ppo_update_in_bf16_moves_the_weights_as_float32_does(ppo_setup):
+    """The same rollout, the same starting weights and minibatch order: one PPO update
+    (4 epochs x 2 minibatches) in bf16 and in float32 must change the policy and value
+    weights in nearly the same direction and by nearly the same amount. (Log-probs left
+    in bf16 still pass here; the rollout test above catches those by their dtype.)"""
+    root, model_dir = ppo_setup
+    from rlxf.data.formats import load_prompts
+    from rlxf.training import make_optimizer
+
+    prompts = list(load_prompts(str(root / "prompts.jsonl")))[:8]
+    deltas, stats = {}, {}
+    for precision in ("no", "bf16"):
+        cfg = _ppo_config(root, model_dir, "unused", f"mixed_precision={precision}")
+        trainer = ppo.PPO(cfg, CPU)
+        if precision == "no":
+            torch.manual_seed(0)
+            ro = trainer.rollout(prompts)  # one rollout, in float32, for both
+        before = torch.cat([p.detach().flatten().clone() for m in trainer.trainable_modules() for p in m.parameters()])
+        optimizer, scheduler = make_optimizer(trainer.parameter_groups(cfg), cfg, 10)
+        optimizer = trainer.prepare(optimizer)
+        torch.manual_seed(1)
+        stats[precision] = trainer.update(ro, optimizer, scheduler)
+        after = torch.cat([p.detach().flatten() for m in trainer.trainable_modules() for p in m.parameters()])
+        deltas[precision] = after - before
+    a, b = deltas["no"], deltas["bf16"]
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99  # measured 0.9993
+    assert abs(b.norm() / a.norm() - 1) < 0.02  # measured 1.0008
+    for key in ("policy_loss", "value_loss", "approx_kl"):
+        assert abs(stats["bf16"][key] - stats["no"][key]) < 0.05 * abs(stats["no"][key]) + 1e-3, key
