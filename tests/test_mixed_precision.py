@@ -197,3 +197,15 @@ def test_a_ppo_update_in_bf16_moves_the_weights_as_float32_does(ppo_setup):
     assert abs(b.norm() / a.norm() - 1) < 0.02  # measured 1.0008
     for key in ("policy_loss", "value_loss", "approx_kl"):
         assert abs(stats["bf16"][key] - stats["no"][key]) < 0.05 * abs(stats["no"][key]) + 1e-3, key
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
+    from rlxf.training import check_mixed_precision
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with caplog.at_level("WARNING", logger="rlxf"):
+        check_mixed_precision("bf16", CPU)
+        check_mixed_precision("no", CPU)
+    assert [r.message for r in caplog.records] == [
+        "mixed_precision=bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); bf16 will be slower than "
+        "float32 here"]

@@ -415,3 +415,66 @@ def test_training_with_and_without_prompt_sharing_gives_the_same_run(tmp_path, r
         for key in ("loss", "eval_loss", "eval_accuracy"):
             if key in b:
                 assert a[key] == pytest.approx(b[key], abs=1e-4), (key, a, b)
+
+
+# ----------------------------------------------------------------------------- LM regulariser (GRM)
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lm_term_at_start_is_the_causal_lms_nll_of_the_preferred_answers(tmp_path, tokenizer, arch):
+    """Before training the reward model's backbone is the LM's, so the regulariser must
+    equal the LM's own next-token NLL on each preferred answer (after its first token),
+    averaged per comparison, with and without prompt sharing."""
+    from transformers import AutoModelForCausalLM
+
+    from rlxf.distributed import TokenValues
+
+    make_model(arch, len(tokenizer)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = init_reward_model(ModelConfig(name_or_path=str(tmp_path))).eval()
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    head = reward._frozen_lm_head(ModelConfig(name_or_path=str(tmp_path)), "cpu")
+    prompt = list(range(5, 15))
+    groups = [reward.Group([prompt + [20, 21, 22, 23], prompt + [30, 31]], is_ranking=False),
+              reward.Group([prompt + [40], prompt + [50, 51, 52]], is_ranking=False, prob_chosen=0.2),
+              reward.Group([prompt[:4] + [60, 61, 62], prompt[:4] + [70], prompt[:4] + [80, 81]], is_ranking=True)]
+    expected = []
+    for seq, start in ((groups[0].sequences[0], 10), (groups[1].sequences[1], 10), (groups[2].sequences[0], 4)):
+        with torch.no_grad():
+            logp = torch.log_softmax(lm(torch.tensor([seq])).logits[0], -1)  # (T, V)
+        expected.append(-sum(logp[t - 1, seq[t]] for t in range(start + 1, len(seq))) / (len(seq) - start - 1))
+    expected = float(sum(expected) / 3)
+    plan = reward.LossPlan("kwise", "soft")
+    for share in (True, False):
+        with torch.no_grad():
+            *_, nll = reward._forward(TokenValues(model), groups, plan, tokenizer.pad_token_id, "cpu", share, head)
+        assert float(nll) == pytest.approx(expected, rel=1e-5), share
+
+
+def test_lm_regulariser_keeps_the_backbone_predicting_text(tmp_path, reward_base):
+    """Trained with lm_coef > 0 the reward model ranks as well, and its hidden states
+    predict the preferred answers' tokens better than without the term."""
+    from rlxf.distributed import TokenValues
+
+    head = reward._frozen_lm_head(ModelConfig(name_or_path=str(reward_base)), "cpu")
+    rows = pair_rows()
+    runs = {}
+    for coef in (0.0, 5.0):
+        summary = reward.run(_config(tmp_path, reward_base, rows, f"lm_coef={coef}", name=f"lm-{coef}"))
+        model = load_reward_model(summary["final"])
+        tok = load_tokenizer(summary["final"])
+        groups = [reward.Group([reward_inputs([r["prompt"]], [a], tok)["input_ids"][0].tolist()
+                                for a in (r["chosen"], r["rejected"])], is_ranking=False) for r in rows[:16]]
+        with torch.no_grad():
+            *_, nll = reward._forward(TokenValues(model), groups, reward.LossPlan("kwise", "bradley_terry"),
+                                      tok.pad_token_id, "cpu", True, head)
+        metrics = [json.loads(line) for line in (tmp_path / f"lm-{coef}" / "metrics.jsonl").read_text().splitlines()]
+        runs[coef] = (float(nll), summary["heldout"]["accuracy"], [m.get("lm_loss") for m in metrics if "loss" in m])
+    (nll_off, acc_off, logged_off), (nll_on, acc_on, logged_on) = runs[0.0], runs[5.0]
+    assert acc_on >= 0.8 and acc_off >= 0.8
+    assert nll_on < nll_off - 0.1  # measured 2.64 against 2.91 nats (a random tiny model; colours are random)
+    assert all(v is None for v in logged_off) and all(v is not None for v in logged_on)  # logged only when on
+
+
+def test_lm_coef_must_be_non_negative(tmp_path, reward_base):
+    with pytest.raises(ConfigError, match="lm_coef must be ≥ 0"):
+        _config(tmp_path, reward_base, pair_rows(), "lm_coef=-1")

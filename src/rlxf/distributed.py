@@ -221,12 +221,15 @@ class TokenValues(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, suffix_ids: torch.Tensor | None = None,
-                suffix_mask: torch.Tensor | None = None, owner: torch.Tensor | None = None) -> torch.Tensor:
+                suffix_mask: torch.Tensor | None = None, owner: torch.Tensor | None = None,
+                return_hidden: bool = False):
         """(B, T) values of ``input_ids``; with ``suffix_*`` and ``owner``, ``input_ids`` are
         shared prefixes and the result is the suffixes' (N, S) values
-        (:func:`rlxf.models.reward.shared_prefix_values`)."""
+        (:func:`rlxf.models.reward.shared_prefix_values`). ``return_hidden`` adds the
+        backbone's last hidden states at the same positions."""
         from rlxf.models.reward import shared_prefix_values, token_values
 
         if suffix_ids is None:
-            return token_values(self.model, input_ids, attention_mask)  # (B, T)
-        return shared_prefix_values(self.model, input_ids, attention_mask, suffix_ids, suffix_mask, owner)  # (N, S)
+            return token_values(self.model, input_ids, attention_mask, return_hidden=return_hidden)
+        return shared_prefix_values(self.model, input_ids, attention_mask, suffix_ids, suffix_mask, owner,
+                                    return_hidden=return_hidden)

@@ -108,7 +108,8 @@ def check_mixed_precision(mixed_precision: str, device: torch.device) -> None:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"mixed_precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
                           "set mixed_precision=no")
-    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # a private op: may be absent
+    if device.type == "cpu" and native is not None and not native():
         logging.getLogger("rlxf").warning(
             "mixed_precision=bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); bf16 will be slower "
             "than float32 here")

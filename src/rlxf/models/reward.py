@@ -140,6 +140,14 @@ def pad_right(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def shared_length(seqs: list[list[int]]) -> int:
+    """How many leading tokens all of ``seqs`` share, leaving at least one to each."""
+    shared = 0
+    while all(len(s) > shared + 1 for s in seqs) and len({s[shared] for s in seqs}) == 1:
+        shared += 1
+    return shared
+
+
 def shared_prefix_batch(groups: list[list[list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """The inputs of :func:`shared_prefix_values` for groups of token sequences.
 
@@ -150,9 +158,7 @@ def shared_prefix_batch(groups: list[list[list[int]]], pad_id: int) -> dict[str,
     """
     prefixes, suffixes, owner = [], [], []
     for g, seqs in enumerate(groups):
-        shared = 0
-        while all(len(s) > shared + 1 for s in seqs) and len({s[shared] for s in seqs}) == 1:
-            shared += 1
+        shared = shared_length(seqs)
         prefixes.append(seqs[0][:shared])
         suffixes += [s[shared:] for s in seqs]
         owner += [g] * len(seqs)
@@ -186,8 +192,9 @@ def reward_inputs(prompts: list[Prompt], answers: list[str], tokenizer, separato
 
 # ----------------------------------------------------------------------------- scoring
 
-def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The raw ``score`` head over the backbone's last hidden states: (B, T).
+def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, return_hidden: bool = False):
+    """The raw ``score`` head over the backbone's last hidden states: (B, T); with
+    ``return_hidden``, also those hidden states (B, T, H).
 
     Positions follow the attention mask (``cumsum - 1``), so a left-padded row gets the
     same values at its real tokens as the same row right-padded. Values at padding
@@ -198,18 +205,20 @@ def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       use_cache=False).last_hidden_state  # (B, T, H)
-    return _head(hf)(hidden).squeeze(-1).float()  # (B, T)
+    values = _head(hf)(hidden).squeeze(-1).float()  # (B, T)
+    return (values, hidden) if return_hidden else values
 
 
 def shared_prefix_values(model, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, suffix_ids: torch.Tensor,
-                         suffix_mask: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+                         suffix_mask: torch.Tensor, owner: torch.Tensor, *, return_hidden: bool = False):
     """:func:`token_values` of sequences that share prefixes, each prefix run once: (N, S).
 
     ``prefix_*``: (G, P), left-padded; ``suffix_*``: (N, S), right-padded; ``owner``:
     (N,), the prefix row of each suffix. Row n holds the values of
     ``prefix[owner[n]] + suffix[n]`` at the suffix's positions: the prefix's keys and
     values are computed once and read by all of its suffixes (gradients flow back
-    through them), so K answers to one prompt cost one prompt, not K.
+    through them), so K answers to one prompt cost one prompt, not K. With
+    ``return_hidden``, also the suffixes' hidden states (N, S, H).
     """
     hf = _unwrap(model)
     backbone = getattr(hf, hf.base_model_prefix)
@@ -221,7 +230,8 @@ def shared_prefix_values(model, prefix_ids: torch.Tensor, prefix_mask: torch.Ten
     mask = torch.cat([prefix_mask[owner], suffix_mask], dim=1)  # (N, P + S)
     hidden = backbone(input_ids=suffix_ids, attention_mask=mask, position_ids=suffix_pos.clamp(min=0),
                       past_key_values=cache, use_cache=True).last_hidden_state  # (N, S, H)
-    return _head(hf)(hidden).squeeze(-1).float()  # (N, S)
+    values = _head(hf)(hidden).squeeze(-1).float()  # (N, S)
+    return (values, hidden) if return_hidden else values
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

