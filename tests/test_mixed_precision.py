@@ -209,3 +209,11 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
     assert [r.message for r in caplog.records] == [
         "mixed_precision=bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); bf16 will be slower than "
         "float32 here"]
+
+
+def test_bf16_is_refused_on_devices_autocast_does_not_cover():
+    from rlxf.training import check_mixed_precision
+
+    with pytest.raises(ConfigError, match="runs on CPU and CUDA devices, not mps"):
+        check_mixed_precision("bf16", torch.device("mps"))
+    check_mixed_precision("no", torch.device("mps"))  # float32 anywhere

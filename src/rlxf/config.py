@@ -30,9 +30,9 @@ from rlxf.errors import ConfigError
 
 C = TypeVar("C")
 
-
-
+# YAML 1.1 reads these words as booleans
 _YAML_BOOL_WORDS = {False: {"no", "off", "false", "n"}, True: {"yes", "on", "true", "y"}}
+
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] = ()) -> C:
     """Build ``cls`` from an optional YAML file and ``key=value`` overrides, then validate."""

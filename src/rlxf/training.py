@@ -105,6 +105,9 @@ def check_mixed_precision(mixed_precision: str, device: torch.device) -> None:
     """Refuse bf16 where the device cannot compute it; warn where it can only emulate it."""
     if mixed_precision != "bf16":
         return
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"mixed_precision=bf16 runs on CPU and CUDA devices, not {device.type}; "
+                          "set mixed_precision=no")
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"mixed_precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
                           "set mixed_precision=no")
