@@ -154,10 +154,11 @@ def start_stage(cfg, accelerator: "Accelerator") -> tuple["Run", torch.device]:
     only; the others wait for it and then only read it. A complete run is logged and
     returned as it is (the caller returns its summary); otherwise this process is seeded
     with ``cfg.seed + rank``. The device is ``cfg.device`` for a single process, and the
-    one accelerate assigned under ``accelerate launch``.
+    one accelerate assigned under ``accelerate launch``; ``cfg.mixed_precision`` is
+    checked against it before any work.
     """
     from rlxf.runs import Run
-    from rlxf.training import resolve_device, seed_everything
+    from rlxf.training import check_mixed_precision, resolve_device, seed_everything
 
     run = Run.open(cfg.out, cfg) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
@@ -167,6 +168,8 @@ def start_stage(cfg, accelerator: "Accelerator") -> tuple["Run", torch.device]:
     else:
         seed_everything(cfg.seed + accelerator.process_index)
     device = accelerator.device if accelerator.num_processes > 1 else resolve_device(cfg.device)
+    if not run.complete:
+        check_mixed_precision(cfg.mixed_precision, device)
     return run, device
 
 

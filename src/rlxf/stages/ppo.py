@@ -42,8 +42,7 @@ from rlxf.progress import progress
 from rlxf.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_k1, kl_k3,
                      logprobs_from_logits, masked_mean, penalised_rewards, policy_loss, value_loss)
 from rlxf.runs import Timer
-from rlxf.training import (TrainConfig, autocast, check_mixed_precision, full_batch_indices, make_optimizer, resume,
-                            save_checkpoint)
+from rlxf.training import TrainConfig, autocast, full_batch_indices, make_optimizer, resume, save_checkpoint
 
 log = logging.getLogger("rlxf")
 
@@ -509,7 +508,6 @@ def run(cfg: Config) -> dict:
     run_dir, device = start_stage(cfg, acc)
     if run_dir.complete:
         return run_dir.summary()
-    check_mixed_precision(cfg.mixed_precision, device)
     prompts = list(load_prompts(cfg.rollout.prompts))
     if not prompts:
         raise ConfigError(f"rollout.prompts ({cfg.rollout.prompts}) holds no prompts")

@@ -43,8 +43,8 @@ from rlxf.progress import progress
 from rlxf.rl.reward_loss import (bradley_terry_loss, expected_calibration_error, kwise_ranking_loss,
                                  pairwise_accuracy, soft_label_loss)
 from rlxf.runs import Timer
-from rlxf.training import (TrainConfig, autocast, check_mixed_precision, make_optimizer, micro_batch_indices, resume,
-                            save_checkpoint, total_steps)
+from rlxf.training import (TrainConfig, autocast, make_optimizer, micro_batch_indices, resume, save_checkpoint,
+                            total_steps)
 
 log = logging.getLogger("rlxf")
 
@@ -165,7 +165,6 @@ def run(cfg: Config) -> dict:
     run_dir, device = start_stage(cfg, acc)
     if run_dir.complete:
         return run_dir.summary()
-    check_mixed_precision(cfg.mixed_precision, device)
     tokenizer = load_model_tokenizer(cfg.model)
     data = _load_data(cfg, tokenizer)
     model = settle_attention(init_reward_model(cfg.model), cfg.model.attn_implementation, device, cfg.mixed_precision)

@@ -22,8 +22,8 @@ from rlxf.models.loading import (ModelConfig, add_lora, keeps_logits, load_causa
                                  settle_attention)
 from rlxf.progress import progress
 from rlxf.runs import Timer
-from rlxf.training import (TrainConfig, autocast, check_mixed_precision, make_optimizer, micro_batch_indices, resume,
-                            save_checkpoint, total_steps)
+from rlxf.training import (TrainConfig, autocast, make_optimizer, micro_batch_indices, resume, save_checkpoint,
+                            total_steps)
 
 log = logging.getLogger("rlxf")
 
@@ -76,7 +76,6 @@ def run(cfg: Config) -> dict:
     run_dir, device = start_stage(cfg, acc)
     if run_dir.complete:
         return run_dir.summary()
-    check_mixed_precision(cfg.mixed_precision, device)
     tokenizer = load_model_tokenizer(cfg.model)
     train_set, eval_set, stats = _load_data(cfg, tokenizer)
     model = settle_attention(load_causal_lm(cfg.model), cfg.model.attn_implementation, device, cfg.mixed_precision)
