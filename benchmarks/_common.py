@@ -215,6 +215,28 @@ def fresh_side(spec: dict) -> Path:
     return out
 
 
+def rlxf_mixed_precision(spec: dict) -> str:
+    """rlxf's ``mixed_precision`` for the run's ``--precision``."""
+    return "bf16" if spec.get("precision") == "bf16" else "no"
+
+
+def trl_args(spec: dict, out: Path) -> dict:
+    """The TrainingArguments every TRL side shares: CPU, the run's precision, no
+    activation checkpointing (rlxf has none; TRL turns it on by default), no saving,
+    logging integrations or data-loader workers."""
+    return dict(output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=spec.get("precision") == "bf16",
+                fp16=False, gradient_checkpointing=False, report_to="none", save_strategy="no", disable_tqdm=True,
+                dataloader_num_workers=0)
+
+
+def trl_epoch_args(spec: dict, out: Path, *, lr: float, max_length: int) -> dict:
+    """:func:`trl_args` plus what SFT-S and RM-S set alike: batch, epochs, learning rate
+    with a cosine schedule, sequence length, no evaluation."""
+    return dict(trl_args(spec, out), eval_strategy="no", logging_steps=10,
+                per_device_train_batch_size=spec["batch_size"], num_train_epochs=spec["epochs"], learning_rate=lr,
+                lr_scheduler_type="cosine", max_length=max_length)
+
+
 def track_clock(prompts, answers, ended) -> list[float]:
     """An rlxf PPO ``track`` function: logs the wall-clock time into metrics.jsonl.
 

@@ -100,7 +100,7 @@ def rlxf_side(spec: dict) -> None:
 
     cfg = from_dict(ppo.Config, {
         "out": str(out), "seed": spec["seed"], "device": "cpu", "progress": False, "log_every": 1,
-        "mixed_precision": "bf16" if spec.get("precision") == "bf16" else "no",
+        "mixed_precision": c.rlxf_mixed_precision(spec),
         # one extra step: the track hook fires after each rollout, so N + 1 steps bracket N whole steps
         "max_steps": spec["updates"] + 1,
         "model": {"name_or_path": spec["policy"], "dtype": "float32"},
@@ -135,9 +135,7 @@ def trl_side(spec: dict) -> None:
            for row in c.read_jsonl(spec["prompts"])]
     dataset = Dataset.from_dict({"input_ids": ids})
     args = PPOConfig(
-        output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=spec.get("precision") == "bf16", fp16=False,
-        gradient_checkpointing=False,  # rlxf does not checkpoint activations either
-        report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+        **c.trl_args(spec, out), logging_steps=1,
         # 16 rollouts per update, split into 2 minibatches of 8, one optimiser step each
         per_device_train_batch_size=ROLLOUTS, gradient_accumulation_steps=1, num_mini_batches=MINIBATCHES,
         local_rollout_forward_batch_size=ROLLOUTS, total_episodes=ROLLOUTS * spec["updates"],

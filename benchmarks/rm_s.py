@@ -59,7 +59,7 @@ def rlxf_side(spec: dict) -> None:
 
     cfg = from_dict(reward.Config, {
         "out": str(out), "seed": spec["seed"], "device": "cpu", "progress": False,
-        "mixed_precision": "bf16" if spec.get("precision") == "bf16" else "no",
+        "mixed_precision": c.rlxf_mixed_precision(spec),
         "model": {"name_or_path": spec["policy"], "dtype": "float32"},
         "data": {"train": spec["data"], "eval_fraction": 0.0, "max_length": PROMPT_TOKENS + ANSWER_TOKENS + 1,
                  "loss": "bradley_terry"},
@@ -85,13 +85,7 @@ def trl_side(spec: dict) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    args = RewardConfig(
-        output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=spec.get("precision") == "bf16", fp16=False,
-        gradient_checkpointing=False,  # rlxf does not checkpoint activations either
-        report_to="none", save_strategy="no", eval_strategy="no", logging_steps=10, disable_tqdm=True,
-        dataloader_num_workers=0, per_device_train_batch_size=spec["batch_size"],
-        num_train_epochs=spec["epochs"], learning_rate=LR, lr_scheduler_type="cosine",
-        max_length=PROMPT_TOKENS + ANSWER_TOKENS + 1)
+    args = RewardConfig(**c.trl_epoch_args(spec, out, lr=LR, max_length=PROMPT_TOKENS + ANSWER_TOKENS + 1))
     clock = c.trl_step_clock()
     model = AutoModelForSequenceClassification.from_pretrained(spec["policy"], num_labels=1, dtype=torch.float32)
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(c.read_jsonl(spec["data"])),

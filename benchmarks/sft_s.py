@@ -57,7 +57,7 @@ def rlxf_side(spec: dict) -> None:
 
     cfg = from_dict(sft.Config, {
         "out": str(out), "seed": spec["seed"], "device": "cpu", "progress": False,
-        "mixed_precision": "bf16" if spec.get("precision") == "bf16" else "no",
+        "mixed_precision": c.rlxf_mixed_precision(spec),
         "model": {"name_or_path": spec["policy"], "dtype": "float32"},
         "data": {"train": spec["data"], "eval_fraction": 0.0, "max_length": PROMPT_TOKENS + ANSWER_TOKENS + 1},
         "batch_size": spec["batch_size"], "epochs": spec["epochs"], "lr": LR,
@@ -81,13 +81,7 @@ def trl_side(spec: dict) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(
-        output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=spec.get("precision") == "bf16", fp16=False,
-        gradient_checkpointing=False,  # rlxf does not checkpoint activations either
-        report_to="none", save_strategy="no", eval_strategy="no", logging_steps=10, disable_tqdm=True,
-        dataloader_num_workers=0, per_device_train_batch_size=spec["batch_size"],
-        num_train_epochs=spec["epochs"], learning_rate=LR, lr_scheduler_type="cosine",
-        max_length=PROMPT_TOKENS + ANSWER_TOKENS + 1)
+    args = SFTConfig(**c.trl_epoch_args(spec, out, lr=LR, max_length=PROMPT_TOKENS + ANSWER_TOKENS + 1))
     clock = c.trl_step_clock()
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(spec["policy"], dtype=torch.float32), args=args,
                          train_dataset=Dataset.from_list(c.read_jsonl(spec["data"])),
