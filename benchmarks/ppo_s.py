@@ -5,11 +5,14 @@ The workload, identical on both sides: a randomly initialised GPT-2 (4 layers, h
 shape that also initialises the value function; prompts of 24 tokens, answers of
 exactly 32 tokens (sampling cannot emit EOS; see _common.build_models), 16 rollouts
 per update, 4 PPO epochs over 2 minibatches of 8, k1 KL penalty with β = 0.05,
-temperature 1, fp32, the same thread count. TRL 1.12.0 is the last release with PPO
+temperature 1, fp32 (or both bf16 with --precision bf16), the same thread count. TRL 1.12.0 is the last release with PPO
 (``trl.experimental.ppo``); it runs from its own virtualenv, benchmarks/.peers/trl-1.12.0.
 
     python benchmarks/ppo_s.py                           # 2 rounds × 4 updates per side
     python benchmarks/ppo_s.py --rounds 3 --updates 12   # longer
+    python benchmarks/ppo_s.py --backend hf              # rlxf sampling with HF generate
+
+rlxf samples with its own loop (``rollout.backend=rlxf``) unless ``--backend hf``.
 
 Per update time is the gap between two consecutive training-loop timestamps: rlxf's
 ``track`` hook (logged to metrics.jsonl once per step, after the rollout), TRL's
@@ -40,6 +43,8 @@ def main() -> None:
     parser.add_argument("--work", default="runs/bench-ppo-s", help="models, data and run directories")
     parser.add_argument("--seed", type=int, default=0)
     c.add_precision_argument(parser)
+    parser.add_argument("--backend", choices=("rlxf", "hf"), default="rlxf",
+                        help="rlxf's rollout.backend: its own sampling loop (default) or Hugging Face generate")
     parser.add_argument("--child", choices=("rlxf", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -56,7 +61,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     prompts = c.write_jsonl(work / "prompts.jsonl", [{"prompt": c.random_words(rng, PROMPT_TOKENS, shape)}
                                                      for _ in range(ROLLOUTS * (args.updates + 1))])
-    spec = {**paths, "prompts": prompts, "updates": args.updates, "seed": args.seed, "precision": args.precision}
+    spec = {**paths, "prompts": prompts, "updates": args.updates, "seed": args.seed, "precision": args.precision,
+            "backend": args.backend}
     peak = c.matmul_peak_flops(args.threads, args.precision)
     print(f"PPO-S: {args.rounds} rounds × {args.updates} updates per side, {args.precision}; {c.load_average()}",
           flush=True)
@@ -82,13 +88,14 @@ def main() -> None:
         f"PPO-S: GPT-2 {shape.layers}×{shape.hidden}, {shape.heads} heads, V={shape.vocab}, random init; "
         f"{ROLLOUTS} rollouts × ({PROMPT_TOKENS} prompt + {ANSWER_TOKENS} answer tokens) per update; "
         f"{EPOCHS} PPO epochs × {MINIBATCHES} minibatches; k1 KL β={KL_COEF}; {c.precision_words(args.precision)}; "
-        f"{args.threads} threads",
+        f"{args.threads} threads; rlxf samples with rollout.backend={args.backend}",
         f"seconds per PPO update (rollout + {EPOCHS} epochs), first update of each process excluded; "
         "peak RSS = median over processes of each one's own peak"],
         ours, peer, flops=flops, flops_formula=formula, peak=peak, targets={"time_ratio": 0.33, "rss_ratio": 0.7},
         precision=args.precision,
         extra={"answer_tokens": {"rlxf": runs["rlxf"][0]["answer_tokens"], "peer": runs["trl"][0]["answer_tokens"]},
-               "threads": args.threads, "rounds": args.rounds, "updates_per_process": args.updates})
+               "threads": args.threads, "rounds": args.rounds, "updates_per_process": args.updates,
+               "rlxf_backend": args.backend})
 
 
 def rlxf_side(spec: dict) -> None:
@@ -105,7 +112,7 @@ def rlxf_side(spec: dict) -> None:
         "max_steps": spec["updates"] + 1,
         "model": {"name_or_path": spec["policy"], "dtype": "float32"},
         "rollout": {"prompts": spec["prompts"], "batch_size": ROLLOUTS, "max_prompt_length": PROMPT_TOKENS,
-                    "max_new_tokens": ANSWER_TOKENS, "temperature": 1.0},
+                    "max_new_tokens": ANSWER_TOKENS, "temperature": 1.0, "backend": spec.get("backend", "rlxf")},
         "reward": {"model": spec["reward"], "missing_eos_penalty": None},
         "kl": {"coef": KL_COEF, "estimator": "k1"},
         "batch_size": ROLLOUTS // MINIBATCHES, "ppo_epochs": EPOCHS, "lr": LR, "lr_schedule": "linear",

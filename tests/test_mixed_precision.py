@@ -199,6 +199,50 @@ def test_a_ppo_update_in_bf16_moves_the_weights_as_float32_does(ppo_setup):
         assert abs(stats["bf16"][key] - stats["no"][key]) < 0.05 * abs(stats["no"][key]) + 1e-3, key
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_frozen_matmul_weights_in_bf16_change_no_output_under_autocast(tokenizer, arch):
+    """store_matmul_weights: bf16 storage of what autocast casts anyway gives the very same
+    logits (and reward scores); tied weights (GPT-2's LM head) and norms stay float32."""
+    from rlxf.models.loading import store_matmul_weights
+
+    ids = torch.randint(3, len(tokenizer), (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    for model in (make_model(arch, len(tokenizer)).eval(), _reward_model(arch, tokenizer)):
+        with torch.no_grad(), autocast("bf16", CPU):
+            before = model(input_ids=ids, attention_mask=mask).logits
+            store_matmul_weights(model, torch.bfloat16)
+            after = model(input_ids=ids, attention_mask=mask).logits
+        assert torch.equal(before, after)
+        dtypes = {name: p.dtype for name, p in model.named_parameters()}
+        stored = [n for n, d in dtypes.items() if d == torch.bfloat16]
+        assert stored and all(any(k in n for k in ("proj", "attn", "mlp", "score", "lm_head")) for n in stored)
+        assert all(d == torch.float32 for n, d in dtypes.items() if "norm" in n or "ln_" in n or "embed" in n
+                   or "wte" in n or "wpe" in n)
+    gpt2 = make_model("gpt2", len(tokenizer))
+    store_matmul_weights(gpt2, torch.bfloat16)
+    assert gpt2.lm_head.weight is gpt2.transformer.wte.weight and gpt2.lm_head.weight.dtype == torch.float32
+
+
+def _reward_model(arch, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    lm = make_model(arch, len(tokenizer))
+    lm.config.num_labels, lm.config.pad_token_id = 1, 0
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(lm.config).eval()
+
+
+def test_ppo_in_bf16_stores_frozen_models_in_bf16_and_trained_ones_in_float32(ppo_setup):
+    root, model_dir = ppo_setup
+    for precision, frozen in (("bf16", torch.bfloat16), ("no", torch.float32)):
+        trainer = ppo.PPO(_ppo_config(root, model_dir, "unused", f"mixed_precision={precision}"), CPU)
+        assert trainer.ref.transformer.h[0].attn.c_attn.weight.dtype == frozen
+        assert trainer.reward.transformer.h[0].mlp.c_fc.weight.dtype == frozen
+        trained = [p.dtype for m in trainer.trainable_modules() for p in m.parameters()]
+        assert set(trained) == {torch.float32}
+
+
 def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
     from rlxf.training import check_mixed_precision
 

@@ -52,6 +52,22 @@ def test_truncate_at_eos_by_hand():
     assert ended.tolist() == [True, False, True]
 
 
+def test_clip_and_step_clips_and_steps_only_the_parameters_with_gradients():
+    """Policy and value step one after the other: each clipped to max_norm by its own norm."""
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([{"params": [a]}, {"params": [b]}], lr=1.0)
+    a.grad = torch.tensor([3.0, 4.0])  # norm 5, clipped to 1: the step is -(0.6, 0.8)
+    assert ppo._clip_and_step(opt, 1.0) == pytest.approx(5.0)
+    assert torch.allclose(a, torch.tensor([-0.6, -0.8]), atol=1e-6) and torch.equal(b, torch.ones(2))
+    assert a.grad is None
+    b.grad = torch.tensor([0.3, 0.4])  # norm 0.5: under the limit, the step is the gradient
+    assert ppo._clip_and_step(opt, 1.0) == pytest.approx(0.5)
+    assert torch.allclose(b, torch.tensor([0.7, 0.6])) and torch.allclose(a, torch.tensor([-0.6, -0.8]), atol=1e-6)
+    b.grad = torch.tensor([30.0, 40.0])
+    assert ppo._clip_and_step(opt, None) == 0.0  # no clipping
+    assert torch.allclose(b, torch.tensor([-29.3, -39.4]))
+
+
 def test_rollout_logprobs_match_unpadded_forward(setup):
     """Left-padded prompts and right-padded answers give every row the log-probs it has alone."""
     root, model_dir = setup

@@ -90,3 +90,135 @@ def test_weights_are_synced_to_the_backend_after_every_update(ppo_setup, tmp_pat
 
     final = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
     assert sum(t.double().sum().item() for t in final.values()) == pytest.approx(backend.synced_weights[-1], rel=1e-9)
+
+
+# -- rlxf's own sampling loop ----------------------------------------------------------
+
+
+def test_sample_categorical_inverts_the_cumulative_sum(monkeypatch):
+    from rlxf.models import rollout_backends as rb
+
+    probs = torch.tensor([[0.5, 0.25, 0.25, 0.0]] * 5 + [[0.0, 0.0, 2.0, 0.0]])  # rows need not sum to 1
+    # cumulative sums [0.5, 0.75, 1, 1] and [0, 0, 2, 2]; u is a share of the row's total
+    u = torch.tensor([[0.0], [0.4999], [0.5], [0.75], [0.9999], [0.0]], dtype=torch.float64)
+    monkeypatch.setattr(rb.torch, "rand", lambda *shape, **kw: u.clone())
+    assert rb.sample_categorical(probs).tolist() == [0, 0, 1, 2, 2, 2]  # a token of probability 0 never
+
+
+def test_sample_categorical_frequencies():
+    from rlxf.models.rollout_backends import sample_categorical
+
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.5, 0.25, 0.125, 0.125, 0.0]]).expand(40_000, 5)
+    freq = torch.bincount(sample_categorical(probs), minlength=5).double() / 40_000
+    assert torch.allclose(freq, torch.tensor([0.5, 0.25, 0.125, 0.125, 0.0], dtype=torch.float64), atol=0.01)
+    assert freq[4] == 0
+
+
+def _tiny(arch, tokenizer):
+    from conftest import make_model
+
+    return make_model(arch, len(tokenizer), seed=1).eval()
+
+
+def _queries(tokenizer):
+    tokenizer.padding_side = "left"
+    q = tokenizer(["question : what color is the fox ?", "say hello ."], return_tensors="pt", padding=True)
+    assert q["attention_mask"][1, 0] == 0  # the second prompt is left-padded
+    return q["input_ids"], q["attention_mask"]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_loop_backend_takes_generates_steps(arch, tokenizer):
+    """At a temperature near 0 sampling is greedy decoding: the loop must give Hugging Face's
+    greedy tokens, through the KV cache, left padding, EOS, padding after it and the stop."""
+    from rlxf.models.rollout_backends import LoopBackend
+
+    model = _tiny(arch, tokenizer)
+    query, mask = _queries(tokenizer)
+
+    def greedy(eos):
+        seqs = model.generate(input_ids=query, attention_mask=mask, do_sample=False, max_new_tokens=8,
+                              eos_token_id=eos, pad_token_id=0)
+        return seqs[:, query.shape[1]:]
+
+    free = greedy(eos=len(tokenizer) + 5)  # an EOS that never comes: 8 tokens each
+    assert free.shape == (2, 8)
+    # make the token the first answer emits third its EOS (unless the second answer emitted it earlier)
+    eos = int(free[0, 2])
+    expected = greedy(eos)
+    got = LoopBackend(model, eos, 0).generate(query, mask, max_new_tokens=8, temperature=1e-4)
+    assert torch.equal(got, expected)
+    assert got[0, 2] == eos and (got[0, 3:] == 0).all()  # padded after its EOS
+
+
+def test_loop_backend_samples_the_policys_distribution(tokenizer):
+    """First tokens drawn by the loop are as close to softmax(logits / T) as torch.multinomial's
+    own draws are (total variation distance), and far from the distribution at another T."""
+    from rlxf.models.rollout_backends import LoopBackend
+
+    model = _Peaked(_tiny("gpt2", tokenizer))
+    query, mask = _queries(tokenizer)
+    n = 20_000
+    query, mask = query[:1].expand(n, -1), mask[:1].expand(n, -1)
+    with torch.no_grad():
+        logits = model(input_ids=query[:1], attention_mask=mask[:1]).logits[0, -1]
+
+    def tv(draws, probs):
+        return 0.5 * (torch.bincount(draws, minlength=len(probs)).double() / n - probs.double()).abs().sum().item()
+
+    torch.manual_seed(0)
+    drawn = LoopBackend(model, 1, 0).generate(query, mask, max_new_tokens=1, temperature=0.7)[:, 0]
+    expected = torch.softmax(logits / 0.7, dim=-1)
+    reference = torch.multinomial(expected.expand(n, -1), 1)[:, 0]
+    assert tv(drawn, expected) < 1.5 * tv(reference, expected) + 0.005
+    assert tv(drawn, torch.softmax(logits, dim=-1)) > 5 * tv(reference, expected)  # T matters
+
+
+class _Peaked(torch.nn.Module):
+    """A causal LM with its logits multiplied by 20: a distribution with a few likely tokens."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def forward(self, logits_to_keep=0, **kwargs):
+        out = self.model(logits_to_keep=logits_to_keep, **kwargs)
+        out.logits = out.logits * 20
+        return out
+
+
+def test_loop_backend_runs_ppo(ppo_setup, tmp_path):
+    from rlxf.runs import Run
+    from rlxf.stages import ppo
+
+    root, model_dir = ppo_setup
+    ppo.run(_config(root, model_dir, f"out={tmp_path / 'run'}", "rollout.backend=rlxf", "log_every=1"))
+    rows = Run(tmp_path / "run").metrics()
+    assert len(rows) == 3 and all(1 <= r["response_length"] <= 6 for r in rows)
+
+
+def test_hf_backend_sets_the_checkpoints_generation_config_aside(tiny_model_dir):
+    """PPO's log-probs are those of softmax(logits / T): a repetition penalty or banned
+    tokens in the checkpoint's generation_config.json must not shape the rollouts."""
+    from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir), padding_side="left")
+    policy = load_causal_lm(ModelConfig(name_or_path=str(tiny_model_dir)))
+    query = tok(["question : what color is the fox ?", "say hello to tom ."], return_tensors="pt", padding=True)
+    backend = HFBackend(policy, tok.eos_token_id, tok.pad_token_id)
+
+    def sample():
+        torch.manual_seed(3)
+        return backend.generate(query["input_ids"], query["attention_mask"], max_new_tokens=5, temperature=1.0)
+
+    plain = sample()
+    checkpoint_config = policy.generation_config
+    checkpoint_config.repetition_penalty = 5.0
+    checkpoint_config.suppress_tokens = sorted(set(plain.flatten().tolist()))
+    assert torch.equal(sample(), plain)
+    assert policy.generation_config is checkpoint_config  # put back
+    torch.manual_seed(3)  # generate itself would have obeyed it
+    direct = policy.generate(**query, do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=5,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    assert not torch.equal(direct[:, query["input_ids"].shape[1]:], plain)

@@ -175,6 +175,31 @@ def fuse_gelu(model):
     return model
 
 
+def store_matmul_weights(model, dtype):
+    """Store a frozen ``model``'s matmul weights (the weight and bias of every
+    ``nn.Linear`` and GPT-2 ``Conv1D``) in ``dtype``, and copy its other parameters and
+    buffers out of the file they were mapped from, so that the float32 copy is released.
+
+    For a model that only runs under autocast to ``dtype`` this changes no output
+    (autocast casts exactly these tensors to ``dtype`` before every matmul) and roughly
+    halves its memory. A layer whose weight is tied to another module's (GPT-2's LM head
+    is the token embedding) keeps float32. Returns ``model``."""
+    from collections import Counter
+
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and uses[id(module.weight)] == 1:
+            for p in module.parameters(recurse=False):
+                p.data = p.data.to(dtype)
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.dtype != dtype:
+            t.data = t.data.clone()
+    return model
+
+
 def disable_dropout(model) -> None:
     """Set every dropout probability to 0: RLHF needs the same log-probs in rollout and update."""
     import torch

@@ -36,7 +36,7 @@ from rlxf.distributed import (TokenValues, check_divisible, gather_lists, gather
 from rlxf.errors import ConfigError
 from rlxf.models import reward as rm
 from rlxf.models.loading import (ModelConfig, add_lora, attention_kernel, auto_eager, keeps_logits, load_causal_lm,
-                                 load_model_tokenizer, load_tokenizer, settle_attention)
+                                 load_model_tokenizer, load_tokenizer, settle_attention, store_matmul_weights)
 from rlxf.models.rollout_backends import make_backend
 from rlxf.progress import progress
 from rlxf.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_k1, kl_k3,
@@ -61,8 +61,9 @@ class RolloutConfig:
     """Sampling temperature, also applied to the logits when computing log-probs."""
     separator: str = " "
     """Text between a plain-text prompt and its answer (as in SFT)."""
-    backend: Literal["hf", "vllm"] = "hf"
-    """What samples the answers: 'hf' (the policy's generate) or 'vllm' (pip install 'rlxf[vllm]', GPU)."""
+    backend: Literal["hf", "rlxf", "vllm"] = "hf"
+    """What samples the answers: 'hf' (the policy's generate), 'rlxf' (rlxf's KV-cache loop: the same
+    tokens, faster), or 'vllm' (pip install 'rlxf[vllm]', GPU)."""
     vllm_gpu_memory: float = 0.3
     """With backend=vllm: the share of each GPU vLLM may use; training needs the rest."""
 
@@ -253,7 +254,7 @@ class PPO:
         policy = fast(load_causal_lm(cfg.model))
         self.policy = add_lora(policy, cfg.model.lora) if lora else policy
         # LoRA: the reference is the policy with its adapter off; else a frozen copy
-        self.ref = None if lora else _frozen(fast(load_causal_lm(cfg.model)))
+        self.ref = None if lora else self._frozen(fast(load_causal_lm(cfg.model)))
         value_path = cfg.reward.value_model or cfg.reward.model
         value = fast(rm.init_reward_model(ModelConfig(name_or_path=value_path, dtype=cfg.model.dtype)))
         # a value function started from the reward model predicts on its normalised scale
@@ -264,7 +265,7 @@ class PPO:
         self.value = rm.add_reward_lora(value, cfg.model.lora) if self.shared_reward else value
         self.reward = None
         if cfg.reward.model is not None and not self.shared_reward:
-            self.reward = _frozen(fast(rm.load_reward_model(cfg.reward.model, dtype=cfg.model.dtype)))
+            self.reward = self._frozen(fast(rm.load_reward_model(cfg.reward.model, dtype=cfg.model.dtype)))
         self.reward_fn = import_target(cfg.reward.function) if cfg.reward.function else None
         self.rm_tokenizer = load_tokenizer(cfg.reward.model) if cfg.reward.model else self.tokenizer
         if load_tokenizer(value_path).get_vocab() != self.tokenizer.get_vocab():
@@ -293,6 +294,16 @@ class PPO:
                                     dtype=cfg.model.dtype, seed=cfg.seed + self.acc.process_index,
                                     gpu_memory_utilization=cfg.rollout.vllm_gpu_memory,
                                     num_processes=self.acc.num_processes)
+
+    def _frozen(self, model):
+        """``model`` in eval mode without gradients; under bf16 autocast its matmul weights
+        are stored in bf16 (:func:`store_matmul_weights`: the same outputs, PPO-S peak −12 MB)."""
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if self.cfg.mixed_precision == "bf16":
+            store_matmul_weights(model, torch.bfloat16)
+        return model
 
     def prepare(self, optimizer):
         """Wrap the trained models and the optimiser for the launch (DDP, or nothing with
@@ -355,7 +366,9 @@ class PPO:
         keep = {"logits_to_keep": r + 1} if keeps_logits(model) else {}
         logits = model(input_ids=seq, attention_mask=attention_mask, position_ids=position_ids,
                        use_cache=False, **keep).logits  # (B, R+1, V), or (B, P+R, V)
-        return logits[:, -r - 1:-1].float() / self.cfg.rollout.temperature
+        logits = logits[:, -r - 1:-1].float()
+        t = self.cfg.rollout.temperature
+        return logits if t == 1.0 else logits / t
 
     def _ref_logits(self, query, response, attention_mask) -> torch.Tensor:
         if self.ref is not None:
@@ -403,7 +416,7 @@ class PPO:
         self.policy.train()
         self.value.train()
         stats: dict[str, list[float]] = {}  # this process's part of each minibatch's value
-        grad_norms: list[float] = []
+        grad_norms: dict[str, list[float]] = {"policy_grad_norm": [], "value_grad_norm": []}
         n = ro.query.shape[0]
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(n).split(cfg.batch_size // n_proc):
@@ -412,29 +425,29 @@ class PPO:
                 n_mine = float(mask.sum())
                 part = n_mine / sum_over_processes([n_mine], self.acc)[0]  # 1.0 with one process
                 scale = part * n_proc  # × N: DDP averages the processes' gradients, the loss is their sum
-                # the policy's loss and the value's loss go backward one after the other: the two
-                # models share no weights, so the gradients are those of their sum, and only one
-                # model's activations are held at a time (PPO-S peak memory −17 MB)
+                # the two models share no weights: each one's loss goes backward, is clipped and
+                # steps on its own, so only one model's activations and gradients are held at a
+                # time (PPO-S peak memory −17 MB, then −15 MB)
                 with self.autocast():  # logits and values come out float32
                     logits = self._logits(self.policy_fwd, query, response, attention_mask)  # (b, R, V)
                     ptx_loss, ptx_part = self._ptx_loss() if self.ptx else (None, 0.0)
                 logp = logprobs_from_logits(logits, response)  # (b, R)
+                with torch.no_grad():
+                    entropy = masked_mean(entropy_from_logits(logits), mask)
+                del logits  # the graph keeps what backward needs
                 pg = policy_loss(logp, ro.logp[idx], ro.advantages[idx], mask, cfg.clip_range)
                 loss = pg.loss * scale
                 if self.ptx:
                     loss = loss + cfg.ptx.coef * (ptx_loss * (ptx_part * n_proc))
                     _add(stats, "ptx_loss", ptx_loss.item() * ptx_part)
                 self.acc.backward(loss)
+                grad_norms["policy_grad_norm"].append(_clip_and_step(optimizer, cfg.max_grad_norm))
                 with self.autocast():
                     values = self._values(query, response, attention_mask)  # (b, R)
                 vf = value_loss(values, ro.values[idx], ro.returns[idx], mask, cfg.value_clip_range)
                 self.acc.backward(cfg.vf_coef * vf.loss * scale)
-                grad_norms.append(_clip_grad(optimizer, cfg.max_grad_norm))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    entropy = masked_mean(entropy_from_logits(logits), mask)
+                grad_norms["value_grad_norm"].append(_clip_and_step(optimizer, cfg.max_grad_norm))
+                scheduler.step()  # one learning-rate step per minibatch: both steps above used the same rate
                 for key, value in (("policy_loss", pg.loss), ("value_loss", vf.loss), ("clip_frac", pg.clip_frac),
                                    ("value_clip_frac", vf.clip_frac), ("approx_kl", pg.approx_kl),
                                    ("entropy", entropy)):
@@ -443,7 +456,7 @@ class PPO:
         totals = sum_over_processes([v for k in keys for v in stats[k]], self.acc)  # each minibatch's value
         per_key = len(totals) // max(len(keys), 1)
         out = {k: totals[i * per_key:(i + 1) * per_key] for i, k in enumerate(keys)}
-        out["grad_norm"] = grad_norms  # the same on every process (gradients are all-reduced)
+        out.update(grad_norms)  # the same on every process (gradients are all-reduced)
         return {k: sum(v) / len(v) for k, v in out.items()}
 
     def _ptx_loss(self) -> tuple[torch.Tensor, float]:
@@ -654,11 +667,6 @@ def _normalization_at(path: str) -> tuple[float, float]:
     return float(norm.get("shift", 0.0)), float(norm.get("scale", 1.0))
 
 
-def _frozen(model):
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def _ptx_examples(cfg: Config, tokenizer):
@@ -676,11 +684,18 @@ def _plain_tokenizer(tokenizer):
     return tokenizer
 
 
-def _clip_grad(optimizer, max_norm: float | None) -> float:
+def _clip_and_step(optimizer, max_norm: float | None) -> float:
+    """Clip the gradients the optimiser's parameters hold now to ``max_norm`` (their
+    norm before clipping is returned), step those parameters alone and drop the
+    gradients. AdamW skips parameters without a gradient, so the policy and the value
+    function step one after the other as they would together."""
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if max_norm is None or not params:
-        return 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norm = 0.0
+    if max_norm is not None and params:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
 
 
 def _n_ptx_targets(examples) -> int:
