@@ -83,14 +83,15 @@ def build_tokenizer(vocab: int):
                                    clean_up_tokenization_spaces=False, **SPECIAL)
 
 
-def build_models(out: Path, shape: Shape, seed: int, *, reward: bool = False) -> dict[str, str]:
+def build_models(out: Path, shape: Shape, seed: int, *, reward: bool = False) -> dict:
     """Save a randomly initialised GPT-2 (``out/policy``) and, if asked, a reward model
     with the same backbone shape (``out/reward``), each with the tokenizer.
 
-    The answer length is fixed by the saved ``generation_config.json``: it suppresses
-    the special tokens, so sampling never emits EOS (nor pad) and every answer runs to
-    the maximum length on both sides (transformers merges a model's generation config
-    into the one a trainer passes).
+    The answer length is fixed by banning the special tokens from sampling, so that it
+    never emits EOS (nor pad) and every answer runs to the maximum length on both sides:
+    TRL reads the ban from the saved ``generation_config.json`` (transformers merges a
+    model's generation config into the one a trainer passes); rlxf, which does not read
+    it, is given the same ids as ``rollout.suppress_tokens`` (``specials`` in the result).
     """
     import torch
     from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2LMHeadModel
@@ -103,8 +104,8 @@ def build_models(out: Path, shape: Shape, seed: int, *, reward: bool = False) ->
                         pad_token_id=specials[1])
     torch.manual_seed(seed)
     policy = GPT2LMHeadModel(config)
-    policy.generation_config.suppress_tokens = specials
-    paths = {"policy": str(out / "policy")}
+    policy.generation_config.suppress_tokens = specials  # TRL samples with it; rlxf is told rollout.suppress_tokens
+    paths = {"policy": str(out / "policy"), "specials": specials}
     policy.save_pretrained(paths["policy"])
     tokenizer.save_pretrained(paths["policy"])
     if reward:

@@ -1,10 +1,11 @@
-"""bf16 mixed precision against float32 on Tinyworld: the demo's whole loop, twice.
+"""The fast path against float32 on Tinyworld: the demo's whole loop, twice.
 
     python benchmarks/bf16_tinyworld.py --out runs/bf16-vs-fp32     # about 3 minutes on 2 cores
 
-Runs ``rlxf demo`` (SFT → preferences → reward model → PPO → gold evaluation) with
-``mixed_precision=no`` and with ``mixed_precision=bf16``, same seed, same data, and
-shows whether learning is unchanged:
+Runs ``rlxf demo`` (SFT → preferences → reward model → PPO → gold evaluation) as shipped
+(``mixed_precision=no``, PPO sampling with ``generate``) and on the fast path
+(``mixed_precision=bf16``, PPO sampling with ``rollout.backend=rlxf``), same seed, same
+data, and shows whether learning is unchanged:
 
 - the headline numbers: gold scores of SFT and PPO, gold win rate of PPO over SFT,
   reward-model accuracy against the gold order, final KL, and each stage's seconds.
@@ -36,7 +37,7 @@ CURVES = [  # (stage, metric, title)
     ("ppo", "gold", "PPO gold score of samples (same SFT + RM)"),
     ("ppo", "kl", "PPO KL to SFT (same SFT + RM)"),
 ]
-SIDES = {"fp32": "no", "bf16": "bf16"}
+SIDES = {"fp32": ("no", "hf"), "bf16": ("bf16", "rlxf")}  # (mixed_precision, rollout backend)
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
 
     setup_logging()
     out = Path(args.out)
-    summaries = {name: _demo(out / name, precision, args.seed) for name, precision in SIDES.items()}
+    summaries = {name: _demo(out / name, *side, args.seed) for name, side in SIDES.items()}
     table = {name: _headline(s, out / name) for name, s in summaries.items()}
     table["bf16, same inputs"] = _same_inputs(out)
     _plot(out, out / "bf16_vs_fp32.png")
@@ -61,14 +62,14 @@ def main() -> None:
     print(f"curves: {out / 'bf16_vs_fp32.png'}")
 
 
-def _demo(out: Path, precision: str, seed: int) -> dict:
+def _demo(out: Path, precision: str, backend: str, seed: int) -> dict:
     from rlxf.config import from_dict
     from rlxf.tinyworld import demo
 
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())
     return demo.run(from_dict(demo.Config, {"out": str(out), "seed": seed, "mixed_precision": precision,
-                                            "progress": False}))
+                                            "rollout_backend": backend, "progress": False}))
 
 
 def _same_inputs(out: Path) -> dict[str, float]:
@@ -80,7 +81,8 @@ def _same_inputs(out: Path) -> dict[str, float]:
     done = {}
     for stage, module in (("reward", reward), ("ppo", ppo)):
         # the float32 run's config: its data, and for PPO its SFT model and reward model
-        overrides = [f"out={out / 'bf16-same' / stage}", "mixed_precision=bf16"]
+        overrides = [f"out={out / 'bf16-same' / stage}", "mixed_precision=bf16",
+                     *(["rollout.backend=rlxf"] if stage == "ppo" else [])]
         done[stage] = module.run(load_config(module.Config, out / "fp32" / stage / "config.yaml", overrides))
     pairs, rm = out / "fp32" / "preferences" / "pairs_heldout.jsonl", out / "bf16-same" / "reward" / "final"
     return {

@@ -112,7 +112,8 @@ def rlxf_side(spec: dict) -> None:
         "max_steps": spec["updates"] + 1,
         "model": {"name_or_path": spec["policy"], "dtype": "float32"},
         "rollout": {"prompts": spec["prompts"], "batch_size": ROLLOUTS, "max_prompt_length": PROMPT_TOKENS,
-                    "max_new_tokens": ANSWER_TOKENS, "temperature": 1.0, "backend": spec.get("backend", "rlxf")},
+                    "max_new_tokens": ANSWER_TOKENS, "temperature": 1.0, "backend": spec.get("backend", "rlxf"),
+                    "suppress_tokens": spec["specials"]},  # TRL bans them through the generation config
         "reward": {"model": spec["reward"], "missing_eos_penalty": None},
         "kl": {"coef": KL_COEF, "estimator": "k1"},
         "batch_size": ROLLOUTS // MINIBATCHES, "ppo_epochs": EPOCHS, "lr": LR, "lr_schedule": "linear",

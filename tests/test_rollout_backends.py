@@ -222,3 +222,73 @@ def test_hf_backend_sets_the_checkpoints_generation_config_aside(tiny_model_dir)
     direct = policy.generate(**query, do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=5,
                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     assert not torch.equal(direct[:, query["input_ids"].shape[1]:], plain)
+
+
+# -- banned tokens ---------------------------------------------------------------------
+
+
+def test_suppress_sets_logits_to_the_lowest_float():
+    from rlxf.models.rollout_backends import suppress
+
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    out = suppress(logits, torch.tensor([2]))
+    low = torch.finfo(torch.float32).min
+    assert out.tolist() == [[1.0, 2.0, low], [0.0, 0.0, low]] and logits[0, 2] == 3.0  # a new tensor
+    probs = torch.softmax(out, -1)
+    assert probs[:, 2].tolist() == [0.0, 0.0] and torch.allclose(probs[1, :2], torch.tensor([0.5, 0.5]))
+    from rlxf.rl import entropy_from_logits
+
+    assert torch.isfinite(entropy_from_logits(out[None])).all()  # no 0 · -inf
+    assert suppress(logits, torch.tensor([], dtype=torch.long)) is logits
+
+
+@pytest.mark.parametrize("backend", ["hf", "rlxf"])
+def test_suppressed_tokens_are_never_sampled_and_not_in_the_logprobs(ppo_setup, backend):
+    from rlxf.data.formats import load_prompts
+    from rlxf.stages import ppo
+
+    root, model_dir = ppo_setup
+    banned = list(range(2, 200))  # half the vocabulary
+    trainer = ppo.PPO(_config(root, model_dir, f"rollout.backend={backend}", "rollout.max_new_tokens=8",
+                              f"rollout.suppress_tokens=[{','.join(map(str, banned))}]"), torch.device("cpu"))
+    torch.manual_seed(0)
+    ro = trainer.rollout(list(load_prompts(str(root / "prompts.jsonl")))[:4])
+    sampled = ro.response[ro.mask.bool()]
+    assert sampled.numel() > 8 and not torch.isin(sampled, torch.tensor(banned)).any()
+    with torch.no_grad():  # the log-probs are of the distribution without the banned tokens
+        seq = torch.cat([ro.query, ro.response], 1)
+        position = (ro.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = trainer.policy(input_ids=seq, attention_mask=ro.attention_mask, position_ids=position).logits
+        logits = logits[:, ro.query.shape[1] - 1:-1].clone()
+    logits[..., banned] = float("-inf")
+    expected = torch.log_softmax(logits, -1).gather(2, ro.response[..., None]).squeeze(2)
+    real = ro.mask.bool()
+    assert torch.allclose(ro.logp[real], expected[real], atol=1e-5)
+    assert torch.allclose(ro.ref_logp[real], expected[real], atol=1e-5)
+
+
+def test_suppress_tokens_must_fit_the_backend_and_the_vocabulary(ppo_setup):
+    from rlxf.stages import ppo
+
+    root, model_dir = ppo_setup
+    with pytest.raises(ConfigError, match="not vllm"):
+        _config(root, model_dir, "rollout.backend=vllm", "rollout.suppress_tokens=[1]")
+    with pytest.raises(ConfigError, match=r"\[10000\]: the policy has \d+ tokens"):
+        ppo.PPO(_config(root, model_dir, "rollout.suppress_tokens=[10000]"), torch.device("cpu"))
+
+
+def test_sampling_settings_of_the_checkpoint_are_named_when_left_out(tiny_model_dir, caplog):
+    from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    policy = load_causal_lm(ModelConfig(name_or_path=str(tiny_model_dir)))
+    with caplog.at_level("WARNING", logger="rlxf"):
+        make_backend("rlxf", policy, tok, model_path="", dtype="float32", seed=0, gpu_memory_utilization=0.3,
+                     num_processes=1)
+    assert not caplog.records  # a plain checkpoint: nothing to say
+    policy.generation_config.repetition_penalty = 1.3
+    policy.generation_config.top_p = 0.9
+    with caplog.at_level("WARNING", logger="rlxf"):
+        make_backend("hf", policy, tok, model_path="", dtype="float32", seed=0, gpu_memory_utilization=0.3,
+                     num_processes=1)
+    assert "repetition_penalty=1.3, top_p=0.9" in caplog.text and "rollout.suppress_tokens" in caplog.text

@@ -1,10 +1,11 @@
-"""Where PPO's rollouts are sampled: Hugging Face ``generate`` (default) or vLLM.
+"""Where PPO's rollouts are sampled: Hugging Face ``generate`` (default), rlxf's own loop, or vLLM.
 
 A backend turns left-padded prompt ids into sampled answer ids and is told after every
 PPO update that the policy's weights changed (:meth:`sync_weights`). PPO computes every
 log-prob it trains with from its own forward pass, never from the backend, so a
-backend only has to sample from the current policy at ``temperature`` with no top-k or
-top-p truncation.
+backend only has to sample from the current policy, ``softmax(logits / temperature)``
+with the ``rollout.suppress_tokens`` taken out, and nothing else (no top-k, top-p or
+repetition penalty: PPO's log-probs would not be those of the sampler).
 
 - ``hf``: the policy's own ``generate``; it *is* the trained model, so syncing is a no-op.
   The checkpoint's ``generation_config.json`` is set aside while it samples: a
@@ -23,11 +24,14 @@ top-p truncation.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Protocol
 
 import torch
 
 from rlxf.errors import ConfigError
+
+log = logging.getLogger("rlxf")
 
 
 class RolloutBackend(Protocol):
@@ -43,20 +47,33 @@ class RolloutBackend(Protocol):
         """Make the engine sample from ``policy``'s current weights (called after each update)."""
 
 
-class HFBackend:
-    """Sampling with the policy's own ``generate`` at ``temperature`` and nothing else."""
+def suppress(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``logits`` (..., V) with the ``tokens`` (ids) set to the lowest finite float: their
+    probability is exactly 0 and an entropy over them stays finite. A new tensor; the
+    same one when ``tokens`` is empty."""
+    if tokens.numel() == 0:
+        return logits
+    return logits.index_fill(-1, tokens, torch.finfo(logits.dtype).min)
 
-    def __init__(self, policy: torch.nn.Module, eos_token_id: int, pad_token_id: int) -> None:
+
+class HFBackend:
+    """Sampling with the policy's own ``generate`` at ``temperature`` and nothing else
+    (bar ``suppress_tokens``)."""
+
+    def __init__(self, policy: torch.nn.Module, eos_token_id: int, pad_token_id: int,
+                 suppress_tokens: list[int] = ()) -> None:
         self.policy, self.eos, self.pad = policy, eos_token_id, pad_token_id
+        self.suppress_tokens = list(suppress_tokens)
 
     @torch.no_grad()
     def generate(self, query: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
                  temperature: float) -> torch.Tensor:
         self.policy.eval()
+        extra = {"suppress_tokens": self.suppress_tokens} if self.suppress_tokens else {}
         with _plain_generation_config(self.policy):
             seqs = self.policy.generate(input_ids=query, attention_mask=attention_mask, do_sample=True, top_k=0,
                                         top_p=1.0, temperature=temperature, max_new_tokens=max_new_tokens,
-                                        eos_token_id=self.eos, pad_token_id=self.pad)  # (B, P+R)
+                                        eos_token_id=self.eos, pad_token_id=self.pad, **extra)  # (B, P+R)
         return seqs[:, query.shape[1]:]  # (B, R)
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
@@ -104,8 +121,10 @@ class LoopBackend:
     not, so the tokens differ from ``hf``'s for the same seed.
     """
 
-    def __init__(self, policy: torch.nn.Module, eos_token_id: int, pad_token_id: int) -> None:
+    def __init__(self, policy: torch.nn.Module, eos_token_id: int, pad_token_id: int,
+                 suppress_tokens: list[int] = ()) -> None:
         self.policy, self.eos, self.pad = policy, eos_token_id, pad_token_id
+        self.suppressed = torch.tensor(list(suppress_tokens), dtype=torch.long)
 
     @torch.no_grad()
     def generate(self, query: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
@@ -123,9 +142,10 @@ class LoopBackend:
                           **({"logits_to_keep": 1} if keeps_logits(self.policy) else {}))
         position = position[:, -1:]  # (B, 1)
         unfinished = torch.ones(b, dtype=torch.bool, device=query.device)
+        suppressed = self.suppressed.to(query.device)
         tokens = []
         for step in range(max_new_tokens):
-            probs = torch.softmax(out.logits[:, -1].float() / temperature, dim=-1)  # (B, V)
+            probs = torch.softmax(suppress(out.logits[:, -1].float(), suppressed) / temperature, dim=-1)  # (B, V)
             token = sample_categorical(probs)  # (B,)
             token = torch.where(unfinished, token, self.pad)
             tokens.append(token)
@@ -189,14 +209,37 @@ class VLLMBackend:
 
 
 def make_backend(name: str, policy: torch.nn.Module, tokenizer, *, model_path: str, dtype: str, seed: int,
-                 gpu_memory_utilization: float, num_processes: int) -> RolloutBackend:
+                 gpu_memory_utilization: float, num_processes: int, suppress_tokens: list[int] = ()) -> RolloutBackend:
     """The backend ``rollout.backend`` names, for ``policy`` (loaded from ``model_path``)."""
+    if name in ("hf", "rlxf"):
+        _warn_ignored_generation_config(policy)
     if name == "hf":
-        return HFBackend(policy, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        return HFBackend(policy, tokenizer.eos_token_id, tokenizer.pad_token_id, suppress_tokens)
     if name == "rlxf":
-        return LoopBackend(policy, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        return LoopBackend(policy, tokenizer.eos_token_id, tokenizer.pad_token_id, suppress_tokens)
     if name == "vllm":
         return VLLMBackend(model_path, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                            dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
                            num_processes=num_processes)
     raise ConfigError(f"rollout.backend must be 'hf', 'rlxf' or 'vllm', got {name!r}")
+
+
+# generation_config fields that change which tokens are sampled, and their neutral values
+_SHAPING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "min_p": None, "epsilon_cutoff": 0.0,
+            "eta_cutoff": 0.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None,
+            "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None, "min_new_tokens": 0,
+            "min_length": 0, "forced_bos_token_id": None, "forced_eos_token_id": None,
+            "exponential_decay_length_penalty": None}
+
+
+def _warn_ignored_generation_config(policy: torch.nn.Module) -> None:
+    """Say which of the checkpoint's sampling settings PPO's rollouts leave out."""
+    inner = policy.get_base_model() if hasattr(policy, "get_base_model") else policy  # peft
+    config = getattr(inner, "generation_config", None)
+    set_here = {k: getattr(config, k, None) for k in _SHAPING} if config is not None else {}
+    ignored = {k: v for k, v in set_here.items() if v not in (None, [], _SHAPING[k])}
+    if ignored:
+        log.warning("the policy's generation_config sets %s: PPO leaves these out and samples from "
+                    "softmax(logits / rollout.temperature), the distribution its log-probs are of; "
+                    "rollout.suppress_tokens=[...] bans tokens in both",
+                    ", ".join(f"{k}={v!r}" for k, v in sorted(ignored.items())))

@@ -37,7 +37,7 @@ from rlxf.errors import ConfigError
 from rlxf.models import reward as rm
 from rlxf.models.loading import (ModelConfig, add_lora, attention_kernel, auto_eager, keeps_logits, load_causal_lm,
                                  load_model_tokenizer, load_tokenizer, settle_attention, store_matmul_weights)
-from rlxf.models.rollout_backends import make_backend
+from rlxf.models.rollout_backends import make_backend, suppress
 from rlxf.progress import progress
 from rlxf.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_k1, kl_k3,
                      logprobs_from_logits, masked_mean, penalised_rewards, policy_loss, value_loss)
@@ -66,10 +66,18 @@ class RolloutConfig:
     tokens, faster), or 'vllm' (pip install 'rlxf[vllm]', GPU)."""
     vllm_gpu_memory: float = 0.3
     """With backend=vllm: the share of each GPU vLLM may use; training needs the rest."""
+    suppress_tokens: list[int] = field(default_factory=list)
+    """Token ids the policy never samples (a pad or unknown token, say): their logits are set
+    to the lowest float when sampling and in every log-prob PPO takes, so the policy trained
+    is the one that samples. The checkpoint's generation_config.json is not read for this."""
 
     def validate(self) -> None:
         if not 0 < self.vllm_gpu_memory < 1:
             raise ConfigError(f"rollout.vllm_gpu_memory must be in (0, 1), got {self.vllm_gpu_memory}")
+        if self.suppress_tokens and self.backend == "vllm":
+            raise ConfigError("rollout.suppress_tokens is applied by the hf and rlxf backends, not vllm")
+        if any(t < 0 for t in self.suppress_tokens):
+            raise ConfigError(f"rollout.suppress_tokens must be token ids ≥ 0, got {self.suppress_tokens}")
         if self.temperature <= 0:
             raise ConfigError(f"rollout.temperature must be > 0, got {self.temperature}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -290,10 +298,15 @@ class PPO:
         self.sampling_attention = "sdpa" if auto_eager(cfg.model.attn_implementation, device,
                                                        cfg.mixed_precision) else None
         self.policy_fwd, self.value_fwd = self.policy, TokenValues(self.value)
+        vocab = self.policy.get_output_embeddings().weight.shape[0]
+        if any(t >= vocab for t in cfg.rollout.suppress_tokens):
+            raise ConfigError(f"rollout.suppress_tokens {cfg.rollout.suppress_tokens}: the policy has {vocab} tokens")
+        self.suppressed = torch.tensor(cfg.rollout.suppress_tokens, dtype=torch.long, device=device)
         self.backend = make_backend(cfg.rollout.backend, self.policy, self.tokenizer, model_path=cfg.model.name_or_path,
                                     dtype=cfg.model.dtype, seed=cfg.seed + self.acc.process_index,
                                     gpu_memory_utilization=cfg.rollout.vllm_gpu_memory,
-                                    num_processes=self.acc.num_processes)
+                                    num_processes=self.acc.num_processes,
+                                    suppress_tokens=cfg.rollout.suppress_tokens)
 
     def _frozen(self, model):
         """``model`` in eval mode without gradients; under bf16 autocast its matmul weights
@@ -366,7 +379,7 @@ class PPO:
         keep = {"logits_to_keep": r + 1} if keeps_logits(model) else {}
         logits = model(input_ids=seq, attention_mask=attention_mask, position_ids=position_ids,
                        use_cache=False, **keep).logits  # (B, R+1, V), or (B, P+R, V)
-        logits = logits[:, -r - 1:-1].float()
+        logits = suppress(logits[:, -r - 1:-1].float(), self.suppressed)
         t = self.cfg.rollout.temperature
         return logits if t == 1.0 else logits / t
 

@@ -43,6 +43,9 @@ class Config:
     mixed_precision: Literal["no", "bf16"] = "no"
     """'bf16' runs SFT, reward and PPO with bfloat16 matmuls (float32 weights): faster on
     CPUs with AVX512-BF16/AMX and on recent GPUs; the gold evaluation stays float32."""
+    rollout_backend: Literal["hf", "rlxf"] = "hf"
+    """What samples PPO's answers: 'hf' (the policy's generate) or 'rlxf' (rlxf's sampling
+    loop: the same distribution, faster)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -75,7 +78,8 @@ def run(cfg: Config) -> dict:
 
     result = pipeline.run_stages(from_dict(pipeline.Config, pipeline_settings(files, size, cfg.seed, cfg.kl_coeff,
                                                                               cfg.progress, str(out),
-                                                                              cfg.mixed_precision)))
+                                                                              cfg.mixed_precision,
+                                                                              cfg.rollout_backend)))
     result["summary"]["seconds"] = {"data": data_seconds, **result["summary"]["seconds"]}
 
     timer = Timer()
@@ -93,7 +97,7 @@ def run(cfg: Config) -> dict:
 
 
 def pipeline_settings(files: dict, size: dict, seed: int, kl_coeff: float, progress: bool, out: str,
-                      mixed_precision: str = "no") -> dict:
+                      mixed_precision: str = "no", rollout_backend: str = "hf") -> dict:
     """The ``rlxf pipeline`` config of the demo (also used by the Tinyworld benchmarks)."""
     settings = {
         "out": out, "seed": seed, "progress": progress,
@@ -114,7 +118,7 @@ def pipeline_settings(files: dict, size: dict, seed: int, kl_coeff: float, progr
                                  "policy": [str(files["base"]), str(Path(out) / "sft" / "final")]}},
         "ppo": {"lr": 1e-4, "warmup_steps": 1, "batch_size": 16, "log_every": 1,
                 "eval_every": max(1, size["ppo_steps"] // 4), "save_every": max(1, size["ppo_steps"] // 6),
-                "rollout": {"batch_size": 32}},
+                "rollout": {"batch_size": 32, "backend": rollout_backend}},
     }
     for stage in ("sft", "reward", "ppo"):
         settings[stage]["mixed_precision"] = mixed_precision
