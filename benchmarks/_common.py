@@ -222,12 +222,12 @@ def rlxf_mixed_precision(spec: dict) -> str:
 
 
 def trl_args(spec: dict, out: Path) -> dict:
-    """The TrainingArguments every TRL side shares: CPU, the run's precision, no
-    activation checkpointing (rlxf has none; TRL turns it on by default), no saving,
-    logging integrations or data-loader workers."""
-    return dict(output_dir=str(out), seed=spec["seed"], use_cpu=True, bf16=spec.get("precision") == "bf16",
-                fp16=False, gradient_checkpointing=False, report_to="none", save_strategy="no", disable_tqdm=True,
-                dataloader_num_workers=0)
+    """The TrainingArguments every TRL side shares: the run's device (CPU unless the spec
+    says cuda) and precision, no activation checkpointing (rlxf has none; TRL turns it on
+    by default), no saving, logging integrations or data-loader workers."""
+    return dict(output_dir=str(out), seed=spec["seed"], use_cpu=spec.get("device", "cpu") == "cpu",
+                bf16=spec.get("precision") == "bf16", fp16=False, gradient_checkpointing=False, report_to="none",
+                save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
 
 
 def trl_epoch_args(spec: dict, out: Path, *, lr: float, max_length: int) -> dict:
@@ -318,22 +318,38 @@ def write_result(spec: dict, **fields) -> None:
 
 # ----------------------------------------------------------------------------- the machine
 
-def matmul_peak_flops(threads: int, precision: str = "fp32", size: int = MATMUL_SIZE, repeats: int = 10) -> float:
+def matmul_peak_flops(threads: int, precision: str = "fp32", size: int | None = None, repeats: int = 10,
+                      device: str = "cpu") -> float:
     """FLOP/s of the best of ``repeats`` timed ``size``² matrix multiplies (2·n³ each) in
-    ``precision`` (fp32 or bf16), with the thread count the benchmarks use: the peak that
-    MFU is measured against."""
+    ``precision`` (fp32 or bf16) on ``device``, with the thread count the benchmarks use:
+    the peak that MFU is measured against. ``size`` defaults to 2048 on the CPU and 8192
+    on a GPU (smaller products do not fill one)."""
     import torch
 
     torch.set_num_threads(threads)
+    size = size or (MATMUL_SIZE if device == "cpu" else 4 * MATMUL_SIZE)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     a @ b  # warm-up: first-call allocation and kernel selection
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best
+
+
+def gpu_peak(spec: dict) -> dict:
+    """``{"peak_gpu_mb": ...}``, this process's peak of allocated GPU memory, for a run on
+    CUDA; nothing on the CPU."""
+    if spec.get("device") != "cuda":
+        return {}
+    import torch
+
+    return {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20}
 
 
 def load_average() -> str:
@@ -390,7 +406,7 @@ def report(benchmark: str, unit: str, header: list[str], ours: Side, peer: Side,
                                       if k in targets else "") for k, v in checks.items())
     print(f"rlxf / {peer.name}: {line}")
     print(f"model FLOPs per {unit}: {flops / 1e9:.2f} GFLOP = {flops_formula}")
-    print(f"{precision} matmul peak: {peak / 1e9:.1f} GFLOP/s ({MATMUL_SIZE}² matmul, best of 10, same threads); "
+    print(f"{precision} matmul peak: {peak / 1e9:.1f} GFLOP/s (square matmul, best of 10, same threads); "
           f"{load_average()}")
     print(json.dumps({"benchmark": benchmark, "unit": unit, "rlxf": asdict(ours), "peer": asdict(peer),
                       "time_ratio": round(time_ratio, 4), "rss_ratio": round(rss_ratio, 4),
