@@ -72,6 +72,30 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     return out
 
 
+def kill_and_resume(cmd: list[str], root: Path, checkpoint: int, *, timeout: float = 120) -> dict:
+    """Run ``cmd`` to the end in ``root/whole``; run it again in ``root/killed``, SIGKILL it
+    once checkpoint ``checkpoint`` is on disk, and run the same command there once more.
+    Returns the resumed run's summary (printed on stdout). The caller compares the two
+    directories."""
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd + [f"out={root / 'whole'}"], check=True, capture_output=True, env=env)
+    proc = subprocess.Popen(cmd + [f"out={root / 'killed'}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + timeout
+    while not (root / "killed" / "checkpoints" / f"step-{checkpoint:06d}").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (root / "killed" / "summary.json").exists()
+    resumed = subprocess.run(cmd + [f"out={root / 'killed'}"], check=True, capture_output=True, text=True, env=env)
+    return json.loads(resumed.stdout)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

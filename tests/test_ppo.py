@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import SENTENCES, write_jsonl
+from conftest import SENTENCES, kill_and_resume, write_jsonl
 
 from rlxf.config import load_config
 from rlxf.errors import ConfigError
@@ -139,18 +135,7 @@ def test_killed_run_resumes_to_the_same_metrics(setup, tmp_path):
             "kl.adaptive=true", "kl.target=0.5", f"ptx.data={root / 'pretrain.jsonl'}", "ptx.coef=0.5",
             "ptx.batch_size=2"]
     cmd = [sys.executable, "-m", "rlxf.cli", "ppo", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd + [f"out={tmp_path / 'whole'}"], check=True, capture_output=True, env=env)
-    proc = subprocess.Popen(cmd + [f"out={tmp_path / 'killed'}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 300
-    while not (tmp_path / "killed" / "checkpoints" / "step-000008").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    resumed = json.loads(subprocess.run(cmd + [f"out={tmp_path / 'killed'}"], check=True, capture_output=True,
-                                        text=True, env=env).stdout)
+    resumed = kill_and_resume(cmd, tmp_path, checkpoint=8, timeout=300)
     assert 8 <= resumed["resumed_from_step"] < 24
     whole = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
     killed = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()

@@ -5,16 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import make_model, write_jsonl
+from conftest import kill_and_resume, make_model, write_jsonl
 
 from rlxf.config import load_config
 from rlxf.errors import ConfigError, DataError
@@ -333,22 +329,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, reward_base):
     launcher = ("import sys; from rlxf import cli; cli.COMMANDS.setdefault(('reward',), 'rlxf.stages.reward'); "
                 "sys.exit(cli.main(sys.argv[1:]))")
     cmd = [sys.executable, "-c", launcher, "reward", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd + [f"out={tmp_path / 'whole'}"], check=True, capture_output=True, env=env)
-
-    proc = subprocess.Popen(cmd + [f"out={tmp_path / 'killed'}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    while not (tmp_path / "killed" / "checkpoints" / "step-000015").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed" / "summary.json").exists()
-
-    resumed = subprocess.run(cmd + [f"out={tmp_path / 'killed'}"], check=True, capture_output=True, text=True,
-                             env=env)
-    summary = json.loads(resumed.stdout)
+    summary = kill_and_resume(cmd, tmp_path, checkpoint=15)
     assert 15 <= summary["resumed_from_step"] < 60
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     for key in ("final_train_loss", "final_train_accuracy", "heldout", "normalization"):

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import demo_rows, write_jsonl
+from conftest import demo_rows, kill_and_resume, write_jsonl
 
 from rlxf.config import load_config
 from rlxf.errors import ConfigError, DataError
@@ -100,22 +96,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir):
     args = [f"model.name_or_path={tiny_model_dir}", f"data.train={data}", "lr=3e-3", "max_steps=60",
             "batch_size=4", "grad_accum=2", "log_every=5", "save_every=5", "progress=false", "eval_every=20"]
     cmd = [sys.executable, "-m", "rlxf.cli", "sft", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd + [f"out={tmp_path / 'whole'}"], check=True, capture_output=True, env=env)
-
-    proc = subprocess.Popen(cmd + [f"out={tmp_path / 'killed'}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    while not (tmp_path / "killed" / "checkpoints" / "step-000015").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed" / "summary.json").exists()
-
-    resumed = subprocess.run(cmd + [f"out={tmp_path / 'killed'}"], check=True, capture_output=True, text=True,
-                             env=env)
-    summary = json.loads(resumed.stdout)
+    summary = kill_and_resume(cmd, tmp_path, checkpoint=15)
     assert 15 <= summary["resumed_from_step"] < 60
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert summary["final_train_loss"] == whole["final_train_loss"]
