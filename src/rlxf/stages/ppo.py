@@ -63,7 +63,7 @@ class RolloutConfig:
     """Text between a plain-text prompt and its answer (as in SFT)."""
     backend: Literal["hf", "rlxf", "vllm"] = "hf"
     """What samples the answers: 'hf' (the policy's generate), 'rlxf' (rlxf's KV-cache loop: the same
-    tokens, faster), or 'vllm' (pip install 'rlxf[vllm]', GPU)."""
+    distribution, faster), or 'vllm' (pip install 'rlxf[vllm]', GPU)."""
     vllm_gpu_memory: float = 0.3
     """With backend=vllm: the share of each GPU vLLM may use; training needs the rest."""
     suppress_tokens: list[int] = field(default_factory=list)
@@ -440,7 +440,7 @@ class PPO:
                 scale = part * n_proc  # × N: DDP averages the processes' gradients, the loss is their sum
                 # the two models share no weights: each one's loss goes backward, is clipped and
                 # steps on its own, so only one model's activations and gradients are held at a
-                # time (PPO-S peak memory −17 MB, then −15 MB)
+                # time (PPO-S peak memory −17 MB, then −8 to −10 MB)
                 with self.autocast():  # logits and values come out float32
                     logits = self._logits(self.policy_fwd, query, response, attention_mask)  # (b, R, V)
                     ptx_loss, ptx_part = self._ptx_loss() if self.ptx else (None, 0.0)
@@ -678,8 +678,6 @@ def _normalization_at(path: str) -> tuple[float, float]:
 
     norm = getattr(AutoConfig.from_pretrained(path), rm.NORMALIZATION_KEY, None) or {}
     return float(norm.get("shift", 0.0)), float(norm.get("scale", 1.0))
-
-
 
 
 def _ptx_examples(cfg: Config, tokenizer):
