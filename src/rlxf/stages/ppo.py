@@ -705,7 +705,8 @@ def _clip_and_step(optimizer, max_norm: float | None) -> float:
     if max_norm is not None and params:
         norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    for p in params:  # the others hold none: cheaper than zero_grad's walk over every parameter
+        p.grad = None
     return norm
 
 
