@@ -103,6 +103,8 @@ def test_sample_categorical_inverts_the_cumulative_sum(monkeypatch):
     u = torch.tensor([[0.0], [0.4999], [0.5], [0.75], [0.9999], [0.0]], dtype=torch.float64)
     monkeypatch.setattr(rb.torch, "rand", lambda *shape, **kw: u.clone())
     assert rb.sample_categorical(probs).tolist() == [0, 0, 1, 2, 2, 2]  # a token of probability 0 never
+    u = torch.ones(6, 1, dtype=torch.float64)  # u = total (rounding can get there): still the last likely token
+    assert rb.sample_categorical(probs).tolist() == [2] * 6
 
 
 def test_sample_categorical_frequencies():
@@ -188,12 +190,14 @@ class _Peaked(torch.nn.Module):
         return out
 
 
-def test_loop_backend_runs_ppo(ppo_setup, tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_loop_backend_runs_ppo(ppo_setup, tmp_path, lora):
     from rlxf.runs import Run
     from rlxf.stages import ppo
 
     root, model_dir = ppo_setup
-    ppo.run(_config(root, model_dir, f"out={tmp_path / 'run'}", "rollout.backend=rlxf", "log_every=1"))
+    extra = ["model.lora.enabled=true", "model.lora.r=2"] if lora else []
+    ppo.run(_config(root, model_dir, f"out={tmp_path / 'run'}", "rollout.backend=rlxf", "log_every=1", *extra))
     rows = Run(tmp_path / "run").metrics()
     assert len(rows) == 3 and all(1 <= r["response_length"] <= 6 for r in rows)
 

@@ -105,9 +105,11 @@ def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
     CPU, most of a decoding step's time at PPO-S size); this draws B.
     """
     cdf = probs.double().cumsum(dim=-1)  # (B, V)
-    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]  # (B, 1) in [0, total)
+    total = cdf[:, -1:]  # (B, 1)
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # in [0, total) after rounding too
     # the first index whose cumulative sum exceeds u: a token of probability 0 never is
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
 class LoopBackend:
