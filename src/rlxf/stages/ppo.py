@@ -319,9 +319,12 @@ class PPO:
         return model
 
     def prepare(self, optimizer):
-        """Wrap the trained models and the optimiser for the launch (DDP, or nothing with
-        one process); returns the optimiser to step."""
-        self.policy_fwd, self.value_fwd, optimizer = self.acc.prepare(self.policy, self.value_fwd, optimizer)
+        """Wrap the trained models for the launch (DDP, or nothing with one process);
+        returns the optimiser to step. PPO runs unsharded, without gradient accumulation
+        or a loss scaler, where accelerate's optimiser wrapper would only add its checks to
+        each of the 2 × ppo_epochs × minibatches steps of an update, so the optimiser stays
+        plain (its state dict is the same either way)."""
+        self.policy_fwd, self.value_fwd = self.acc.prepare(self.policy, self.value_fwd)
         return optimizer
 
     # -- rollout ------------------------------------------------------------------------
