@@ -105,6 +105,12 @@ def load_causal_lm(cfg: ModelConfig, *, path: str | None = None):
     return fuse_gelu(model)
 
 
+def base_model(model):
+    """The Hugging Face model inside a peft wrapper (LoRA layers stay injected in it);
+    ``model`` itself when it has none."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def auto_eager(requested: str | None, device, mixed_precision: str) -> bool:
     """Whether :func:`settle_attention` picks eager attention by itself."""
     return requested is None and device.type == "cpu" and mixed_precision == "bf16"
@@ -114,7 +120,7 @@ def auto_eager(requested: str | None, device, mixed_precision: str) -> bool:
 def attention_kernel(model, name: str | None):
     """Run ``model`` with attention implementation ``name`` inside the block (no change
     when ``name`` is None), and switch back after it."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    inner = base_model(model)
     before = inner.config._attn_implementation
     if name is None or name == before:
         yield
@@ -144,9 +150,7 @@ def settle_attention(model, requested: str | None, device, mixed_precision: str 
 def keeps_logits(model) -> bool:
     """Whether ``model`` (maybe wrapped by DDP or peft) takes ``logits_to_keep``, as a count of
     last positions or as a boolean mask of positions: the LM head then runs only there."""
-    inner = getattr(model, "module", model)  # DDP
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
-    return _forward_keeps_logits(type(inner))
+    return _forward_keeps_logits(type(base_model(getattr(model, "module", model))))  # DDP, then peft
 
 
 @functools.cache

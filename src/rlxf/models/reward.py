@@ -27,7 +27,7 @@ import torch
 from rlxf.data.records import Prompt
 from rlxf.data.tokenize import encode_pair
 from rlxf.errors import ConfigError
-from rlxf.models.loading import (LoraConfig, ModelConfig, _torch_dtype, disable_dropout, fuse_gelu,
+from rlxf.models.loading import (LoraConfig, ModelConfig, _torch_dtype, base_model, disable_dropout, fuse_gelu,
                                  load_model_tokenizer)
 
 NORMALIZATION_KEY = "rlxf_reward_normalization"
@@ -98,7 +98,7 @@ def add_reward_lora(model, lora: LoraConfig):
 
 def reward_normalization(model) -> tuple[float, float]:
     """``(shift, scale)`` that :func:`score` applies; ``(0.0, 1.0)`` for an unnormalised model."""
-    norm = getattr(_unwrap(model).config, NORMALIZATION_KEY, None) or {}
+    norm = getattr(base_model(model).config, NORMALIZATION_KEY, None) or {}
     return float(norm.get("shift", 0.0)), float(norm.get("scale", 1.0))
 
 
@@ -106,7 +106,7 @@ def set_reward_normalization(model, shift: float, scale: float = 1.0, reference:
     """Store the normalisation in the model's config (so ``save_pretrained`` writes it)."""
     if not (math.isfinite(shift) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"normalisation needs a finite shift and a positive scale, got {shift}, {scale}")
-    setattr(_unwrap(model).config, NORMALIZATION_KEY,
+    setattr(base_model(model).config, NORMALIZATION_KEY,
             {"shift": float(shift), "scale": float(scale), "reference": reference})
 
 
@@ -200,7 +200,7 @@ def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *
     same values at its real tokens as the same row right-padded. Values at padding
     positions are meaningless. PPO initialises its value function from these.
     """
-    hf = _unwrap(model)
+    hf = base_model(model)
     backbone = getattr(hf, hf.base_model_prefix)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -220,7 +220,7 @@ def shared_prefix_values(model, prefix_ids: torch.Tensor, prefix_mask: torch.Ten
     through them), so K answers to one prompt cost one prompt, not K. With
     ``return_hidden``, also the suffixes' hidden states (N, S, H).
     """
-    hf = _unwrap(model)
+    hf = base_model(model)
     backbone = getattr(hf, hf.base_model_prefix)
     prefix_pos = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)  # (G, P)
     cache = backbone(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_pos,
@@ -276,14 +276,9 @@ def score_texts(model, tokenizer, prompts: list[Prompt], answers: list[str], *, 
 
 # ----------------------------------------------------------------------------- internals
 
-def _unwrap(model):
-    """The Hugging Face model inside a peft wrapper (LoRA layers stay injected in it)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _head(model):
-    head = getattr(_unwrap(model), "score", None)
+    head = getattr(base_model(model), "score", None)
     if head is None:
-        raise ConfigError(f"{type(_unwrap(model)).__name__} has no 'score' head; rlxf reward models are "
+        raise ConfigError(f"{type(base_model(model)).__name__} has no 'score' head; rlxf reward models are "
                           "decoder models loaded with AutoModelForSequenceClassification")
     return head

@@ -87,7 +87,9 @@ def _plain_generation_config(model):
     would otherwise fill in)."""
     from transformers import GenerationConfig
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    from rlxf.models.loading import base_model
+
+    inner = base_model(model)
     saved = inner.generation_config
     inner.generation_config = GenerationConfig()
     try:
@@ -133,14 +135,13 @@ class LoopBackend:
                  temperature: float) -> torch.Tensor:
         from transformers import DynamicCache
 
-        from rlxf.models.loading import keeps_logits
+        from rlxf.models.loading import base_model, keeps_logits
 
         self.policy.eval()
-        inner = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy  # peft
         b = query.shape[0]
         position = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
         out = self.policy(input_ids=query, attention_mask=attention_mask, position_ids=position,
-                          past_key_values=DynamicCache(config=inner.config), use_cache=True,
+                          past_key_values=DynamicCache(config=base_model(self.policy).config), use_cache=True,
                           **({"logits_to_keep": 1} if keeps_logits(self.policy) else {}))
         position = position[:, -1:]  # (B, 1)
         unfinished = torch.ones(b, dtype=torch.bool, device=query.device)
@@ -236,8 +237,9 @@ _SHAPING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "typical_p": 1.0, "min
 
 def _warn_ignored_generation_config(policy: torch.nn.Module) -> None:
     """Say which of the checkpoint's sampling settings PPO's rollouts leave out."""
-    inner = policy.get_base_model() if hasattr(policy, "get_base_model") else policy  # peft
-    config = getattr(inner, "generation_config", None)
+    from rlxf.models.loading import base_model
+
+    config = getattr(base_model(policy), "generation_config", None)
     set_here = {k: getattr(config, k, None) for k in _SHAPING} if config is not None else {}
     ignored = {k: v for k, v in set_here.items() if v not in (None, [], _SHAPING[k])}
     if ignored:
