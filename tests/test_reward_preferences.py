@@ -90,6 +90,37 @@ def test_reward_gold_accuracy_counts_gold_order_leaves_out_gold_ties_and_halves_
         return [float(len(a)) for a in answers]
 
     assert reward_gold_accuracy(length, str(path), by_task=True) == {
-        "accuracy": 0.5, "pairs": 3, "by_task": {"add": 0.5, "greet": 0.5}}
+        "accuracy": 0.5, "pairs": 3, "by_task": {"add": {"accuracy": 0.5, "labels": 1.0, "pairs": 2},
+                                                 "greet": {"accuracy": 0.5, "labels": 1.0, "pairs": 1}}}
     path.write_text(json.dumps(rows[-1]) + "\n")
     assert reward_gold_accuracy(length, str(path)) is None
+
+
+def test_reward_gold_accuracy_by_gold_gap_and_by_the_aspect_that_differs_most(tmp_path):
+    from rlxf.tinyworld.evaluate import reward_gold_accuracy
+
+    prompt, right = "question : where does the hen live ? answer :", "the hen lives in the river ."  # gold 1
+    rows = [  # (chosen, ended, gold) vs (rejected, ended, gold); weights helpful .4 honest .25 harmless .2 fluent .15
+        ((right, True, 1.0), ("the hen lives in the farm .", True, 0.35)),  # helpful 1 → 0, honest 1 → 0: helpful
+        ((right, True, 1.0), (right + " the fox is green .", True, 0.845)),  # honest 1 → 1/2, helpful 1 → 1/1.08
+        ((right, True, 1.0), ("the hen lives in the river , idiot .", True, 0.867)),  # harmless 1 → 1/3
+        ((right, True, 1.0), (right, False, 0.8875)),  # never ended: fluent 1 → 0.25
+        (("the hen lives in the river", True, 0.94), (right, True, 1.0)),  # the labeller chose the worse: fluent
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({
+        "prompt": prompt, "chosen": c, "ended_chosen": ce, "gold_chosen": cg, "rejected": r, "ended_rejected": re_,
+        "gold_rejected": rg, "task": "home"}) + "\n" for (c, ce, cg), (r, re_, rg) in rows))
+
+    def shorter(prompts, answers, ended):  # right on pairs 2 and 3, a tie on 4, wrong on 1 and 5
+        return [-float(len(a)) for a in answers]
+
+    got = reward_gold_accuracy(shorter, str(path), by_gap=True, by_aspect=True)
+    assert got["accuracy"] == (0 + 1 + 1 + 0.5 + 0) / 5 and got["pairs"] == 5
+    assert got["by_gap"] == {"0.05-0.10": {"accuracy": 0.0, "labels": 0.0, "pairs": 1},  # 0.06
+                             "0.10-0.20": {"accuracy": 2.5 / 3, "labels": 1.0, "pairs": 3},  # 0.155, 0.133, 0.1125
+                             "0.30-1.00": {"accuracy": 0.0, "labels": 1.0, "pairs": 1}}  # 0.65
+    assert got["by_aspect"] == {"fluent": {"accuracy": 0.25, "labels": 0.5, "pairs": 2},
+                                "harmless": {"accuracy": 1.0, "labels": 1.0, "pairs": 1},
+                                "helpful": {"accuracy": 0.0, "labels": 1.0, "pairs": 1},
+                                "honest": {"accuracy": 1.0, "labels": 1.0, "pairs": 1}}

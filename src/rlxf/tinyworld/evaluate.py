@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlxf.tinyworld.oracle import score
+from rlxf.tinyworld.oracle import WEIGHTS, score
 
 SUBSCORES = ("helpful", "honest", "harmless", "fluent", "total")
 
@@ -60,14 +60,29 @@ def gold_totals(prompts: list[str], answers: list[str], ended: list[bool]) -> li
     return [score(p, a, e).total for p, a, e in zip(prompts, answers, ended)]
 
 
-def reward_gold_accuracy(reward, pairs_file: str, *, by_task: bool = False) -> dict | None:
+GAP_EDGES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
+"""Left edges of the gold-gap bins of :func:`reward_gold_accuracy` (the last bin runs to 1)."""
+
+
+def reward_gold_accuracy(reward, pairs_file: str, *, by_task: bool = False, by_gap: bool = False,
+                         by_aspect: bool = False) -> dict | None:
     """How often a reward model orders answer pairs as the gold oracle does.
 
     ``reward`` is a reward-model directory or a scorer ``f(prompts, answers, ended) ->
     scores``; ``pairs_file`` a ``pairs_*.jsonl`` of ``rlxf tinyworld preferences`` (its
     ``gold_chosen``/``gold_rejected`` and ``ended_*`` fields). Gold ties are left out;
-    equal rewards count half. Returns ``{"accuracy", "pairs"}`` (and ``"by_task"``), or
-    None when every pair is a gold tie.
+    equal rewards count half. Returns ``{"accuracy", "pairs"}``, or None when every
+    pair is a gold tie.
+
+    Breakdowns, each ``{group: {"accuracy", "labels", "pairs"}}`` where ``labels`` is
+    how often the labeller's choice (``chosen``) is gold's, the best a reward model
+    that copied the labels could do:
+
+    - ``by_task``: the prompt's task.
+    - ``by_gap``: the gold difference ``|gold_chosen - gold_rejected|``, in bins with
+      left edges :data:`GAP_EDGES` (``"0.10-0.20"``); large gaps are the easy pairs.
+    - ``by_aspect``: the gold sub-score that differs most between the two answers,
+      weighted as in the total (``helpful``, ``honest``, ``harmless``, ``fluent``).
     """
     import json
     from pathlib import Path
@@ -85,9 +100,31 @@ def reward_gold_accuracy(reward, pairs_file: str, *, by_task: bool = False) -> d
     right = [0.5 if a == b else float((a > b) == (r["gold_chosen"] > r["gold_rejected"]))
              for a, b, r in zip(chosen, rejected, rows)]
     result = {"accuracy": sum(right) / len(right), "pairs": len(right)}
-    if by_task:
-        tasks: dict[str, list[float]] = {}
-        for r, ok in zip(rows, right):
-            tasks.setdefault(r["task"], []).append(ok)
-        result["by_task"] = {t: sum(v) / len(v) for t, v in sorted(tasks.items())}
+    groupings = {"by_task": (by_task, lambda r: r["task"]), "by_gap": (by_gap, _gap_bin),
+                 "by_aspect": (by_aspect, _dominant_aspect)}
+    for name, (wanted, group_of) in groupings.items():
+        if wanted:
+            result[name] = _grouped(rows, right, group_of)
     return result
+
+
+def _grouped(rows: list[dict], right: list[float], group_of) -> dict[str, dict]:
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for r, ok in zip(rows, right):
+        groups.setdefault(group_of(r), []).append((ok, float(r["gold_chosen"] > r["gold_rejected"])))
+    return {g: {"accuracy": sum(ok for ok, _ in v) / len(v), "labels": sum(lab for _, lab in v) / len(v),
+                "pairs": len(v)} for g, v in sorted(groups.items())}
+
+
+def _gap_bin(row: dict) -> str:
+    gap = abs(row["gold_chosen"] - row["gold_rejected"])
+    left = max(e for e in GAP_EDGES if e <= gap)
+    i = GAP_EDGES.index(left)
+    right = GAP_EDGES[i + 1] if i + 1 < len(GAP_EDGES) else 1.0
+    return f"{left:.2f}-{right:.2f}"
+
+
+def _dominant_aspect(row: dict) -> str:
+    a = score(row["prompt"], row["chosen"], row["ended_chosen"]).as_dict()
+    b = score(row["prompt"], row["rejected"], row["ended_rejected"]).as_dict()
+    return max(WEIGHTS, key=lambda k: abs(WEIGHTS[k] * (a[k] - b[k])))
