@@ -371,12 +371,18 @@ class Side:
     seconds_max: float
     peak_rss_mb: float  # median over runs of each process's peak
     mfu: float
+    run_seconds: list[float]  # each run's (round's) median
+    run_rss_mb: list[float]  # each run's peak
 
 
-def summarize(name: str, version: str, runs: list[dict], samples: list[float], flops: float, peak: float) -> Side:
+def summarize(name: str, version: str, runs: list[dict], per_run: list[list[float]], flops: float,
+              peak: float) -> Side:
+    """``per_run``: the measured seconds of each run (one run per round), pooled for the median."""
+    samples = [x for run in per_run for x in run]
     med = statistics.median(samples)
     return Side(name, version, len(runs), len(samples), med, min(samples), max(samples),
-                statistics.median(r["peak_rss_mb"] for r in runs), flops / med / peak)
+                statistics.median(r["peak_rss_mb"] for r in runs), flops / med / peak,
+                [statistics.median(run) for run in per_run], [r["peak_rss_mb"] for r in runs])
 
 
 def add_precision_argument(parser) -> None:
@@ -405,11 +411,17 @@ def report(benchmark: str, unit: str, header: list[str], ours: Side, peer: Side,
     line = "  ".join(f"{k} {v:.3f}" + (f" (target ≤ {targets[k]}: {'met' if v <= targets[k] else 'NOT met'})"
                                       if k in targets else "") for k, v in checks.items())
     print(f"rlxf / {peer.name}: {line}")
+    by_round = {"time_ratio_by_round": [a / b for a, b in zip(ours.run_seconds, peer.run_seconds)],
+                "rss_ratio_by_round": [a / b for a, b in zip(ours.run_rss_mb, peer.run_rss_mb)]}
+    print("round by round (each side's median in that round): time ratio "
+          + " ".join(f"{v:.3f}" for v in by_round["time_ratio_by_round"]) + ", RSS ratio "
+          + " ".join(f"{v:.3f}" for v in by_round["rss_ratio_by_round"]))
     print(f"model FLOPs per {unit}: {flops / 1e9:.2f} GFLOP = {flops_formula}")
     print(f"{precision} matmul peak: {peak / 1e9:.1f} GFLOP/s (square matmul, best of 10, same threads); "
           f"{load_average()}")
     print(json.dumps({"benchmark": benchmark, "unit": unit, "rlxf": asdict(ours), "peer": asdict(peer),
                       "time_ratio": round(time_ratio, 4), "rss_ratio": round(rss_ratio, 4),
+                      **{k: [round(v, 4) for v in vs] for k, vs in by_round.items()},
                       "targets": targets, "model_flops_per_unit": flops, "flops_formula": flops_formula,
                       "precision": precision, "matmul_peak_flops": peak, "load": load_average(), **extra}))
 
@@ -461,7 +473,7 @@ def epoch_benchmark(script: str, description: str, *, data_rows, flops_of, heade
     peak = max(peak, matmul_peak_flops(args.threads, args.precision))
     flops, formula = flops_of(shape, args.examples)
     sides = [summarize(label, runs[key][0]["version"], runs[key],
-                       [s for r in runs[key] for s in epoch_seconds(r["step_ends"], steps)], flops, peak)
+                       [epoch_seconds(r["step_ends"], steps) for r in runs[key]], flops, peak)
              for key, label in (("rlxf", "rlxf"), ("trl", "TRL"))]
     report(Path(script).stem.replace("_", "-"), "epoch", header_of(args, shape), *sides, flops=flops,
            flops_formula=formula, peak=peak, targets={"time_ratio": 0.66}, precision=args.precision,

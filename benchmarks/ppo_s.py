@@ -122,9 +122,9 @@ def main() -> None:
                f"{w.answer_tokens}), N_lm = 12·L·d² + V·d = {n_lm:,}, N_rm = 12·L·d² + d = {n_rm:,} "
                "(generation, reference, reward, value forwards at 2·N per token; 6·N per token trained)")
     ours = c.summarize("rlxf", runs["rlxf"][0]["version"], runs["rlxf"],
-                       [s for r in runs["rlxf"] for s in r["step_seconds"]], flops, peak)
+                       [r["step_seconds"] for r in runs["rlxf"]], flops, peak)
     peer = c.summarize("TRL", runs["trl"][0]["version"], runs["trl"],
-                       [s for r in runs["trl"] for s in r["step_seconds"]], flops, peak)
+                       [r["step_seconds"] for r in runs["trl"]], flops, peak)
     extra = {"answer_tokens": {"rlxf": runs["rlxf"][0]["answer_tokens"], "peer": runs["trl"][0]["answer_tokens"]},
              "tokens_per_second": {"rlxf": w.tokens() / ours.seconds, "peer": w.tokens() / peer.seconds},
              "workload": asdict(w), "device": args.device, "threads": args.threads, "rounds": args.rounds,

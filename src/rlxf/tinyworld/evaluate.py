@@ -80,7 +80,7 @@ def reward_gold_accuracy(reward, pairs_file: str, *, by_task: bool = False, by_g
 
     - ``by_task``: the prompt's task.
     - ``by_gap``: the gold difference ``|gold_chosen - gold_rejected|``, in bins with
-      left edges :data:`GAP_EDGES` (``"0.10-0.20"``); large gaps are the easy pairs.
+      left edges :data:`GAP_EDGES` (``"0.10-0.20"``); labellers rarely get a large gap wrong.
     - ``by_aspect``: the gold sub-score that differs most between the two answers,
       weighted as in the total (``helpful``, ``honest``, ``harmless``, ``fluent``).
     """
@@ -117,11 +117,11 @@ def _grouped(rows: list[dict], right: list[float], group_of) -> dict[str, dict]:
 
 
 def _gap_bin(row: dict) -> str:
-    gap = abs(row["gold_chosen"] - row["gold_rejected"])
-    left = max(e for e in GAP_EDGES if e <= gap)
-    i = GAP_EDGES.index(left)
-    right = GAP_EDGES[i + 1] if i + 1 < len(GAP_EDGES) else 1.0
-    return f"{left:.2f}-{right:.2f}"
+    import bisect
+
+    edges = (*GAP_EDGES, 1.0)
+    i = bisect.bisect_right(GAP_EDGES, abs(row["gold_chosen"] - row["gold_rejected"])) - 1
+    return f"{edges[i]:.2f}-{edges[i + 1]:.2f}"
 
 
 def _dominant_aspect(row: dict) -> str:
