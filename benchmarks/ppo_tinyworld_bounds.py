@@ -21,6 +21,10 @@ prompts, sampling seed 23, gold win rate over the SFT model with ties counting h
    and PPO against their mean, mean − std (Coste et al. 2023) and minimum.
 4. **One round of iterated RLHF.** Preferences over answers of the SFT and the demo's PPO
    policy, an RM on both rounds' rankings, PPO against it.
+5. **A weaker SFT model.** The demo's pipeline with SFT on the demonstrations of one half
+   of the training questions (by a hash of task and arguments), its own preference data
+   and reward model (rankings of the other half's questions) and PPO on the other half's
+   prompts (seeds 0 and 1), on all prompts, and against gold; scored against that SFT model.
 
 Results: OUT/results.json and OUT/results.md. A finished run is reused when the script is
 run again (each stage resumes or returns its summary).
@@ -82,9 +86,11 @@ def main() -> None:
 
     policies = {name: str(demo / "ppo" / "final") if keys is None else train_ppo(demo, out / name, keys)
                 for name, keys in runs.items()}
+    weaker = weaker_sft(demo, out / "weaker-sft")
     results = {"command": " ".join(["python"] + sys.argv), "hard_prompts": hard, "ensemble": ensemble,
                "iterated": round2, "runs": {k: {"changes": v} for k, v in runs.items()},
-               "eval": win_rates(demo, policies, args.eval_n)}
+               "eval": win_rates(demo, str(demo / "sft" / "final"), policies, args.eval_n),
+               "weaker_sft": {**weaker, "eval": win_rates(demo, weaker["sft"], weaker["policies"], args.eval_n)}}
     for name, path in policies.items():
         results["runs"][name].update(training_trend(Path(path).parent))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -148,6 +154,53 @@ def iterated_round(demo: Path, out: Path) -> dict:
                                                              prefs / "pairs_heldout.jsonl")}
 
 
+def question_half(prompt: str) -> int:
+    """0 or 1: which half of the training questions (task and arguments) ``prompt`` asks."""
+    import hashlib
+
+    from rlxf.tinyworld.prompts import parse_prompt
+
+    asked = parse_prompt(prompt)
+    return int(hashlib.sha1(repr((asked.task, asked.args)).encode()).hexdigest(), 16) % 2
+
+
+def keep_half(src: Path, dst: Path, half: int) -> Path:
+    """The JSONL rows of ``src`` whose prompt asks a question of ``half``, written to ``dst``."""
+    rows = [line for line in src.read_text().splitlines() if question_half(json.loads(line)["prompt"]) == half]
+    dst.write_text("".join(row + "\n" for row in rows))
+    return dst
+
+
+def weaker_sft(demo: Path, out: Path) -> dict:
+    """SFT on one half of the training questions; preferences, reward model and PPO on the other."""
+    from rlxf.config import load_config
+    from rlxf.stages import sft
+    from rlxf.tinyworld import preferences
+    from rlxf.tinyworld.evaluate import reward_gold_accuracy
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = demo / "tinyworld" / "data"
+    demos = keep_half(data / "sft_train.jsonl", out / "sft_train_half0.jsonl", 0)
+    prompts = keep_half(data / "prompts_train.jsonl", out / "prompts_train_half1.jsonl", 1)
+    model = sft.run(load_config(sft.Config, demo / "sft" / "config.yaml",
+                                [f"out={out / 'sft'}", f"data.train={demos}", "progress=false"]))["final"]
+    prefs = out / "preferences"
+    base = load_config(preferences.Config, demo / "preferences" / "config.yaml", []).policy[0]
+    preferences.run(load_config(preferences.Config, None, [
+        f"policy=[{base},{model}]", f"out={prefs}", "n_train=2000", "n_heldout=200", "k=4", "seed=0",
+        "progress=false"]))
+    rankings = keep_half(prefs / "rankings_train.jsonl", out / "rankings_train_half1.jsonl", 1)
+    rm = train_reward(demo, out / "reward", {"model.name_or_path": model, "data.train": rankings,
+                                             "data.eval": prefs / "rankings_heldout.jsonl"})
+    own = {"model.name_or_path": model, "reward.model": rm, "rollout.prompts": prompts}
+    runs = {"rm": own, "rm-seed1": {**own, "seed": 1},
+            "rm-all-prompts": {**own, "rollout.prompts": data / "prompts_train.jsonl"},
+            "gold": {**own, "reward.model": None, "reward.function": GOLD, "reward.value_model": rm}}
+    return {"sft": model, "demonstrations": sum(1 for _ in demos.open()), "prompts": sum(1 for _ in prompts.open()),
+            "rm_gold_accuracy": reward_gold_accuracy(rm, prefs / "pairs_heldout.jsonl"),
+            "policies": {name: train_ppo(demo, out / f"ppo-{name}", keys) for name, keys in runs.items()}}
+
+
 def gold_accuracy(reward: str, demo: Path) -> dict:
     """A reward model (folder) or a ``module:function`` scorer against gold on the demo's held-out pairs."""
     from rlxf.config import import_target
@@ -188,7 +241,7 @@ def minimum(prompts, answers, ended):
 
 # ----------------------------------------------------------------------------- evaluation
 
-def win_rates(demo: Path, policies: dict[str, str], n: int) -> dict:
+def win_rates(demo: Path, sft_path: str, policies: dict[str, str], n: int) -> dict:
     from rlxf.data.formats import load_prompts
     from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
     from rlxf.tinyworld.evaluate import gold_eval, win_rate
@@ -199,7 +252,7 @@ def win_rates(demo: Path, policies: dict[str, str], n: int) -> dict:
         return gold_eval(load_causal_lm(ModelConfig(name_or_path=path)), load_tokenizer(path), prompts, seed=23,
                          max_new_tokens=32)
 
-    sft = sample(str(demo / "sft" / "final"))
+    sft = sample(sft_path)
     results = {"sft": {"gold": sft.means()}}
     for name, path in policies.items():
         report = sample(path)
@@ -242,6 +295,12 @@ def markdown(results: dict) -> str:
               "Iterated round's RM against gold: "
               + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in it["gold_accuracy"].items())
               + f" (the demo's RM on round-2 pairs: {it['demo_rm_on_round-2 pairs']['accuracy']:.3f})."]
+    weak = results["weaker_sft"]
+    ev = weak["eval"]
+    lines += ["", f"Weaker SFT model ({weak['demonstrations']} demonstrations, gold {ev['sft']['gold']['total']:.3f}; "
+              f"its RM against gold {weak['rm_gold_accuracy']['accuracy']:.3f}; PPO on {weak['prompts']} prompts): "
+              + ", ".join(f"{name} {ev[name]['win_rate_over_sft']:.1%} (gold {ev[name]['gold']['total']:.3f})"
+                          for name in weak["policies"]) + "."]
     return "\n".join(lines) + "\n"
 
 
