@@ -163,12 +163,11 @@ def start_stage(cfg, accelerator: "Accelerator") -> tuple["Run", torch.device]:
     run = Run.open(cfg.out, cfg) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     run = run or Run(Path(cfg.out))
+    device = accelerator.device if accelerator.num_processes > 1 else resolve_device(cfg.device)
     if run.complete:
         log.info("%s is already complete; delete it to train again", run.out)
     else:
         seed_everything(cfg.seed + accelerator.process_index)
-    device = accelerator.device if accelerator.num_processes > 1 else resolve_device(cfg.device)
-    if not run.complete:
         check_mixed_precision(cfg.mixed_precision, device)
     return run, device
 
