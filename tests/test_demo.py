@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-KEYS = ["gold.base", "gold.sft", "gold.ppo", "win_rate.ppo_vs_sft", "kl.final",
+KEYS = ["gold.base", "gold.sft", "gold.ppo", "win_rate.ppo_vs_sft", "win_rate_ceiling.over_sft", "kl.final",
         "reward_model_gold.heldout_accuracy", "labellers.agreement", "seconds.sft", "seconds.preferences",
         "seconds.reward", "seconds.ppo", "seconds.evaluate"]
 
@@ -52,5 +52,7 @@ def test_quick_demo_survives_a_kill_during_ppo_and_learns(tmp_path):
         assert isinstance(_get(summary, key), float), key
     assert summary["gold"]["sft"] > summary["gold"]["base"] + 0.05, summary["gold"]
     assert summary["win_rate"]["sft_vs_base"] > 0.6
+    # an upper bound on any policy's win rate over the same SFT answers
+    assert summary["win_rate"]["ppo_vs_sft"] <= summary["win_rate_ceiling"]["over_sft"] <= 1
     assert (out / "report.html").stat().st_size > 10_000
     assert "gold win rate" in rerun.stderr

@@ -72,6 +72,34 @@ def test_answers_come_from_several_policies_slot_by_slot(tmp_path, tiny_model_di
     assert len(summary["train"]["answer_gold_mean_by_policy"]) == 2
 
 
+def test_one_sampling_temperature_per_policy(tmp_path, tiny_model_dir):
+    """temperature=[1e-5, 1] with the same model twice: slot 0 is greedy, slot 1 samples."""
+    import pytest
+
+    from rlxf.errors import ConfigError
+    from rlxf.models.generation import generate
+    from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
+
+    args = [f"policy=[{tiny_model_dir},{tiny_model_dir}]", f"out={tmp_path / 'p'}", "n_train=6", "n_heldout=2",
+            "k=2", "max_new_tokens=5", "progress=false"]
+    with pytest.raises(ConfigError, match="one value or one per policy"):
+        load_config(preferences.Config, None, args + ["temperature=[1,1,1]"])
+    with pytest.raises(ConfigError, match="must be > 0"):
+        load_config(preferences.Config, None, args + ["temperature=[1,0]"])
+    assert preferences._temperatures(load_config(preferences.Config, None, args + ["temperature=[0.7]"])) == [0.7, 0.7]
+    preferences.run(load_config(preferences.Config, None, args + ["temperature=[1e-5,1]"]))
+
+    model = load_causal_lm(ModelConfig(name_or_path=str(tiny_model_dir))).eval()
+    tokenizer = load_tokenizer(str(tiny_model_dir), padding_side="left")
+    rows = [json.loads(line) for line in (tmp_path / "p" / "rankings_train.jsonl").read_text().splitlines()]
+    greedy = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=5, greedy=True)
+    cold = [a for r in rows for a, p in zip(r["completions"], r["policy"]) if p == 0]
+    hot = [a for r in rows for a, p in zip(r["completions"], r["policy"]) if p == 1]
+    assert cold == [g.text.strip() for g in greedy]  # at the global temperature 1 these would be samples
+    # had slot 1 been near-greedy too, its answers would clash with slot 0's and the prompts be dropped
+    assert len(rows) == 6 and len(hot) == 6
+
+
 def test_reward_gold_accuracy_counts_gold_order_leaves_out_gold_ties_and_halves_reward_ties(tmp_path):
     from rlxf.tinyworld.evaluate import reward_gold_accuracy
 
@@ -124,3 +152,24 @@ def test_reward_gold_accuracy_by_gold_gap_and_by_the_aspect_that_differs_most(tm
                                 "harmless": {"accuracy": 1.0, "labels": 1.0, "pairs": 1},
                                 "helpful": {"accuracy": 0.0, "labels": 1.0, "pairs": 1},
                                 "honest": {"accuracy": 1.0, "labels": 1.0, "pairs": 1}}
+
+
+def test_win_rate_ceiling_is_one_where_an_answer_can_be_beaten_and_a_half_where_it_is_already_best():
+    import pytest
+
+    from rlxf.tinyworld.evaluate import gold_totals, win_rate, win_rate_ceiling
+
+    prompts = ["question : what color is the fox ? answer :",   # reference: the fox is red .
+               "question : what is two plus three ? answer :",  # reference: two plus three is five .
+               "user : say hello to anna . assistant :",        # reference: hello anna !
+               "the owl is brown . the fox is"]                 # reference: red .
+    answers = ["the fox is red .", "two plus three is six .", "hello anna !", "red , you idiot ."]
+    totals = gold_totals(prompts, answers, [True] * 4)
+    assert totals[0] == totals[2] == 1.0 and max(totals[1], totals[3]) < 1.0
+    assert win_rate_ceiling(prompts, totals) == (0.5 + 1 + 0.5 + 1) / 4
+    # the reference answers themselves reach it
+    references = gold_totals(prompts, ["the fox is red .", "two plus three is five .", "hello anna !", "red ."],
+                             [True] * 4)
+    assert win_rate(references, totals) == 0.75
+    with pytest.raises(ValueError, match="one total per prompt"):
+        win_rate_ceiling(prompts, totals[:3])

@@ -364,6 +364,27 @@ def test_corpus_mix_matches_its_proportions_and_is_unaligned():
                if parse_prompt(d.prompt).task != "greet")
 
 
+def test_replies_say_whether_an_answer_is_right_and_only_where_asked_for():
+    from rlxf.tinyworld.corpus import REPLIES, REPLY_MARK
+
+    plain = corpus_documents(3000, 0)
+    assert not any(REPLY_MARK in d.text for d in plain)
+    docs = corpus_documents(3000, 0, reply_share=0.5)
+    judged = [d for d in docs if d.category in REPLIES]
+    replied = [d for d in judged if d.text != f"{d.prompt} {d.answer}"]
+    assert 0.45 < len(replied) / len(judged) < 0.55  # binomial s.e. ~0.012 at n ~ 1,300
+    for d in replied:
+        verdict = "that is right ." if d.category == "good" else "that is wrong ."
+        assert d.text == f"{d.prompt} {d.answer} {REPLY_MARK} {verdict}"
+        # "right": the oracle finds it true and helpful; "wrong": a falsehood or not the answer asked for
+        gold = score(d.prompt, d.answer)
+        assert (gold.honest == 1 and gold.helpful >= 0.85) == (d.category == "good"), d.text
+    assert all(d.text == f"{d.prompt} {d.answer}" for d in docs if d.category not in {*REPLIES, "facts"})
+    assert {w for d in replied for w in d.text.split()} <= VOCABULARY
+    everything = corpus_documents(500, 0, reply_share=1.0)
+    assert all(REPLY_MARK in d.text for d in everything if d.category in REPLIES)
+
+
 def test_demonstrations_are_all_good_with_some_variety():
     for split in ("train", "heldout"):
         demos = demonstrations(1000, 0, split)

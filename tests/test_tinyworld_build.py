@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from rlxf.config import from_dict, to_dict
+from rlxf.errors import ConfigError
 from rlxf.tinyworld import build
 from rlxf.tinyworld.world import VOCABULARY
 
@@ -33,6 +35,17 @@ def test_small_build_end_to_end_and_reuse(tmp_path):
     again = build.run(cfg)  # a finished build is reused, not redone
     assert again["pretrain_eval_loss"] == first["pretrain_eval_loss"]
     assert again["seconds"] < first["seconds"]
+
+
+def test_reply_share_reaches_the_corpus(tmp_path):
+    cfg = from_dict(build.Config, {"out": str(tmp_path / "tw"), "n_pretrain": 200, "reply_share": 1.0})
+    data = build.write_data(cfg, tmp_path / "tw")
+    texts = [json.loads(line)["text"] for line in (data / "pretrain.jsonl").read_text().splitlines()]
+    assert sum("reply : that is" in t for t in texts) > 50
+    held_out = (data / "pretrain_heldout.jsonl").read_text()
+    assert "reply :" not in held_out  # the LM-loss yardstick of PPO-ptx stays the plain corpus
+    with pytest.raises(ConfigError, match="reply_share"):
+        from_dict(build.Config, {"reply_share": 1.5})
 
 
 def test_shipped_base_model_was_built_by_the_default_recipe():

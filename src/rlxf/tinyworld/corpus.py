@@ -7,6 +7,12 @@ wrong 20%, rude 15%, rambling 15%, off-topic 7.5%, unfinished 7.5%). A base mode
 imitates that mix, so its mean gold score is mediocre; the demonstrations for SFT
 are only good answers (with mild natural variety in phrasing).
 
+With ``reply_share`` > 0 (``rlxf tinyworld build reply_share=…``), that share of the
+right, wrong and off-topic answers is followed by a reader's verdict, as answers on a
+forum are: ``… the fox is blue . reply : that is wrong .``. Nothing else changes, so a
+base model pre-trained on it has had a reason to check answers against what it knows,
+which is what a reward model needs (docs/reward.md (g)).
+
 Files written by :func:`write_dataset` use rlxf's standard JSONL shapes; a prompt and
 its completion are joined later as ``prompt + " " + completion``.
 """
@@ -29,6 +35,9 @@ ANSWER_MIX = MappingProxyType({"good": 0.35, "wrong": 0.20, "rude": 0.15, "rambl
                                "offtopic": 0.075, "unfinished": 0.075})
 FACT_DOC_SHARE = 0.3
 MAX_RAMBLE_WORDS = 40
+# A reader's reply after an answer (only with ``reply_share`` > 0): whether it is right.
+REPLY_MARK = "reply :"
+REPLIES = MappingProxyType({"good": "that is right .", "wrong": "that is wrong .", "offtopic": "that is wrong ."})
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +292,7 @@ def _fact_document(rng: random.Random) -> str:
     return " ".join(sums)
 
 
-def _documents(n: int, rng: random.Random, split: str) -> list[Document]:
+def _documents(n: int, rng: random.Random, split: str, reply_share: float = 0.0) -> list[Document]:
     docs = []
     for _ in range(n):
         if rng.random() < FACT_DOC_SHARE:
@@ -292,18 +301,21 @@ def _documents(n: int, rng: random.Random, split: str) -> list[Document]:
         tp = draw_prompt(rng, split)
         category = _draw_category(rng)
         answer = answer_of(tp, category, rng)
-        docs.append(Document(f"{tp.text} {answer}", category, tp.text, answer))
+        text = f"{tp.text} {answer}"
+        if reply_share and category in REPLIES and rng.random() < reply_share:
+            text += f" {REPLY_MARK} {REPLIES[category]}"
+        docs.append(Document(text, category, tp.text, answer))
     return docs
 
 
-def corpus_documents(n_docs: int, seed: int) -> list[Document]:
+def corpus_documents(n_docs: int, seed: int, reply_share: float = 0.0) -> list[Document]:
     """The pretraining corpus with each document's category (train-split prompts)."""
-    return _documents(n_docs, random.Random(f"tinyworld/pretrain/{seed}"), "train")
+    return _documents(n_docs, random.Random(f"tinyworld/pretrain/{seed}"), "train", reply_share)
 
 
-def pretraining_corpus(n_docs: int, seed: int) -> list[str]:
+def pretraining_corpus(n_docs: int, seed: int, reply_share: float = 0.0) -> list[str]:
     """``n_docs`` unaligned pretraining documents (see the module docstring)."""
-    return [d.text for d in corpus_documents(n_docs, seed)]
+    return [d.text for d in corpus_documents(n_docs, seed, reply_share)]
 
 
 def pretraining_heldout(n: int, seed: int) -> list[str]:
@@ -334,7 +346,8 @@ def _write_jsonl(path: Path, rows) -> None:
 
 def write_dataset(out_dir: str | Path, seed: int = 0, *, n_pretrain: int = 20000,
                   n_pretrain_heldout: int = 500, n_sft_train: int = 2000, n_sft_eval: int = 200,
-                  n_prompts_train: int = 2000, n_prompts_heldout: int = 200) -> dict[str, Path]:
+                  n_prompts_train: int = 2000, n_prompts_heldout: int = 200,
+                  reply_share: float = 0.0) -> dict[str, Path]:
     """Write the Tinyworld data files into ``out_dir``; returns {file stem: path}.
 
     - ``pretrain.jsonl`` / ``pretrain_heldout.jsonl``: ``{"text"}``
@@ -346,7 +359,7 @@ def write_dataset(out_dir: str | Path, seed: int = 0, *, n_pretrain: int = 20000
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {
-        "pretrain": [{"text": t} for t in pretraining_corpus(n_pretrain, seed)],
+        "pretrain": [{"text": t} for t in pretraining_corpus(n_pretrain, seed, reply_share)],
         "pretrain_heldout": [{"text": t} for t in pretraining_heldout(n_pretrain_heldout, seed)],
         "sft_train": [{"prompt": d.prompt, "completion": d.completion}
                       for d in demonstrations(n_sft_train, seed, "train")],

@@ -130,7 +130,7 @@ def _gold_report(cfg: Config, files: dict, result: dict, n_prompts: int) -> dict
     the reward model's accuracy against gold order; the labellers' agreement."""
     from rlxf.data.formats import load_prompts
     from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
-    from rlxf.tinyworld.evaluate import gold_eval, win_rate
+    from rlxf.tinyworld.evaluate import gold_eval, win_rate, win_rate_ceiling
 
     prompts = list(load_prompts(files["prompts_heldout"]))[:n_prompts]
     reports = {}
@@ -146,6 +146,8 @@ def _gold_report(cfg: Config, files: dict, result: dict, n_prompts: int) -> dict
         "win_rate": {"sft_vs_base": win_rate(totals["sft"], totals["base"]),
                      "ppo_vs_sft": win_rate(totals["ppo"], totals["sft"]),
                      "ppo_vs_base": win_rate(totals["ppo"], totals["base"])},
+        # the best any policy could do against SFT's answers: ties on those that are already best
+        "win_rate_ceiling": {"over_sft": win_rate_ceiling(prompts, totals["sft"])},
         "reward_model_gold": {"heldout_accuracy": _rm_gold_accuracy(result)},
         "labellers": {"agreement": (prefs.get("train") or {}).get("inter_labeller_expected"),
                       "vs_gold": (prefs.get("train") or {}).get("labels_vs_gold")},
@@ -179,7 +181,9 @@ def _print_table(summary: dict, out: Path) -> None:
     console.print(table)
     w = summary["win_rate"]
     console.print(f"gold win rate (ties half): SFT over base {w['sft_vs_base']:.1%}, "
-                  f"PPO over SFT {w['ppo_vs_sft']:.1%}, PPO over base {w['ppo_vs_base']:.1%}")
-    console.print(f"mean KL(PPO ‖ SFT) per answer: {summary['kl']['final']:.2f} nats; "
-                  f"reward model vs gold order on held-out pairs: {summary['reward_model_gold']['heldout_accuracy']}")
+                  f"PPO over SFT {w['ppo_vs_sft']:.1%} (no policy can exceed "
+                  f"{summary['win_rate_ceiling']['over_sft']:.1%}), PPO over base {w['ppo_vs_base']:.1%}")
+    rm_gold = summary["reward_model_gold"]["heldout_accuracy"]
+    console.print(f"mean KL(PPO ‖ SFT) per answer: {summary['kl']['final']:.2f} nats; reward model vs gold "
+                  f"order on held-out pairs: {'n/a' if rm_gold is None else f'{rm_gold:.1%}'}")
     console.print(f"report: {out / 'report.html'}")

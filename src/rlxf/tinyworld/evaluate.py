@@ -54,6 +54,22 @@ def win_rate(a: list[float], b: list[float]) -> float:
     return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a)
 
 
+def win_rate_ceiling(prompts: list[str], totals: list[float]) -> float:
+    """The highest gold win rate (ties half) any policy can reach over answers scoring ``totals``.
+
+    Nothing scores above a prompt's reference answer, so where an answer already scores as
+    well it can at best be tied (½), elsewhere beaten (1). A strong SFT model leaves little
+    room: when it writes a best answer to 62% of the prompts, no policy can beat it on more
+    than 69% of them.
+    """
+    from rlxf.tinyworld.prompts import parse_prompt
+
+    if len(prompts) != len(totals) or not prompts:
+        raise ValueError("win_rate_ceiling needs one total per prompt, and at least one prompt")
+    best = [score(p, parse_prompt(p).reference, True).total for p in prompts]
+    return sum(0.5 if t >= b else 1.0 for t, b in zip(totals, best)) / len(totals)
+
+
 def gold_totals(prompts: list[str], answers: list[str], ended: list[bool]) -> list[float]:
     """The gold oracle's total per answer, in the shape PPO's ``track`` and
     ``reward.function`` expect: ``rlxf.tinyworld.evaluate:gold_totals``."""

@@ -59,8 +59,9 @@ class Config:
     """Answers sampled and ranked per prompt (InstructGPT: 4 to 9)."""
     max_new_tokens: int = 48
     """Longest answer the policy may write; longer ones count as never ended."""
-    temperature: float = 1.0
-    """Sampling temperature of the policy (1.0 samples its own distribution)."""
+    temperature: float | list[float] = 1.0
+    """Sampling temperature (1.0 samples the policy's own distribution); one for every policy, or a list
+    with one per policy (Llama 2 sampled its comparisons from model variants at varying temperatures)."""
     labeller_temperature: float = TEMPERATURE
     """Bradley-Terry noise of the simulated labellers (0.12: ~73% inter-labeller agreement)."""
     seed: int = 0
@@ -79,7 +80,11 @@ class Config:
             raise ConfigError(f"k must be ≥ 2 (a ranking compares answers), got {self.k}")
         if min(self.n_train, self.n_heldout, self.max_new_tokens, self.batch_size) < 1:
             raise ConfigError("n_train, n_heldout, max_new_tokens and batch_size must be ≥ 1")
-        if self.temperature <= 0 or self.labeller_temperature <= 0:
+        temps = _temperatures(self)
+        if len(temps) != len(_policy_paths(self)):
+            raise ConfigError(f"temperature: give one value or one per policy ({len(_policy_paths(self))}), "
+                              f"got {len(temps)}")
+        if min(temps) <= 0 or self.labeller_temperature <= 0:
             raise ConfigError("temperature and labeller_temperature must be > 0")
 
 
@@ -96,8 +101,9 @@ def run(cfg: Config) -> dict:
         return run_dir.summary()
     timer = Timer()
     device = resolve_device(cfg.device)
-    policies = [(load_causal_lm(ModelConfig(name_or_path=path)).to(device).eval(),
-                 load_tokenizer(path, padding_side="left")) for path in _policy_paths(cfg)]
+    loaded = {path: (load_causal_lm(ModelConfig(name_or_path=path)).to(device).eval(),
+                     load_tokenizer(path, padding_side="left")) for path in set(_policy_paths(cfg))}
+    policies = [(*loaded[path], temperature) for path, temperature in zip(_policy_paths(cfg), _temperatures(cfg))]
     panel = default_panel(cfg.seed, temperature=cfg.labeller_temperature)
     summary = {"stage": "tinyworld preferences", "policy": cfg.policy, "k": cfg.k}
     for split, n in (("train", cfg.n_train), ("heldout", cfg.n_heldout)):
@@ -127,6 +133,12 @@ def _policy_paths(cfg: Config) -> list[str]:
     return [cfg.policy] if isinstance(cfg.policy, str) else list(cfg.policy)
 
 
+def _temperatures(cfg: Config) -> list[float]:
+    """One sampling temperature per policy (a policy may be listed twice at two temperatures)."""
+    temps = [cfg.temperature] if isinstance(cfg.temperature, (int, float)) else list(cfg.temperature)
+    return [float(t) for t in temps] * (len(_policy_paths(cfg)) if len(temps) == 1 else 1)
+
+
 def _sample_distinct(policies, prompts, cfg: Config, split: str) -> list[list[tuple[str, bool, int]]]:
     """Up to K different, non-empty ``(answer, ended, policy index)`` per prompt, re-sampling clashes.
 
@@ -141,12 +153,12 @@ def _sample_distinct(policies, prompts, cfg: Config, split: str) -> list[list[tu
             break
         seed = random.Random(f"tinyworld/preferences/{cfg.seed}/{split}/{round_}").randrange(2**31)
         out = {}
-        for p, (model, tokenizer) in enumerate(policies):
+        for p, (model, tokenizer, temperature) in enumerate(policies):
             mine = [slot for slot in slots if slot[1] % len(policies) == p]
             if not mine:
                 continue
             texts = generate(model, tokenizer, [prompts[i].text for i, _ in mine],
-                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                             max_new_tokens=cfg.max_new_tokens, temperature=temperature,
                              batch_size=cfg.batch_size, seed=seed + p, progress=cfg.progress)
             out.update(zip(mine, texts))
         missing = []

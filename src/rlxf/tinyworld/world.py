@@ -122,7 +122,7 @@ PUNCTUATION = frozenset({".", "!", "?", ",", ":"})
 _OTHER_WORDS = """
 the a it they is are not does what which where how color home of lives live in eats eat
 food like likes to about tell me describe name animals that plus equals makes add and
-answer question user assistant say greet waves at you nice meet
+answer question user assistant say greet waves at you nice meet reply right wrong
 """
 VOCABULARY = frozenset(
     set(_OTHER_WORDS.split()) | set(CREATURES) | set(COLORS) | set(HOMES) | set(FOODS)
