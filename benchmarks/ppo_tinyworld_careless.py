@@ -1,0 +1,135 @@
+"""PPO over an SFT model that learnt from careless demonstrators (docs/ppo.md §4).
+
+    python benchmarks/ppo_tinyworld_careless.py --demo runs/demo --out runs/careless --shares 0.3 0.6
+
+``--demo`` is a finished ``rlxf demo``. For each share, that share of its demonstrations is
+replaced by a flawed answer to the same prompt, as careless contractors might write one
+(a wrong value or a false remark half the time, an answer to another question or rambling
+a quarter each; Tinyworld's own corpus generator writes them). The demo's whole pipeline
+then runs on those demonstrations with the demo's own config: SFT, preferences over
+answers of the base and that SFT model, reward model from it, PPO (40 steps), and PPO again for
+``--long-steps`` steps from the same SFT and reward models. Every policy is scored as the
+demo scores its own (one sampled answer to each of the first 200 held-out prompts,
+sampling seed 23, ties half), with the ceiling no policy can pass
+(``rlxf.tinyworld.evaluate.win_rate_ceiling``).
+
+The demo's SFT model writes a best answer to most held-out prompts, which caps any win
+rate over it well below 70%; demonstrations with flaws leave room that comparisons can
+show and demonstrations cannot (InstructGPT's argument for RLHF). Results:
+OUT/results.json and OUT/results.md; finished runs are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+FLAWS = ("wrong", "wrong", "offtopic", "rambling")  # drawn uniformly: a wrong answer half the time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", required=True, help="a finished `rlxf demo` output folder")
+    parser.add_argument("--out", required=True, help="where the runs and results go")
+    parser.add_argument("--shares", type=float, nargs="+", default=[0.3, 0.6],
+                        help="shares of the demonstrations replaced by flawed answers")
+    parser.add_argument("--long-steps", type=int, default=150, help="steps of the longer PPO run")
+    parser.add_argument("--eval-n", type=int, default=200, help="held-out prompts scored at the end")
+    args = parser.parse_args()
+    demo, out = Path(args.demo), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from rlxf.progress import setup_logging
+
+    setup_logging()
+    results = {"command": " ".join(["python"] + sys.argv), "shares": {}}
+    for share in args.shares:
+        results["shares"][str(share)] = careless_pipeline(demo, out / f"share-{share}", share, args.long_steps,
+                                                          args.eval_n)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def careless_demonstrations(src: Path, dst: Path, share: float) -> int:
+    """``src``'s demonstrations with ``share`` of the answers replaced by flawed ones; how many were."""
+    from rlxf.tinyworld.corpus import answer_of
+
+    rng = random.Random(f"careless/{share}")
+    rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+    flawed = 0
+    for row in rows:
+        if rng.random() < share:
+            row["completion"] = answer_of(row["prompt"], rng.choice(FLAWS), rng)
+            flawed += 1
+    dst.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return flawed
+
+
+def careless_pipeline(demo: Path, out: Path, share: float, long_steps: int, eval_n: int) -> dict:
+    from rlxf import pipeline
+    from rlxf.config import load_config
+    from rlxf.stages import ppo
+    from rlxf.tinyworld.evaluate import reward_gold_accuracy
+
+    out.mkdir(parents=True, exist_ok=True)
+    demos = out / "sft_train.jsonl"
+    flawed = careless_demonstrations(demo / "tinyworld" / "data" / "sft_train.jsonl", demos, share)
+    settings = load_config(pipeline.Config, demo / "pipeline.yaml", [])
+    writers = f"[{settings.base_model},{out / 'pipeline' / 'sft' / 'final'}]"  # the demo's: base and its own SFT
+    run = pipeline.run_stages(load_config(pipeline.Config, demo / "pipeline.yaml", [
+        f"out={out / 'pipeline'}", f"demonstrations={demos}", f"reward.tinyworld.policy={writers}",
+        "progress=false"]))
+    models = run["summary"]["models"]
+    long = ppo.run(load_config(ppo.Config, out / "pipeline" / "ppo" / "config.yaml", [
+        f"out={out / f'ppo-{long_steps}'}", f"max_steps={long_steps}", f"eval_every={max(1, long_steps // 6)}",
+        f"save_every={max(1, long_steps // 6)}", "progress=false"]))["final"]
+    prefs = run["stages"]["preferences"]["files"]["pairs_heldout"]
+    return {"flawed_demonstrations": flawed,
+            "rm_gold_accuracy": reward_gold_accuracy(models["reward"], prefs, by_aspect=True),
+            "eval": scores(demo, models["sft"], {"ppo-40": models["ppo"], f"ppo-{long_steps}": long}, eval_n)}
+
+
+def scores(demo: Path, sft_path: str, policies: dict[str, str], n: int) -> dict:
+    from rlxf.data.formats import load_prompts
+    from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
+    from rlxf.tinyworld.evaluate import gold_eval, win_rate, win_rate_ceiling
+
+    prompts = list(load_prompts(demo / "tinyworld" / "data" / "prompts_heldout.jsonl"))[:n]
+
+    def sample(path):
+        return gold_eval(load_causal_lm(ModelConfig(name_or_path=str(path))), load_tokenizer(str(path)), prompts,
+                         seed=23, max_new_tokens=32)
+
+    sft = sample(sft_path)
+    results = {"sft": {"gold": sft.means(), "win_rate_ceiling": win_rate_ceiling(prompts, sft.totals())}}
+    for name, path in policies.items():
+        report = sample(path)
+        results[name] = {"win_rate_over_sft": win_rate(report.totals(), sft.totals()), "gold": report.means()}
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = ["| flawed demonstrations | RM vs gold (honesty-dominated pairs) | SFT gold (ceiling) | policy "
+             "| win rate over SFT | gold | helpful | honest |",
+             "|---|---|---|---|---|---|---|---|"]
+    for share, res in results["shares"].items():
+        ev, rm = res["eval"], res["rm_gold_accuracy"]
+        sft = ev["sft"]
+        head = (f"| {float(share):.0%} ({res['flawed_demonstrations']}) | {rm['accuracy']:.3f} "
+                f"({rm['by_aspect'].get('honest', {}).get('accuracy', float('nan')):.2f}) "
+                f"| {sft['gold']['total']:.3f} ({sft['win_rate_ceiling']:.1%}) ")
+        for name, run in ev.items():
+            if name == "sft":
+                continue
+            g = run["gold"]
+            lines.append(f"{head}| {name} | {run['win_rate_over_sft']:.1%} | {g['total']:.3f} | {g['helpful']:.3f} "
+                         f"| {g['honest']:.3f} |")
+            head = "| | | "
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
