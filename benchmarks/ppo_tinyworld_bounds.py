@@ -244,16 +244,16 @@ def minimum(prompts, answers, ended):
 def win_rates(demo: Path, sft_path: str, policies: dict[str, str], n: int) -> dict:
     from rlxf.data.formats import load_prompts
     from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
-    from rlxf.tinyworld.evaluate import gold_eval, win_rate
+    from rlxf.tinyworld.evaluate import gold_eval, win_rate, win_rate_ceiling
 
     prompts = list(load_prompts(demo / "tinyworld" / "data" / "prompts_heldout.jsonl"))[:n]
 
     def sample(path):
-        return gold_eval(load_causal_lm(ModelConfig(name_or_path=path)), load_tokenizer(path), prompts, seed=23,
-                         max_new_tokens=32)
+        return gold_eval(load_causal_lm(ModelConfig(name_or_path=str(path))), load_tokenizer(str(path)), prompts,
+                         seed=23, max_new_tokens=32)
 
     sft = sample(sft_path)
-    results = {"sft": {"gold": sft.means()}}
+    results = {"sft": {"gold": sft.means(), "win_rate_ceiling": win_rate_ceiling(prompts, sft.totals())}}
     for name, path in policies.items():
         report = sample(path)
         results[name] = {"win_rate_over_sft": win_rate(report.totals(), sft.totals()), "gold": report.means()}

@@ -27,6 +27,8 @@ import random
 import sys
 from pathlib import Path
 
+from ppo_tinyworld_bounds import win_rates  # scored exactly as the bounds are
+
 FLAWS = ("wrong", "wrong", "offtopic", "rambling")  # drawn uniformly: a wrong answer half the time
 
 
@@ -89,26 +91,7 @@ def careless_pipeline(demo: Path, out: Path, share: float, long_steps: int, eval
     prefs = run["stages"]["preferences"]["files"]["pairs_heldout"]
     return {"flawed_demonstrations": flawed,
             "rm_gold_accuracy": reward_gold_accuracy(models["reward"], prefs, by_aspect=True),
-            "eval": scores(demo, models["sft"], {"ppo-40": models["ppo"], f"ppo-{long_steps}": long}, eval_n)}
-
-
-def scores(demo: Path, sft_path: str, policies: dict[str, str], n: int) -> dict:
-    from rlxf.data.formats import load_prompts
-    from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
-    from rlxf.tinyworld.evaluate import gold_eval, win_rate, win_rate_ceiling
-
-    prompts = list(load_prompts(demo / "tinyworld" / "data" / "prompts_heldout.jsonl"))[:n]
-
-    def sample(path):
-        return gold_eval(load_causal_lm(ModelConfig(name_or_path=str(path))), load_tokenizer(str(path)), prompts,
-                         seed=23, max_new_tokens=32)
-
-    sft = sample(sft_path)
-    results = {"sft": {"gold": sft.means(), "win_rate_ceiling": win_rate_ceiling(prompts, sft.totals())}}
-    for name, path in policies.items():
-        report = sample(path)
-        results[name] = {"win_rate_over_sft": win_rate(report.totals(), sft.totals()), "gold": report.means()}
-    return results
+            "eval": win_rates(demo, models["sft"], {"ppo-40": models["ppo"], f"ppo-{long_steps}": long}, eval_n)}
 
 
 def markdown(results: dict) -> str:
