@@ -102,7 +102,7 @@ def run(cfg: Config) -> dict:
     timer = Timer()
     device = resolve_device(cfg.device)
     loaded = {path: (load_causal_lm(ModelConfig(name_or_path=path)).to(device).eval(),
-                     load_tokenizer(path, padding_side="left")) for path in set(_policy_paths(cfg))}
+                     load_tokenizer(path, padding_side="left")) for path in dict.fromkeys(_policy_paths(cfg))}
     policies = [(*loaded[path], temperature) for path, temperature in zip(_policy_paths(cfg), _temperatures(cfg))]
     panel = default_panel(cfg.seed, temperature=cfg.labeller_temperature)
     summary = {"stage": "tinyworld preferences", "policy": cfg.policy, "k": cfg.k}
