@@ -79,10 +79,9 @@ def careless_pipeline(demo: Path, out: Path, share: float, long_steps: int, eval
     out.mkdir(parents=True, exist_ok=True)
     demos = out / "sft_train.jsonl"
     flawed = careless_demonstrations(demo / "tinyworld" / "data" / "sft_train.jsonl", demos, share)
-    settings = load_config(pipeline.Config, demo / "pipeline.yaml", [])
-    writers = f"[{settings.base_model},{out / 'pipeline' / 'sft' / 'final'}]"  # the demo's: base and its own SFT
     run = pipeline.run_stages(load_config(pipeline.Config, demo / "pipeline.yaml", [
-        f"out={out / 'pipeline'}", f"demonstrations={demos}", f"reward.tinyworld.policy={writers}",
+        f"out={out / 'pipeline'}", f"demonstrations={demos}",
+        "reward.tinyworld.policy=[run:base,run:sft]",  # as the demo: the base and this run's SFT model
         "progress=false"]))
     models = run["summary"]["models"]
     long = ppo.run(load_config(ppo.Config, out / "pipeline" / "ppo" / "config.yaml", [

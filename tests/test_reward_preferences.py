@@ -173,3 +173,19 @@ def test_win_rate_ceiling_is_one_where_an_answer_can_be_beaten_and_a_half_where_
     assert win_rate(references, totals) == 0.75
     with pytest.raises(ValueError, match="one total per prompt"):
         win_rate_ceiling(prompts, totals[:3])
+
+
+def test_pipeline_names_its_own_base_and_sft_model_as_preference_writers(monkeypatch, tmp_path):
+    """reward.tinyworld.policy=[run:base, run:sft] follows the run's models wherever its output goes."""
+    from rlxf import pipeline
+    from rlxf.config import from_dict
+
+    seen = {}
+    monkeypatch.setattr(preferences, "run", lambda cfg: seen.setdefault("policy", cfg.policy))
+    base = {"out": str(tmp_path), "base_model": "models/base", "prompts": "p.jsonl", "eval_prompts": "e.jsonl",
+            "demonstrations": "d.jsonl", "labeller": "tinyworld"}
+    cfg = from_dict(pipeline.Config, {**base, "reward": {"tinyworld": {"policy": ["run:base", "run:sft", "other/m"]}}})
+    pipeline._tinyworld_preferences(cfg, "runs/x/sft/final", tmp_path / "prefs")
+    assert seen.pop("policy") == ["models/base", "runs/x/sft/final", "other/m"]
+    pipeline._tinyworld_preferences(from_dict(pipeline.Config, base), "runs/x/sft/final", tmp_path / "prefs")
+    assert seen.pop("policy") == "runs/x/sft/final"  # no policy given: the run's SFT model

@@ -84,7 +84,9 @@ class Config:
     sft: dict[str, Any] = field(default_factory=dict)
     """More SFT keys (see `rlxf sft --help`), e.g. {batch_size: 16, lr: 1e-4}."""
     reward: dict[str, Any] = field(default_factory=dict)
-    """More reward-model keys (see `rlxf reward --help`)."""
+    """More reward-model keys (see `rlxf reward --help`); with labeller 'tinyworld', reward.tinyworld
+    holds `rlxf tinyworld preferences` keys, and its policy list may name this run's models as
+    'run:base' and 'run:sft' (default: the SFT model alone)."""
     ppo: dict[str, Any] = field(default_factory=dict)
     """More PPO keys (see `rlxf ppo --help`)."""
     progress: bool = True
@@ -179,12 +181,21 @@ def _sft(cfg: Config, out: Path) -> dict:
     return sft.run(stage)
 
 
-def _tinyworld_preferences(cfg: Config, policy: str, out: Path) -> dict:
+RUN_MODELS = ("run:base", "run:sft")
+"""Names for this run's own base and SFT model in ``reward.tinyworld.policy``, so a pipeline
+config samples comparisons from the SFT model it trains wherever its output goes."""
+
+
+def _tinyworld_preferences(cfg: Config, sft_model: str, out: Path) -> dict:
     from rlxf.tinyworld import preferences
 
+    settings = dict(cfg.reward.get("tinyworld", {}))
+    named = dict(zip(RUN_MODELS, (cfg.base_model, sft_model)))
+    writers = settings.pop("policy", "run:sft")
+    writers = [named.get(w, w) for w in writers] if isinstance(writers, list) else named.get(writers, writers)
     return preferences.run(from_dict(preferences.Config, {
-        "policy": policy, "out": str(out), "seed": cfg.seed, "max_new_tokens": cfg.target_sequence_length,
-        "progress": cfg.progress, **cfg.reward.get("tinyworld", {})}))
+        "policy": writers, "out": str(out), "seed": cfg.seed, "max_new_tokens": cfg.target_sequence_length,
+        "progress": cfg.progress, **settings}))
 
 
 def _reward(cfg: Config, sft_model: str, train: str, heldout: str | None, out: Path) -> dict:

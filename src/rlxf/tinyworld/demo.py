@@ -115,7 +115,7 @@ def pipeline_settings(files: dict, size: dict, seed: int, kl_coeff: float, progr
                    "eval_every": max(1, size["rm_steps"] // 4), "save_every": max(1, size["rm_steps"] // 4),
                    # answers from the base and the SFT model, as InstructGPT sampled from several policies
                    "tinyworld": {"n_train": size["prefs_train"], "n_heldout": size["prefs_heldout"], "k": 4,
-                                 "policy": [str(files["base"]), str(Path(out) / "sft" / "final")]}},
+                                 "policy": ["run:base", "run:sft"]}},
         "ppo": {"lr": 1e-4, "warmup_steps": 1, "batch_size": 16, "log_every": 1,
                 "eval_every": max(1, size["ppo_steps"] // 4), "save_every": max(1, size["ppo_steps"] // 6),
                 "rollout": {"batch_size": 32, "backend": rollout_backend}},
