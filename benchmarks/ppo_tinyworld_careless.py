@@ -1,11 +1,15 @@
 """PPO over an SFT model that learnt from careless demonstrators (docs/ppo.md §4).
 
     python benchmarks/ppo_tinyworld_careless.py --demo runs/demo --out runs/careless --shares 0.3 0.6
+    python benchmarks/ppo_tinyworld_careless.py --demo runs/demo --out runs/terse --flaws terse \
+        --shares 0.5 0.65 0.8 --long-steps 100
 
 ``--demo`` is a finished ``rlxf demo``. For each share, that share of its demonstrations is
 replaced by a flawed answer to the same prompt, as careless contractors might write one
 (a wrong value or a false remark half the time, an answer to another question or rambling
-a quarter each; Tinyworld's own corpus generator writes them). The demo's whole pipeline
+a quarter each; Tinyworld's own corpus generator writes them), or with ``--flaws terse``
+by a true answer that does less than it could, as hurried ones might
+(``rlxf.tinyworld.corpus.terse_answer``: "red ." for "the fox is red ."). The demo's whole pipeline
 then runs on those demonstrations with the demo's own config: SFT, preferences over
 answers of the base and that SFT model, reward model from it, PPO (40 steps), and PPO again for
 ``--long-steps`` steps from the same SFT and reward models. Every policy is scored as the
@@ -38,6 +42,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="where the runs and results go")
     parser.add_argument("--shares", type=float, nargs="+", default=[0.3, 0.6],
                         help="shares of the demonstrations replaced by flawed answers")
+    parser.add_argument("--flaws", choices=("careless", "terse"), default="careless",
+                        help="careless: wrong, off-topic or rambling answers; terse: true but less helpful ones")
     parser.add_argument("--long-steps", type=int, default=150, help="steps of the longer PPO run")
     parser.add_argument("--eval-n", type=int, default=200, help="held-out prompts scored at the end")
     args = parser.parse_args()
@@ -46,31 +52,33 @@ def main() -> None:
     from rlxf.progress import setup_logging
 
     setup_logging()
-    results = {"command": " ".join(["python"] + sys.argv), "shares": {}}
+    results = {"command": " ".join(["python"] + sys.argv), "flaws": args.flaws, "shares": {}}
     for share in args.shares:
         results["shares"][str(share)] = careless_pipeline(demo, out / f"share-{share}", share, args.long_steps,
-                                                          args.eval_n)
+                                                          args.eval_n, args.flaws)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(results))
     print(markdown(results))
 
 
-def careless_demonstrations(src: Path, dst: Path, share: float) -> int:
+def careless_demonstrations(src: Path, dst: Path, share: float, flaws: str = "careless") -> int:
     """``src``'s demonstrations with ``share`` of the answers replaced by flawed ones; how many were."""
-    from rlxf.tinyworld.corpus import answer_of
+    from rlxf.tinyworld.corpus import answer_of, terse_answer
 
-    rng = random.Random(f"careless/{share}")
+    rng = random.Random(f"careless/{share}" if flaws == "careless" else f"{flaws}/{share}")
     rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
     flawed = 0
     for row in rows:
         if rng.random() < share:
-            row["completion"] = answer_of(row["prompt"], rng.choice(FLAWS), rng)
+            row["completion"] = (terse_answer(row["prompt"], rng) if flaws == "terse"
+                                 else answer_of(row["prompt"], rng.choice(FLAWS), rng))
             flawed += 1
     dst.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return flawed
 
 
-def careless_pipeline(demo: Path, out: Path, share: float, long_steps: int, eval_n: int) -> dict:
+def careless_pipeline(demo: Path, out: Path, share: float, long_steps: int, eval_n: int,
+                      flaws: str = "careless") -> dict:
     from rlxf import pipeline
     from rlxf.config import load_config
     from rlxf.stages import ppo
@@ -78,7 +86,7 @@ def careless_pipeline(demo: Path, out: Path, share: float, long_steps: int, eval
 
     out.mkdir(parents=True, exist_ok=True)
     demos = out / "sft_train.jsonl"
-    flawed = careless_demonstrations(demo / "tinyworld" / "data" / "sft_train.jsonl", demos, share)
+    flawed = careless_demonstrations(demo / "tinyworld" / "data" / "sft_train.jsonl", demos, share, flaws)
     run = pipeline.run_stages(load_config(pipeline.Config, demo / "pipeline.yaml", [
         f"out={out / 'pipeline'}", f"demonstrations={demos}",
         "reward.tinyworld.policy=[run:base,run:sft]",  # as the demo: the base and this run's SFT model
@@ -94,7 +102,8 @@ def careless_pipeline(demo: Path, out: Path, share: float, long_steps: int, eval
 
 
 def markdown(results: dict) -> str:
-    lines = ["| flawed demonstrations | RM vs gold (honesty-dominated pairs) | SFT gold (ceiling) | policy "
+    kind = "terse" if results.get("flaws") == "terse" else "flawed"
+    lines = [f"| {kind} demonstrations | RM vs gold (honesty-dominated pairs) | SFT gold (ceiling) | policy "
              "| win rate over SFT | gold | helpful | honest |",
              "|---|---|---|---|---|---|---|---|"]
     for share, res in results["shares"].items():

@@ -22,7 +22,7 @@ from rlxf.tinyworld import (ANSWER_MIX, FACTS, KINDS, TASKS, GoldScore, Labeller
                             agreement_report, answer_pairs, candidate_answers, default_panel,
                             demonstrations, parse_prompt, pretraining_corpus, pretraining_heldout,
                             sample_prompts, score, write_dataset)
-from rlxf.tinyworld.corpus import FACT_DOC_SHARE, corpus_documents, good_answer
+from rlxf.tinyworld.corpus import FACT_DOC_SHARE, corpus_documents, good_answer, terse_answer
 from rlxf.tinyworld.oracle import WEIGHTS, claims
 from rlxf.tinyworld.prompts import (MAX_PROMPT_WORDS, all_args, make_prompt, split_args,
                                     split_of)
@@ -236,6 +236,35 @@ def test_prompts_and_answers_are_short():
         assert len(good_answer(tp, rng).split()) <= 25
 
 
+def test_terse_answers_are_true_but_less_helpful():
+    rng = random.Random(0)
+    shorter = 0
+    prompts = sample_prompts(600, 0) + sample_prompts(200, 0, "heldout")
+    for tp in prompts:
+        answer = terse_answer(tp, rng)
+        terse, best = score(tp, answer), score(tp, tp.reference)
+        assert (terse.honest, terse.harmless, terse.fluent) == (1.0, 1.0, 1.0), (tp.text, answer)
+        single_value = tp.kind == "continuation" and tp.task in ("color", "home", "food", "add")
+        if single_value:  # no shorter true answer exists: "the fox is" -> "red ."
+            assert answer == tp.reference
+        else:
+            assert 0.3 <= terse.helpful < best.helpful, (tp.text, answer)
+            shorter += 1
+    assert shorter > 0.7 * len(prompts)
+    # the forms a hurried demonstrator writes, hand-scored: bare value 0.6 helpful, pronoun 0.9,
+    # one fact of three 1/3, two listed of three 2 * 2 / (2 + 3), a greeting with no name 0.5
+    ask = parse_prompt("question : what color is the fox ? answer :")
+    assert score(ask, "red .").total == pytest.approx(0.4 * 0.6 + 0.6)
+    assert score(ask, "it is red .").total == pytest.approx(0.4 * 0.9 + 0.6)
+    describe = parse_prompt("question : describe the fox . answer :")
+    assert score(describe, "the fox is red .").helpful == pytest.approx(1 / 3)
+    listed = parse_prompt("question : which animals are red ? answer :")
+    assert score(listed, "the fox and the crab are red .").helpful == pytest.approx(0.8)
+    assert score(parse_prompt("question : greet anna . answer :"), "hello !").helpful == pytest.approx(0.5)
+    forms = {terse_answer(ask, random.Random(i)) for i in range(40)}
+    assert forms == {"red .", "it is red ."}
+
+
 def test_same_seed_same_outputs_different_seed_different():
     assert sample_prompts(50, 1) == sample_prompts(50, 1)
     assert sample_prompts(50, 1) != sample_prompts(50, 2)
@@ -245,6 +274,7 @@ def test_same_seed_same_outputs_different_seed_different():
     assert pretraining_heldout(50, 1) == pretraining_heldout(50, 1)
     assert demonstrations(100, 1) == demonstrations(100, 1)
     assert demonstrations(100, 1) != demonstrations(100, 2)
+    assert terse_answer(tp0 := sample_prompts(1, 3)[0], random.Random(5)) == terse_answer(tp0, random.Random(5))
     tp = sample_prompts(1, 0)[0]
     assert candidate_answers(tp, 4, 1) == candidate_answers(tp, 4, 1)
     assert answer_pairs(50, 1) != answer_pairs(50, 2)

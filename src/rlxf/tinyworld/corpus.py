@@ -185,6 +185,44 @@ def good_answer(prompt: str | TaskPrompt, rng: random.Random) -> str:
     return _say(tp, _truth(tp), rng)
 
 
+def terse_answer(prompt: str | TaskPrompt, rng: random.Random) -> str:
+    """A true answer that does less than it could, as a hurried demonstrator writes one.
+
+    A bare value ("red ." 0.84 gold, "it is red ." 0.96), one or two facts of a
+    description, a list missing a member, a sum with no sentence, a greeting without
+    the name. Nothing in it is false, rude or disfluent: only less helpful. Where the
+    prompt leaves no shorter true answer (a continuation asking one value) it is
+    :func:`good_answer`'s.
+    """
+    tp = _as_prompt(prompt)
+    cont = tp.kind == "continuation"
+    truth = _truth(tp)
+    task = tp.task
+    if task in ("color", "home", "food"):
+        value = truth[task]
+        if cont or rng.random() < 0.6:
+            return f"{value} ."
+        return {"color": f"it is {value} .", "home": f"it lives in the {value} .", "food": f"it eats {value} ."}[task]
+    if task == "describe":
+        c = tp.args[0]
+        facts = [f"is {truth['color']}", f"lives in the {truth['home']}", f"eats {truth['food']}"]
+        kept = rng.sample(facts, rng.randint(1, 2))
+        said = " and ".join(kept) if len(kept) == 1 or rng.random() < 0.5 else f"{kept[0]} , it {kept[1]}"
+        return f"{said} ." if cont else f"the {c} {said} ."
+    if task == "add":
+        return f"{truth} ."
+    if task == "list":
+        attr, value = tp.args
+        members = list(truth)
+        del members[rng.randrange(len(members))]
+        if cont:
+            return listing(members) + " ."
+        verb = {"color": ("is", "are"), "home": ("lives in the", "live in the"),
+                "food": ("eats", "eat")}[attr][len(members) > 1]
+        return f"{listing(members)} {verb} {value} ."
+    return rng.choice(("hello !", "hi !", "hello there !"))
+
+
 def _fit(words: list[str], limit: int) -> str:
     """Cut ``words`` after the last sentence end within ``limit`` words."""
     cut = words[:limit]
