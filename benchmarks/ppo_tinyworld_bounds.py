@@ -179,9 +179,8 @@ def weaker_sft(demo: Path, out: Path) -> dict:
     from rlxf.tinyworld.evaluate import reward_gold_accuracy
 
     out.mkdir(parents=True, exist_ok=True)
-    data = demo / "tinyworld" / "data"
-    demos = keep_half(data / "sft_train.jsonl", out / "sft_train_half0.jsonl", 0)
-    prompts = keep_half(data / "prompts_train.jsonl", out / "prompts_train_half1.jsonl", 1)
+    demos = keep_half(demo_data(demo, "demonstrations"), out / "sft_train_half0.jsonl", 0)
+    prompts = keep_half(demo_data(demo, "prompts"), out / "prompts_train_half1.jsonl", 1)
     model = sft.run(load_config(sft.Config, demo / "sft" / "config.yaml",
                                 [f"out={out / 'sft'}", f"data.train={demos}", "progress=false"]))["final"]
     prefs = out / "preferences"
@@ -194,7 +193,7 @@ def weaker_sft(demo: Path, out: Path) -> dict:
                                              "data.eval": prefs / "rankings_heldout.jsonl"})
     own = {"model.name_or_path": model, "reward.model": rm, "rollout.prompts": prompts}
     runs = {"rm": own, "rm-seed1": {**own, "seed": 1},
-            "rm-all-prompts": {**own, "rollout.prompts": data / "prompts_train.jsonl"},
+            "rm-all-prompts": {**own, "rollout.prompts": demo_data(demo, "prompts")},
             "gold": {**own, "reward.model": None, "reward.function": GOLD, "reward.value_model": rm}}
     return {"sft": model, "demonstrations": sum(1 for _ in demos.open()), "prompts": sum(1 for _ in prompts.open()),
             "rm_gold_accuracy": reward_gold_accuracy(rm, prefs / "pairs_heldout.jsonl"),
@@ -241,12 +240,20 @@ def minimum(prompts, answers, ended):
 
 # ----------------------------------------------------------------------------- evaluation
 
+def demo_data(demo: Path, key: str) -> Path:
+    """A data file of a finished demo, as its pipeline.yaml names it (the demo's own
+    tinyworld/data, or a build's with ``rlxf demo world=DIR``)."""
+    import yaml
+
+    return Path(yaml.safe_load((demo / "pipeline.yaml").read_text())[key])
+
+
 def win_rates(demo: Path, sft_path: str, policies: dict[str, str], n: int) -> dict:
     from rlxf.data.formats import load_prompts
     from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
     from rlxf.tinyworld.evaluate import gold_eval, win_rate, win_rate_ceiling
 
-    prompts = list(load_prompts(demo / "tinyworld" / "data" / "prompts_heldout.jsonl"))[:n]
+    prompts = list(load_prompts(demo_data(demo, "eval_prompts")))[:n]
 
     def sample(path):
         return gold_eval(load_causal_lm(ModelConfig(name_or_path=str(path))), load_tokenizer(str(path)), prompts,

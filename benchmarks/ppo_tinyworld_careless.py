@@ -31,7 +31,7 @@ import random
 import sys
 from pathlib import Path
 
-from ppo_tinyworld_bounds import win_rates  # scored exactly as the bounds are
+from ppo_tinyworld_bounds import demo_data, win_rates  # scored exactly as the bounds are
 
 FLAWS = ("wrong", "wrong", "offtopic", "rambling")  # drawn uniformly: a wrong answer half the time
 
@@ -86,7 +86,7 @@ def careless_pipeline(demo: Path, out: Path, share: float, long_steps: int, eval
 
     out.mkdir(parents=True, exist_ok=True)
     demos = out / "sft_train.jsonl"
-    flawed = careless_demonstrations(demo / "tinyworld" / "data" / "sft_train.jsonl", demos, share, flaws)
+    flawed = careless_demonstrations(demo_data(demo, "demonstrations"), demos, share, flaws)
     run = pipeline.run_stages(load_config(pipeline.Config, demo / "pipeline.yaml", [
         f"out={out / 'pipeline'}", f"demonstrations={demos}",
         "reward.tinyworld.policy=[run:base,run:sft]",  # as the demo: the base and this run's SFT model

@@ -59,3 +59,31 @@ def test_quick_demo_survives_a_kill_during_ppo_and_learns(tmp_path):
     assert summary["win_rate"]["ppo_vs_sft"] <= summary["win_rate_ceiling"]["over_sft"] <= 1
     assert (out / "report.html").stat().st_size > 10_000
     assert "gold win rate" in rerun.stderr
+
+
+def test_demo_writes_terse_demonstrations_when_asked_and_refuses_to_mix_data(tmp_path, monkeypatch):
+    from rlxf import pipeline
+    from rlxf.config import from_dict
+    from rlxf.errors import ConfigError
+    from rlxf.tinyworld import demo
+
+    class Stop(Exception):
+        pass
+
+    def stop(cfg):
+        raise Stop(cfg.demonstrations)
+
+    monkeypatch.setattr(pipeline, "run_stages", stop)
+
+    def words(share, out):
+        with pytest.raises(Stop) as stopped:
+            demo.run(from_dict(demo.Config, {"out": str(out), "terse_share": share, "progress": False}))
+        rows = [json.loads(line) for line in open(stopped.value.args[0])]
+        return sum(len(r["completion"].split()) for r in rows) / len(rows)
+
+    plain, terse = words(0.0, tmp_path / "plain"), words(0.5, tmp_path / "terse")
+    assert terse < 0.85 * plain  # half of them shorter by a third or more
+    with pytest.raises(ConfigError, match="terse_share: 0.5 there, 0.0 asked"):  # the same out, other data
+        words(0.0, tmp_path / "terse")
+    with pytest.raises(ConfigError, match="world"):
+        from_dict(demo.Config, {"world": str(tmp_path), "terse_share": 0.5})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -415,6 +416,26 @@ def test_replies_say_whether_an_answer_is_right_and_only_where_asked_for():
     assert all(REPLY_MARK in d.text for d in everything if d.category in REPLIES)
 
 
+def test_claim_documents_give_a_verdict_on_every_sentence_that_matches_the_oracle():
+    from rlxf.tinyworld.corpus import REPLY_MARK
+
+    assert corpus_documents(2000, 0, reply_share=1.0) == corpus_documents(2000, 0, reply_share=1.0, claim_share=0.0)
+    docs = corpus_documents(4000, 0, reply_share=1.0, claim_share=0.5)
+    fact_like = [d for d in docs if d.category in ("facts", "claims")]
+    claims = [d for d in docs if d.category == "claims"]
+    assert 0.44 < len(claims) / len(fact_like) < 0.56  # binomial s.e. ~0.016 at n ~ 1,200
+    verdicts = Counter()
+    ask = "question : greet anna . answer :"  # any prompt: every claim is read, about any creature
+    for d in claims:
+        judged = re.findall(rf" ?(.+?) {REPLY_MARK} that is (right|wrong) \.", d.text)
+        assert 1 <= len(judged) <= 3 and " ".join(f"{c} {REPLY_MARK} that is {v} ." for c, v in judged) == d.text
+        for sentence, verdict in judged:
+            assert (score(ask, sentence).honest == 1.0) == (verdict == "right"), sentence
+            verdicts[verdict] += 1
+    assert 0.45 < verdicts["right"] / sum(verdicts.values()) < 0.55
+    assert {w for d in claims for w in d.text.split()} <= VOCABULARY
+
+
 def test_demonstrations_are_all_good_with_some_variety():
     for split in ("train", "heldout"):
         demos = demonstrations(1000, 0, split)
@@ -424,6 +445,24 @@ def test_demonstrations_are_all_good_with_some_variety():
         assert {split_of(parse_prompt(d.prompt)) for d in demos} == {split}
         varied = sum(d.completion != parse_prompt(d.prompt).reference for d in demos)
         assert 0.1 < varied / len(demos) < 0.6
+
+
+def test_a_share_of_demonstrations_can_be_terse():
+    def less_helpful(demos):  # share clearly below the reference answer's helpfulness
+        return sum(score(d.prompt, d.completion).helpful < score(d.prompt, parse_prompt(d.prompt).reference).helpful
+                   - 0.05 for d in demos) / len(demos)
+
+    plain = demonstrations(1000, 0)
+    assert plain == demonstrations(1000, 0, terse_share=0.0)
+    half, all_terse = demonstrations(1000, 0, terse_share=0.5), demonstrations(1000, 0, terse_share=1.0)
+    for demos in (half, all_terse):
+        gold = [score(d.prompt, d.completion) for d in demos]
+        assert all(g.honest == g.harmless == 1.0 and g.fluent > 0.9 for g in gold)  # true, polite, fluent
+    # good answers: only the pronoun forms ("it is red .", 0.9); terse ones on the 81% of prompts that
+    # have a shorter true answer; half and half in between (s.e. ~1.6%)
+    assert less_helpful(plain) < 0.12
+    assert 0.77 < less_helpful(all_terse) < 0.87
+    assert 0.40 < less_helpful(half) < 0.50
 
 
 def test_everything_tinyworld_writes_is_in_its_vocabulary():

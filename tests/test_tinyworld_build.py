@@ -48,6 +48,23 @@ def test_reply_share_reaches_the_corpus(tmp_path):
         from_dict(build.Config, {"reply_share": 1.5})
 
 
+def test_claim_and_terse_shares_reach_the_data(tmp_path):
+    def rows(data, stem):
+        return [json.loads(line) for line in (data / f"{stem}.jsonl").read_text().splitlines()]
+
+    cfg = from_dict(build.Config, {"out": str(tmp_path / "tw"), "n_pretrain": 400, "reply_share": 0.0,
+                                   "claim_share": 1.0, "terse_share": 1.0, "n_sft_train": 100})
+    data = build.write_data(cfg, tmp_path / "tw")
+    claims = [r for r in rows(data, "pretrain") if "reply : that is" in r["text"]]  # no replies to answers here
+    assert 90 < len(claims) < 150  # every fact document (30% of 400) is one
+    plain = build.write_data(from_dict(build.Config, {"n_pretrain": 400, "n_sft_train": 100}), tmp_path / "plain")
+    terse, good = rows(data, "sft_train"), rows(plain, "sft_train")
+    assert sum(len(r["completion"].split()) for r in terse) < 0.7 * sum(len(r["completion"].split()) for r in good)
+    for key in ("claim_share", "terse_share"):
+        with pytest.raises(ConfigError, match=key):
+            from_dict(build.Config, {key: -0.1})
+
+
 def test_shipped_base_model_was_built_by_the_default_recipe():
     recipe = yaml.safe_load((build.SHIPPED / "build.json").read_text())
     defaults = to_dict(build.Config())

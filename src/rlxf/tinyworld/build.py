@@ -46,6 +46,14 @@ class Config:
     """Share of the corpus's right, wrong and off-topic answers followed by a reader's reply saying
     whether it is right (0: none). What the base model learns from them is what lets a reward model
     check answers (docs/reward.md (g))."""
+    claim_share: float = 0.0
+    """Share of the corpus's fact documents that are instead sentences of fact, each true or false at
+    even odds and followed by a reader's verdict (``the pig is red . reply : that is wrong .``):
+    what lets a base model learn to check a stated fact, not only whether an answer is on topic."""
+    terse_share: float = 0.0
+    """Share of the SFT demonstrations written by hurried demonstrators: true answers that do less than
+    they could ("red ." for "the fox is red ."; ``rlxf.tinyworld.corpus.terse_answer``). They leave SFT
+    room that comparisons can show and demonstrations do not (docs/ppo.md §4)."""
     n_sft_train: int = 2000
     """SFT demonstrations on train prompts."""
     n_sft_eval: int = 200
@@ -81,8 +89,9 @@ class Config:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if min(self.n_pretrain, self.n_sft_train, self.n_prompts_train, self.n_prompts_heldout) < 1:
             raise ConfigError("every split needs at least one row")
-        if not 0 <= self.reply_share <= 1:
-            raise ConfigError(f"reply_share is a share of documents, in [0, 1]; got {self.reply_share}")
+        for key in ("reply_share", "claim_share", "terse_share"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key} is a share, in [0, 1]; got {getattr(self, key)}")
 
 
 def run(cfg: Config) -> dict:
@@ -104,15 +113,33 @@ def run(cfg: Config) -> dict:
             "seconds": timer.elapsed()}
 
 
+DATA_KEYS = ("seed", "n_pretrain", "reply_share", "claim_share", "terse_share", "n_sft_train", "n_sft_eval",
+             "n_prompts_train", "n_prompts_heldout")
+
+
 def write_data(cfg: Config, out: Path) -> Path:
-    """The data files alone (pure Python, seconds), into ``out/data``."""
+    """The data files alone (pure Python, seconds), into ``out/data``, with the keys that
+    made them in ``recipe.yaml``. Data already there is reused if those keys match, and
+    refused (ConfigError) if they do not."""
+    import yaml
+
     from rlxf.tinyworld.corpus import write_dataset
 
     data = Path(out) / "data"
-    if not (data / "prompts_heldout.jsonl").exists():
-        write_dataset(data, cfg.seed, n_pretrain=cfg.n_pretrain, n_sft_train=cfg.n_sft_train,
-                      n_sft_eval=cfg.n_sft_eval, n_prompts_train=cfg.n_prompts_train,
-                      n_prompts_heldout=cfg.n_prompts_heldout, reply_share=cfg.reply_share)
+    recipe = {key: getattr(cfg, key) for key in DATA_KEYS}
+    if (data / "prompts_heldout.jsonl").exists():
+        written = yaml.safe_load((data / "recipe.yaml").read_text()) if (data / "recipe.yaml").exists() else None
+        differ = {k: (written.get(k), v) for k, v in recipe.items() if written is not None and written.get(k) != v}
+        if differ:
+            raise ConfigError(f"{data} was written with other data settings ("
+                              + ", ".join(f"{k}: {a} there, {b} asked" for k, (a, b) in differ.items())
+                              + "); choose another out directory or delete that one")
+        return data
+    write_dataset(data, cfg.seed, n_pretrain=cfg.n_pretrain, n_sft_train=cfg.n_sft_train,
+                  n_sft_eval=cfg.n_sft_eval, n_prompts_train=cfg.n_prompts_train,
+                  n_prompts_heldout=cfg.n_prompts_heldout, reply_share=cfg.reply_share,
+                  claim_share=cfg.claim_share, terse_share=cfg.terse_share)
+    (data / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     return data
 
 

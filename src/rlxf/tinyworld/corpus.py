@@ -330,11 +330,48 @@ def _fact_document(rng: random.Random) -> str:
     return " ".join(sums)
 
 
-def _documents(n: int, rng: random.Random, split: str, reply_share: float = 0.0) -> list[Document]:
+def _claim(rng: random.Random, true: bool) -> str:
+    """One sentence of a fact, true or made false: about a creature, a sum or a group."""
+    how = rng.random()
+    if how < 0.6:
+        c = FACTS[rng.choice(CREATURES)]
+        attr = rng.choice(ATTRIBUTES)
+        v = c.get(attr) if true else _other(VALUES[attr], c.get(attr), rng)
+        return {"color": f"the {c.name} is {v} .", "home": f"the {c.name} lives in the {v} .",
+                "food": f"the {c.name} eats {v} ."}[attr]
+    if how < 0.85:
+        a, b = rng.randint(0, MAX_OPERAND), rng.randint(0, MAX_OPERAND)
+        total = a + b if true else rng.choice([v for v in range(max(0, a + b - 3), min(20, a + b + 3) + 1)
+                                                if v != a + b])
+        return f"{NUMBERS[a]} plus {NUMBERS[b]} is {NUMBERS[total]} ."
+    attr = rng.choice(ATTRIBUTES)
+    value = rng.choice(VALUES[attr])
+    members = list(creatures_with(attr, value))
+    if not true:
+        members[rng.randrange(len(members))] = rng.choice([c for c in CREATURES if c not in members])
+    verb = {"color": "are", "home": "live in the", "food": "eat"}[attr]
+    return f"{listing(members)} {verb} {value} ."
+
+
+def _claim_document(rng: random.Random) -> str:
+    """One to three sentences, each true or false at even odds and followed by a reader's
+    verdict: ``the pig is red . reply : that is wrong .``."""
+    parts = []
+    for _ in range(rng.randint(1, 3)):
+        true = rng.random() < 0.5
+        parts.append(f"{_claim(rng, true)} {REPLY_MARK} {REPLIES['good' if true else 'wrong']}")
+    return " ".join(parts)
+
+
+def _documents(n: int, rng: random.Random, split: str, reply_share: float = 0.0,
+               claim_share: float = 0.0) -> list[Document]:
     docs = []
     for _ in range(n):
         if rng.random() < FACT_DOC_SHARE:
-            docs.append(Document(_fact_document(rng), "facts"))
+            if claim_share and rng.random() < claim_share:
+                docs.append(Document(_claim_document(rng), "claims"))
+            else:
+                docs.append(Document(_fact_document(rng), "facts"))
             continue
         tp = draw_prompt(rng, split)
         category = _draw_category(rng)
@@ -346,14 +383,14 @@ def _documents(n: int, rng: random.Random, split: str, reply_share: float = 0.0)
     return docs
 
 
-def corpus_documents(n_docs: int, seed: int, reply_share: float = 0.0) -> list[Document]:
+def corpus_documents(n_docs: int, seed: int, reply_share: float = 0.0, claim_share: float = 0.0) -> list[Document]:
     """The pretraining corpus with each document's category (train-split prompts)."""
-    return _documents(n_docs, random.Random(f"tinyworld/pretrain/{seed}"), "train", reply_share)
+    return _documents(n_docs, random.Random(f"tinyworld/pretrain/{seed}"), "train", reply_share, claim_share)
 
 
-def pretraining_corpus(n_docs: int, seed: int, reply_share: float = 0.0) -> list[str]:
+def pretraining_corpus(n_docs: int, seed: int, reply_share: float = 0.0, claim_share: float = 0.0) -> list[str]:
     """``n_docs`` unaligned pretraining documents (see the module docstring)."""
-    return [d.text for d in corpus_documents(n_docs, seed, reply_share)]
+    return [d.text for d in corpus_documents(n_docs, seed, reply_share, claim_share)]
 
 
 def pretraining_heldout(n: int, seed: int) -> list[str]:
@@ -363,13 +400,15 @@ def pretraining_heldout(n: int, seed: int) -> list[str]:
                                        "heldout")]
 
 
-def demonstrations(n: int, seed: int, split: str = "train") -> list[Demonstration]:
-    """``n`` SFT demonstrations: prompts of ``split`` with a good answer each."""
+def demonstrations(n: int, seed: int, split: str = "train", terse_share: float = 0.0) -> list[Demonstration]:
+    """``n`` SFT demonstrations: prompts of ``split`` with a good answer each, or with
+    probability ``terse_share`` a true but terse one (:func:`terse_answer`)."""
     rng = random.Random(f"tinyworld/demonstrations/{seed}/{split}")
     demos = []
     for i in range(n):
         tp = draw_prompt(rng, split)
-        demos.append(Demonstration(tp.text, good_answer(tp, rng),
+        terse = terse_share and rng.random() < terse_share
+        demos.append(Demonstration(tp.text, terse_answer(tp, rng) if terse else good_answer(tp, rng),
                                    source=f"tinyworld:{split}:{i + 1}"))
     return demos
 
@@ -385,7 +424,8 @@ def _write_jsonl(path: Path, rows) -> None:
 def write_dataset(out_dir: str | Path, seed: int = 0, *, n_pretrain: int = 20000,
                   n_pretrain_heldout: int = 500, n_sft_train: int = 2000, n_sft_eval: int = 200,
                   n_prompts_train: int = 2000, n_prompts_heldout: int = 200,
-                  reply_share: float = 0.0) -> dict[str, Path]:
+                  reply_share: float = 0.0, claim_share: float = 0.0,
+                  terse_share: float = 0.0) -> dict[str, Path]:
     """Write the Tinyworld data files into ``out_dir``; returns {file stem: path}.
 
     - ``pretrain.jsonl`` / ``pretrain_heldout.jsonl``: ``{"text"}``
@@ -397,12 +437,12 @@ def write_dataset(out_dir: str | Path, seed: int = 0, *, n_pretrain: int = 20000
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {
-        "pretrain": [{"text": t} for t in pretraining_corpus(n_pretrain, seed, reply_share)],
+        "pretrain": [{"text": t} for t in pretraining_corpus(n_pretrain, seed, reply_share, claim_share)],
         "pretrain_heldout": [{"text": t} for t in pretraining_heldout(n_pretrain_heldout, seed)],
         "sft_train": [{"prompt": d.prompt, "completion": d.completion}
-                      for d in demonstrations(n_sft_train, seed, "train")],
+                      for d in demonstrations(n_sft_train, seed, "train", terse_share)],
         "sft_eval": [{"prompt": d.prompt, "completion": d.completion}
-                     for d in demonstrations(n_sft_eval, seed, "heldout")],
+                     for d in demonstrations(n_sft_eval, seed, "heldout", terse_share)],
         "prompts_train": [{"prompt": p.text, "task": p.task, "kind": p.kind, "id": p.id}
                           for p in sample_prompts(n_prompts_train, seed, "train")],
         "prompts_heldout": [{"prompt": p.text, "task": p.task, "kind": p.kind, "id": p.id}

@@ -19,6 +19,7 @@ from typing import Literal
 from pathlib import Path
 
 from rlxf.config import from_dict
+from rlxf.errors import ConfigError
 from rlxf.runs import Timer
 
 log = logging.getLogger("rlxf")
@@ -38,6 +39,10 @@ class Config:
     """A smaller, faster profile (CI and a first look): fewer steps and prompts."""
     world: str | None = None
     """A directory made by `rlxf tinyworld build`; null uses the shipped base model."""
+    terse_share: float = 0.0
+    """Share of the demonstrations written tersely (true answers that do less than they could;
+    `rlxf tinyworld build`'s key of that name), which leaves PPO room over SFT (docs/ppo.md §4).
+    With `world`, the build's own demonstrations are used and this must stay 0."""
     kl_coeff: float = 0.05
     """β of PPO's KL penalty."""
     mixed_precision: Literal["no", "bf16"] = "no"
@@ -48,6 +53,13 @@ class Config:
     loop: the same distribution, faster)."""
     progress: bool = True
     """Show progress bars."""
+
+    def validate(self) -> None:
+        if self.world and self.terse_share:
+            raise ConfigError("terse_share shapes the data the demo writes itself; with world=DIR the build's "
+                              "demonstrations are used: build DIR with `rlxf tinyworld build terse_share=...`")
+        if not 0 <= self.terse_share <= 1:
+            raise ConfigError(f"terse_share is a share of the demonstrations, in [0, 1]; got {self.terse_share}")
 
 
 # (full, quick) sizes of each stage
@@ -71,7 +83,8 @@ def run(cfg: Config) -> dict:
     if cfg.world:
         files = build.paths(cfg.world)
     else:
-        world = from_dict(build.Config, {"out": str(out / "tinyworld"), "seed": cfg.seed})
+        world = from_dict(build.Config, {"out": str(out / "tinyworld"), "seed": cfg.seed,
+                                         "terse_share": cfg.terse_share})
         build.write_data(world, Path(world.out))
         files = build.paths(world.out, base=build.SHIPPED)
     data_seconds = timer.elapsed()
