@@ -11,7 +11,13 @@ With ``reply_share`` > 0 (``rlxf tinyworld build reply_share=…``), that share 
 right, wrong and off-topic answers is followed by a reader's verdict, as answers on a
 forum are: ``… the fox is blue . reply : that is wrong .``. Nothing else changes, so a
 base model pre-trained on it has had a reason to check answers against what it knows,
-which is what a reward model needs (docs/reward.md (g)).
+which is what a reward model needs (docs/reward.md (g)). With ``claim_share`` > 0 that
+share of the fact documents are instead single sentences of fact, true or false at even
+odds, each with a verdict (``the pig is red . reply : that is wrong .``).
+
+Demonstrations are good answers; with ``terse_share`` > 0 that share are true answers
+that do less than they could (:func:`terse_answer`), as hurried demonstrators write
+them, which leaves PPO room over SFT (docs/ppo.md §4).
 
 Files written by :func:`write_dataset` use rlxf's standard JSONL shapes; a prompt and
 its completion are joined later as ``prompt + " " + completion``.
