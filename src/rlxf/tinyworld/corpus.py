@@ -32,8 +32,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ..data.records import Demonstration
-from .prompts import (TASKS, TaskPrompt, all_args, draw_prompt, listing, make_prompt,
-                      parse_prompt, sample_prompts)
+from .prompts import (TASKS, TaskPrompt, all_args, draw_prompt, fact_sentence, group_sentence, listing,
+                      make_prompt, parse_prompt, sample_prompts)
 from .world import (ATTRIBUTES, CREATURES, FACTS, FILLER, MAX_OPERAND, NAMES, NUMBER_VALUE,
                     NUMBERS, RUDE_PHRASES, RUDE_TAGS, VALUES, creatures_with)
 
@@ -114,9 +114,7 @@ def _say(tp: TaskPrompt, stated, rng: random.Random) -> str:
             rng.shuffle(members)
         if cont or (not plain and rng.random() < 0.3):
             return listing(members) + " ."
-        verb = {"color": ("is", "are"), "home": ("lives in the", "live in the"),
-                "food": ("eats", "eat")}[attr][len(members) > 1]
-        return f"{listing(members)} {verb} {value} ."
+        return group_sentence(members, attr, value)
     if task == "greet":
         name = stated
         if plain:
@@ -151,9 +149,7 @@ def _falsify(tp: TaskPrompt, rng: random.Random):
         wrong = rng.sample(ATTRIBUTES, rng.randint(1, 3))
         return {a: _other(VALUES[a], v, rng) if a in wrong else v for a, v in truth.items()}
     if tp.task == "add":
-        total = NUMBER_VALUE[truth]
-        return NUMBERS[rng.choice([v for v in range(max(0, total - 3), min(20, total + 3) + 1)
-                                   if v != total])]
+        return NUMBERS[_near_miss(NUMBER_VALUE[truth], rng)]
     if tp.task == "list":
         members = list(truth)
         outsiders = [c for c in CREATURES if c not in truth]
@@ -169,20 +165,23 @@ def _falsify(tp: TaskPrompt, rng: random.Random):
     return _other(NAMES, truth, rng)
 
 
+def _near_miss(total: int, rng: random.Random) -> int:
+    """A wrong sum within 3 of ``total`` (and within 0..20)."""
+    return rng.choice([v for v in range(max(0, total - 3), min(20, total + 3) + 1) if v != total])
+
+
 def _false_aside(tp: TaskPrompt, rng: random.Random) -> str:
     """A false sentence about some other creature: "the owl is red ."."""
     avoid = tp.args[0] if tp.args[0] in FACTS else None
     c = FACTS[rng.choice([x for x in CREATURES if x != avoid])]
     attr = rng.choice(ATTRIBUTES)
-    v = _other(VALUES[attr], c.get(attr), rng)
-    return {"color": f"the {c.name} is {v} .", "home": f"the {c.name} lives in the {v} .",
-            "food": f"the {c.name} eats {v} ."}[attr]
+    return fact_sentence(c.name, attr, _other(VALUES[attr], c.get(attr), rng))
 
 
 def _true_aside(rng: random.Random) -> str:
     c = FACTS[rng.choice(CREATURES)]
-    return rng.choice((f"the {c.name} is {c.color} .", f"the {c.name} lives in the {c.home} .",
-                       f"the {c.name} eats {c.food} ."))
+    attr = rng.choice(ATTRIBUTES)
+    return fact_sentence(c.name, attr, c.get(attr))
 
 
 def good_answer(prompt: str | TaskPrompt, rng: random.Random) -> str:
@@ -221,11 +220,7 @@ def terse_answer(prompt: str | TaskPrompt, rng: random.Random) -> str:
         attr, value = tp.args
         members = list(truth)
         del members[rng.randrange(len(members))]
-        if cont:
-            return listing(members) + " ."
-        verb = {"color": ("is", "are"), "home": ("lives in the", "live in the"),
-                "food": ("eats", "eat")}[attr][len(members) > 1]
-        return f"{listing(members)} {verb} {value} ."
+        return listing(members) + " ." if cont else group_sentence(members, attr, value)
     return rng.choice(("hello !", "hi !", "hello there !"))
 
 
@@ -326,8 +321,7 @@ def _fact_document(rng: random.Random) -> str:
         sentences = []
         for attr in rng.sample(ATTRIBUTES, rng.randint(1, 2)):
             value = rng.choice(VALUES[attr])
-            verb = {"color": "are", "home": "live in the", "food": "eat"}[attr]
-            sentences.append(f"{listing(creatures_with(attr, value))} {verb} {value} .")
+            sentences.append(group_sentence(creatures_with(attr, value), attr, value))
         return " ".join(sentences)
     sums = []               # an addition table
     for _ in range(rng.randint(3, 6)):
@@ -342,21 +336,16 @@ def _claim(rng: random.Random, true: bool) -> str:
     if how < 0.6:
         c = FACTS[rng.choice(CREATURES)]
         attr = rng.choice(ATTRIBUTES)
-        v = c.get(attr) if true else _other(VALUES[attr], c.get(attr), rng)
-        return {"color": f"the {c.name} is {v} .", "home": f"the {c.name} lives in the {v} .",
-                "food": f"the {c.name} eats {v} ."}[attr]
+        return fact_sentence(c.name, attr, c.get(attr) if true else _other(VALUES[attr], c.get(attr), rng))
     if how < 0.85:
         a, b = rng.randint(0, MAX_OPERAND), rng.randint(0, MAX_OPERAND)
-        total = a + b if true else rng.choice([v for v in range(max(0, a + b - 3), min(20, a + b + 3) + 1)
-                                                if v != a + b])
-        return f"{NUMBERS[a]} plus {NUMBERS[b]} is {NUMBERS[total]} ."
+        return f"{NUMBERS[a]} plus {NUMBERS[b]} is {NUMBERS[a + b if true else _near_miss(a + b, rng)]} ."
     attr = rng.choice(ATTRIBUTES)
     value = rng.choice(VALUES[attr])
     members = list(creatures_with(attr, value))
     if not true:
         members[rng.randrange(len(members))] = rng.choice([c for c in CREATURES if c not in members])
-    verb = {"color": "are", "home": "live in the", "food": "eat"}[attr]
-    return f"{listing(members)} {verb} {value} ."
+    return group_sentence(members, attr, value)
 
 
 def _claim_document(rng: random.Random) -> str:

@@ -106,7 +106,8 @@ def listing(names: tuple[str, ...] | list[str]) -> str:
     return " , ".join(items[:-1]) + " and " + items[-1]
 
 
-def _list_predicate(attr: str, value: str, plural: bool) -> str:
+def predicate(attr: str, value: str, plural: bool = False) -> str:
+    """``is red`` / ``are red``, ``lives in the cave``, ``eats fish``."""
     if attr == "color":
         return f"{'are' if plural else 'is'} {value}"
     if attr == "home":
@@ -114,15 +115,22 @@ def _list_predicate(attr: str, value: str, plural: bool) -> str:
     return f"{'eat' if plural else 'eats'} {value}"
 
 
+def fact_sentence(name: str, attr: str, value: str) -> str:
+    """``the fox is red .``: one creature's ``attr`` stated as ``value`` (true or not)."""
+    return f"the {name} {predicate(attr, value)} ."
+
+
+def group_sentence(members, attr: str, value: str) -> str:
+    """``the fox , the crab and the lion are red .``"""
+    return f"{listing(members)} {predicate(attr, value, len(members) > 1)} ."
+
+
 def reference(task: str, args: tuple[str, ...], kind: str) -> str:
     """The ideal answer to a prompt asking ``task(args)`` in the given ``kind``."""
     if task in ("color", "home", "food", "describe"):
         c = FACTS[args[0]]
-        full = {"color": f"the {c.name} is {c.color} .",
-                "home": f"the {c.name} lives in the {c.home} .",
-                "food": f"the {c.name} eats {c.food} .",
-                "describe": f"the {c.name} is {c.color} , it lives in the {c.home} "
-                            f"and it eats {c.food} ."}[task]
+        full = (fact_sentence(c.name, task, c.get(task)) if task != "describe" else
+                f"the {c.name} is {c.color} , it lives in the {c.home} and it eats {c.food} .")
         if kind != "continuation":
             return full
         return {"color": f"{c.color} .", "home": f"{c.home} .", "food": f"{c.food} .",
@@ -135,7 +143,7 @@ def reference(task: str, args: tuple[str, ...], kind: str) -> str:
         members = creatures_with(attr, value)
         if kind == "continuation":
             return listing(members) + " ."
-        return f"{listing(members)} {_list_predicate(attr, value, len(members) > 1)} ."
+        return group_sentence(members, attr, value)
     if task == "greet":
         return f"hello {args[0]} !"
     raise ValueError(f"unknown Tinyworld task {task!r}")
