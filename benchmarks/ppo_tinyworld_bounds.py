@@ -42,20 +42,32 @@ GOLD = "rlxf.tinyworld.evaluate:gold_totals"
 MEMBERS = "RLXF_BOUNDS_REWARD_MODELS"  # the ensemble's reward-model folders, comma-separated
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every study of a finished demo takes: --demo, --out, --eval-n."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--demo", required=True, help="a finished `rlxf demo` output folder")
     parser.add_argument("--out", required=True, help="where the runs and results go")
-    parser.add_argument("--ensemble", type=int, default=4, help="reward models trained besides the demo's")
-    parser.add_argument("--hard-pool", type=int, default=8000, help="fresh training-split prompts to choose from")
-    parser.add_argument("--hard-below", type=float, default=0.95, help="gold score under which a prompt is hard")
     parser.add_argument("--eval-n", type=int, default=200, help="held-out prompts scored at the end")
+    return parser
+
+
+def start_study(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Path, Path]:
+    """Parse, create the output folder and turn rlxf's logging on; (args, demo, out)."""
+    from rlxf.progress import setup_logging
+
     args = parser.parse_args()
     demo, out = Path(args.demo), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from rlxf.progress import setup_logging
-
     setup_logging()
+    return args, demo, out
+
+
+def main() -> None:
+    parser = study_parser(__doc__)
+    parser.add_argument("--ensemble", type=int, default=4, help="reward models trained besides the demo's")
+    parser.add_argument("--hard-pool", type=int, default=8000, help="fresh training-split prompts to choose from")
+    parser.add_argument("--hard-below", type=float, default=0.95, help="gold score under which a prompt is hard")
+    args, demo, out = start_study(parser)
     rm = str(demo / "reward" / "final")
     gold = {"reward.model": None, "reward.function": GOLD, "reward.value_model": rm}
     runs = {

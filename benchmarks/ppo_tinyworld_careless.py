@@ -25,33 +25,24 @@ OUT/results.json and OUT/results.md; finished runs are reused.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
 from pathlib import Path
 
-from ppo_tinyworld_bounds import demo_data, win_rates  # scored exactly as the bounds are
+from ppo_tinyworld_bounds import demo_data, start_study, study_parser, win_rates  # as the bounds are
 
 FLAWS = ("wrong", "wrong", "offtopic", "rambling")  # drawn uniformly: a wrong answer half the time
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", required=True, help="a finished `rlxf demo` output folder")
-    parser.add_argument("--out", required=True, help="where the runs and results go")
+    parser = study_parser(__doc__)
     parser.add_argument("--shares", type=float, nargs="+", default=[0.3, 0.6],
                         help="shares of the demonstrations replaced by flawed answers")
     parser.add_argument("--flaws", choices=("careless", "terse"), default="careless",
                         help="careless: wrong, off-topic or rambling answers; terse: true but less helpful ones")
     parser.add_argument("--long-steps", type=int, default=150, help="steps of the longer PPO run")
-    parser.add_argument("--eval-n", type=int, default=200, help="held-out prompts scored at the end")
-    args = parser.parse_args()
-    demo, out = Path(args.demo), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from rlxf.progress import setup_logging
-
-    setup_logging()
+    args, demo, out = start_study(parser)
     results = {"command": " ".join(["python"] + sys.argv), "flaws": args.flaws, "shares": {}}
     for share in args.shares:
         results["shares"][str(share)] = careless_pipeline(demo, out / f"share-{share}", share, args.long_steps,
@@ -65,7 +56,7 @@ def careless_demonstrations(src: Path, dst: Path, share: float, flaws: str = "ca
     """``src``'s demonstrations with ``share`` of the answers replaced by flawed ones; how many were."""
     from rlxf.tinyworld.corpus import answer_of, terse_answer
 
-    rng = random.Random(f"careless/{share}" if flaws == "careless" else f"{flaws}/{share}")
+    rng = random.Random(f"{flaws}/{share}")
     rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
     flawed = 0
     for row in rows:
