@@ -1,12 +1,12 @@
 """RLAIF on Tinyworld: build the Tinyworld judge and measure it (the numbers in docs/rlaif.md).
 
-    python benchmarks/rlaif_tinyworld.py --base tinyworld/base --out runs/tw-judge [--seed 0] [--threads 1]
+    python benchmarks/rlaif_tinyworld.py [--base tinyworld/base] --out runs/tw-judge [--seed 0] [--threads 1]
 
-Without ``--base`` the Tinyworld base model is built first (``rlxf tinyworld build``,
-about two minutes on two cores). Prints the judge's summary.json: agreement with the
-gold oracle with and without swap-averaging, order-flip rate and favoured position,
-chain-of-thought, direct scoring, judge vs simulated humans, and the untuned base
-model as a chance-level baseline.
+Without ``--base`` the judge starts from the shipped Tinyworld base model, as the demo
+does. Prints the judge's summary.json: agreement with the gold oracle with and without
+swap-averaging, order-flip rate and favoured position, chain-of-thought, direct
+scoring, judge vs simulated humans, and the untuned base model as a chance-level
+baseline.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default=None, help="a built Tinyworld base model folder")
+    parser.add_argument("--base", default=None, help="a built Tinyworld base model folder (default: the shipped one)")
     parser.add_argument("--out", default="runs/tinyworld-judge")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -142,3 +142,24 @@ def test_tinyworld_judge_builds_and_reports(tmp_path, tiny_model_dir):
         assert 0.0 <= summary["pairwise"][key] <= 1.0
     assert summary["judge_vs_human"]["n"] == 4 and "base_model_as_judge" in summary
     assert judge.run(cfg) == summary  # a finished build is reused
+
+
+def test_tinyworld_judge_starts_from_the_shipped_base_by_default(tmp_path, monkeypatch):
+    from rlxf.config import from_dict
+    from rlxf.tinyworld import build, judge
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def extend_context(base, out, n_positions):
+        seen.append(base)
+        raise Stop
+
+    monkeypatch.setattr(judge, "extend_context", extend_context)
+    cfg = from_dict(judge.Config, {"out": str(tmp_path / "j"), "n_pairs": 8, "progress": False})
+    with pytest.raises(Stop):
+        judge.run(cfg)
+    assert seen == [build.SHIPPED] and (build.SHIPPED / "model.safetensors").exists()
+    assert not (tmp_path / "j" / "build").exists()  # no base model was pre-trained for it

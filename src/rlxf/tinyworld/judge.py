@@ -41,6 +41,7 @@ from pathlib import Path
 from rlxf.config import from_dict
 from rlxf.errors import ConfigError
 from rlxf.runs import Timer
+from rlxf.tinyworld import build
 
 log = logging.getLogger("rlxf")
 
@@ -57,7 +58,8 @@ class Config:
     out: str = "tinyworld/judge"
     """Output directory (data/, init/, sft/, summary.json)."""
     base: str | None = None
-    """A built Tinyworld base model folder (rlxf tinyworld build's OUT/base); null builds one in OUT/build."""
+    """A built Tinyworld base model folder (rlxf tinyworld build's OUT/base); null: the shipped base model, as
+    the demo uses (build one with another seed or recipe by `rlxf tinyworld build`)."""
     seed: int = 0
     """Seed for the demonstrations, the training order and the evaluation pairs."""
     n_pairs: int = 8000
@@ -99,7 +101,7 @@ def run(cfg: Config) -> dict:
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     timer = Timer()
-    base = Path(cfg.base) if cfg.base else _build_base(cfg, out / "build")
+    base = Path(cfg.base) if cfg.base else build.SHIPPED
     data = out / "data" / "judge_train.jsonl"
     if not data.exists():
         from rlxf.data.readers import write_jsonl
@@ -175,13 +177,6 @@ def demonstrations(n_pairs: int, seed: int, *, cot_share: float = 0.5, rating_sh
 
 
 # --- building -------------------------------------------------------------------------------
-
-def _build_base(cfg: Config, where: Path) -> Path:
-    from rlxf.tinyworld import build
-
-    result = build.run(from_dict(build.Config, {"out": str(where), "seed": cfg.seed, "progress": cfg.progress}))
-    return Path(result["base"])
-
 
 def extend_context(base: Path, out: Path, n_positions: int) -> None:
     """Save the GPT-2 at ``base`` with ``n_positions`` positions: the learned position
