@@ -33,7 +33,7 @@ from types import MappingProxyType
 
 from ..data.records import Demonstration
 from .prompts import (TASKS, TaskPrompt, all_args, draw_prompt, fact_sentence, group_sentence, listing,
-                      make_prompt, parse_prompt, sample_prompts)
+                      make_prompt, parse_prompt, predicate, sample_prompts)
 from .world import (ATTRIBUTES, CREATURES, FACTS, FILLER, MAX_OPERAND, NAMES, NUMBER_VALUE,
                     NUMBERS, RUDE_PHRASES, RUDE_TAGS, VALUES, creatures_with)
 
@@ -207,10 +207,10 @@ def terse_answer(prompt: str | TaskPrompt, rng: random.Random) -> str:
         value = truth[task]
         if cont or rng.random() < 0.6:
             return f"{value} ."
-        return {"color": f"it is {value} .", "home": f"it lives in the {value} .", "food": f"it eats {value} ."}[task]
+        return f"it {predicate(task, value)} ."
     if task == "describe":
         c = tp.args[0]
-        facts = [f"is {truth['color']}", f"lives in the {truth['home']}", f"eats {truth['food']}"]
+        facts = [predicate(attr, truth[attr]) for attr in ATTRIBUTES]
         kept = rng.sample(facts, rng.randint(1, 2))
         said = " and ".join(kept) if len(kept) == 1 or rng.random() < 0.5 else f"{kept[0]} , it {kept[1]}"
         return f"{said} ." if cont else f"the {c} {said} ."
