@@ -225,9 +225,10 @@ def _ppo(cfg: Config, sft_model: str, reward_model: str, prompts: str, eval_prom
                     "max_new_tokens": cfg.target_sequence_length},
         "kl": {"coef": cfg.kl_coeff},
         "eval": {"prompts": eval_prompts, "n": min(cfg.eval_n, 128)},
+        "ptx": {"max_length": cfg.prompt_sequence_length + cfg.target_sequence_length},
     }
     if cfg.pretrain:
-        base["ptx"] = {"data": cfg.pretrain}
+        base["ptx"]["data"] = cfg.pretrain
     if cfg.pretrain_eval:
         base["eval"]["lm_data"] = cfg.pretrain_eval
     if cfg.gold:

@@ -11,12 +11,16 @@ This is for evaluation and data generation; PPO samples its rollouts through
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from rlxf.data.records import Prompt
 from rlxf.data.tokenize import prompt_text
+from rlxf.errors import ConfigError
+
+log = logging.getLogger("rlxf")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,26 @@ def encode_prompts(prompts: list[Prompt], tokenizer, separator: str) -> list[lis
             for p in prompts]
 
 
+def fit_prompts(encoded: list[list[int]], model, max_new_tokens: int) -> list[list[int]]:
+    """``encoded`` prompts, each cut from its start (its end, next to the answer, matters
+    most) to what the model's positions leave beside a ``max_new_tokens`` answer."""
+    from rlxf.models.loading import max_positions
+
+    limit = max_positions(model)
+    if limit is None:
+        return encoded
+    room = limit - max_new_tokens
+    if room < 1:
+        raise ConfigError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's {limit} "
+                          "positions; lower it")
+    cut = sum(len(e) > room for e in encoded)
+    if cut:
+        log.warning("%d of %d prompts were longer than the %d tokens the model's %d positions leave beside a "
+                    "%d-token answer, and lost tokens from their start", cut, len(encoded), room, limit,
+                    max_new_tokens)
+    return [e[-room:] for e in encoded]
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, greedy: bool = False, batch_size: int = 32, separator: str = " ",
@@ -45,7 +69,7 @@ def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, te
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
-    encoded = encode_prompts(prompts, tokenizer, separator)
+    encoded = fit_prompts(encode_prompts(prompts, tokenizer, separator), model, max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[Generation | None] = [None] * len(prompts)
     was_training = model.training

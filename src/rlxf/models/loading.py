@@ -111,6 +111,32 @@ def base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def max_positions(model) -> int | None:
+    """The sequence length ``model`` was built for: ``n_positions`` or
+    ``max_position_embeddings`` of its config; None when the config names neither.
+
+    Past it a model with learned positions (GPT-2, OPT) fails with an index error and a
+    rotary one (Llama, Qwen2) reads positions it never trained on.
+    """
+    config = base_model(model).config
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_length(key: str, length: int, model) -> int:
+    """``length`` (the value of config key ``key``), or ``model``'s :func:`max_positions`
+    when that is less, with a warning: a default meant for large models must not crash
+    a small one."""
+    limit = max_positions(model)
+    if limit is None or length <= limit:
+        return length
+    log.warning("%s=%d is more than the model's %d positions: sequences are cut at %d", key, length, limit, limit)
+    return limit
+
+
 def auto_eager(requested: str | None, device, mixed_precision: str) -> bool:
     """Whether :func:`settle_attention` picks eager attention by itself."""
     return requested is None and device.type == "cpu" and mixed_precision == "bf16"

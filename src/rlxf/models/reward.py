@@ -28,7 +28,7 @@ from rlxf.data.records import Prompt
 from rlxf.data.tokenize import encode_pair
 from rlxf.errors import ConfigError
 from rlxf.models.loading import (LoraConfig, ModelConfig, _torch_dtype, base_model, disable_dropout, fuse_gelu,
-                                 load_model_tokenizer)
+                                 load_model_tokenizer, max_positions)
 
 NORMALIZATION_KEY = "rlxf_reward_normalization"
 
@@ -114,19 +114,34 @@ def set_reward_normalization(model, shift: float, scale: float = 1.0, reference:
 
 def encode_answer(prompt: Prompt, answer: str, tokenizer, *, separator: str = " ", max_length: int = 512,
                   ended: bool = True) -> tuple[list[int], bool]:
-    """Token ids of ``prompt + separator + answer (+ EOS if ended)``, and whether they were cut.
+    """Token ids of ``prompt + separator + answer (+ EOS if ended)``, and whether they
+    were cut (:func:`encode_answers` of one answer)."""
+    ids, cut = encode_answers(prompt, [answer], tokenizer, separator=separator, max_length=max_length,
+                              ended=[ended])
+    return ids[0], bool(cut)
 
-    Too long: the prompt loses tokens from its start, then the answer from its end
-    (a cut answer keeps no EOS: it did not end within ``max_length``).
+
+def encode_answers(prompt: Prompt, answers: list[str], tokenizer, *, separator: str = " ",
+                   max_length: int = 512, ended: list[bool] | None = None) -> tuple[list[list[int]], int]:
+    """Token ids of ``prompt + separator + answer (+ EOS if ended)`` for each answer to
+    one prompt, and how many of them were cut.
+
+    Too long: the prompt loses tokens from its start, the same number for every answer
+    (answers are compared in the same context), as many as the longest answer needs;
+    then each answer loses tokens from its end (a cut answer keeps no EOS: it did not
+    end within ``max_length``).
     """
-    prompt_ids, answer_ids = encode_pair(prompt, answer, tokenizer, separator)
-    if not ended:
-        answer_ids = answer_ids[:-1]
-    if len(prompt_ids) + len(answer_ids) <= max_length:
-        return prompt_ids + answer_ids, False
-    keep = max(0, max_length - len(answer_ids))
+    ended = [True] * len(answers) if ended is None else ended
+    pairs = [encode_pair(prompt, a, tokenizer, separator) for a in answers]
+    answer_ids = [a if e else a[:-1] for (_, a), e in zip(pairs, ended)]
+    prompt_ids = pairs[0][0] if pairs else []
+    longest = max((len(a) for a in answer_ids), default=0)
+    if len(prompt_ids) + longest <= max_length:
+        return [prompt_ids + a for a in answer_ids], 0
+    keep = max(0, max_length - longest)
     prompt_ids = prompt_ids[len(prompt_ids) - keep:] if keep else []
-    return (prompt_ids + answer_ids)[:max_length], True
+    seqs = [(prompt_ids + a)[:max_length] for a in answer_ids]
+    return seqs, sum(len(s) < len(pairs[0][0]) + len(a) for s, a in zip(seqs, answer_ids))
 
 
 def pad_right(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -220,6 +235,8 @@ def shared_prefix_values(model, prefix_ids: torch.Tensor, prefix_mask: torch.Ten
     through them), so K answers to one prompt cost one prompt, not K. With
     ``return_hidden``, also the suffixes' hidden states (N, S, H).
     """
+    if prefix_ids.shape[1] == 0:  # no group shares a token: nothing to run once
+        return token_values(model, suffix_ids, suffix_mask, return_hidden=return_hidden)
     hf = base_model(model)
     backbone = getattr(hf, hf.base_model_prefix)
     prefix_pos = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)  # (G, P)
@@ -260,7 +277,11 @@ def score(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch
 @torch.no_grad()
 def score_texts(model, tokenizer, prompts: list[Prompt], answers: list[str], *, batch_size: int = 32,
                 separator: str = " ", ended: list[bool] | None = None, max_length: int = 512) -> list[float]:
-    """Normalised rewards of ``answers`` to ``prompts``, in order (batched, no gradients)."""
+    """Normalised rewards of ``answers`` to ``prompts``, in order (batched, no gradients).
+
+    A prompt and answer longer than ``max_length``, or than the model's positions, are
+    read as :func:`reward_inputs` cuts them."""
+    max_length = min(max_length, max_positions(model) or max_length)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -35,8 +35,9 @@ from rlxf.distributed import (TokenValues, check_divisible, gather_lists, gather
                               make_accelerator, save_final, share, start_stage, sum_over_processes)
 from rlxf.errors import ConfigError
 from rlxf.models import reward as rm
-from rlxf.models.loading import (ModelConfig, add_lora, attention_kernel, auto_eager, keeps_logits, load_causal_lm,
-                                 load_model_tokenizer, load_tokenizer, settle_attention, store_matmul_weights)
+from rlxf.models.loading import (ModelConfig, add_lora, attention_kernel, auto_eager, fit_length, keeps_logits,
+                                 load_causal_lm, load_model_tokenizer, load_tokenizer, max_positions, settle_attention,
+                                 store_matmul_weights)
 from rlxf.models.rollout_backends import make_backend, suppress
 from rlxf.progress import progress
 from rlxf.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_k1, kl_k3,
@@ -285,6 +286,7 @@ class PPO:
         from rlxf.models.loading import disable_dropout
 
         disable_dropout(self.policy)
+        self.cfg = cfg = self._fit_lengths(cfg)
         self.kl_ctl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
                        else FixedKLController(cfg.kl.coef))
         self.kl_estimator = kl_k3 if cfg.kl.estimator == "k3" else kl_k1
@@ -307,6 +309,29 @@ class PPO:
                                     gpu_memory_utilization=cfg.rollout.vllm_gpu_memory,
                                     num_processes=self.acc.num_processes,
                                     suppress_tokens=cfg.rollout.suppress_tokens)
+
+    def _fit_lengths(self, cfg: Config) -> Config:
+        """``cfg`` with each sequence length cut to the positions of the models that read
+        it (a warning each time): prompt + answer go through the policy and the value model,
+        the reward model reads ``reward.max_length``, the policy ``ptx.max_length``."""
+        limit = min(filter(None, (max_positions(self.policy), max_positions(self.value))), default=None)
+        rollout = cfg.rollout
+        if limit is not None and rollout.max_prompt_length + rollout.max_new_tokens > limit:
+            if rollout.max_new_tokens >= limit:
+                raise ConfigError(f"rollout.max_new_tokens ({rollout.max_new_tokens}) leaves no room for a prompt in "
+                                  f"the {limit} positions the policy and value model read; lower it")
+            log.warning("rollout.max_prompt_length=%d + rollout.max_new_tokens=%d is more than the %d positions the "
+                        "policy and value model read: prompts keep their last %d tokens", rollout.max_prompt_length,
+                        rollout.max_new_tokens, limit, limit - rollout.max_new_tokens)
+            rollout = replace(rollout, max_prompt_length=limit - rollout.max_new_tokens)
+        scorer = self.value if self.shared_reward else self.reward
+        reward = cfg.reward
+        if scorer is not None:
+            reward = replace(reward, max_length=fit_length("reward.max_length", reward.max_length, scorer))
+        ptx = cfg.ptx
+        if ptx.coef > 0 or cfg.eval.lm_data:
+            ptx = replace(ptx, max_length=fit_length("ptx.max_length", ptx.max_length, self.policy))
+        return replace(cfg, rollout=rollout, reward=reward, ptx=ptx)
 
     def _frozen(self, model):
         """``model`` in eval mode without gradients; under bf16 autocast its matmul weights
@@ -542,6 +567,7 @@ def run(cfg: Config) -> dict:
         raise ConfigError(f"rollout.prompts ({cfg.rollout.prompts}) holds no prompts")
     eval_prompts = list(load_prompts(cfg.eval.prompts))[:cfg.eval.n] if cfg.eval.prompts else []
     ppo = PPO(cfg, device, acc)
+    cfg = ppo.cfg  # its lengths fitted to the models
     n_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(prompts) / cfg.rollout.batch_size))
     updates_per_step = cfg.ppo_epochs * math.ceil(cfg.rollout.batch_size / cfg.batch_size)
     # the scheduler steps once per minibatch update; warm-up is given in PPO steps

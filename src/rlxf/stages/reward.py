@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -36,8 +36,8 @@ import torch
 from rlxf.distributed import (TokenValues, configure_deepspeed, gather_lists, make_accelerator, refuse_sharded_lora,
                               save_final, share, start_stage, sum_over_processes)
 from rlxf.errors import ConfigError, DataError
-from rlxf.models.loading import ModelConfig, load_model_tokenizer, settle_attention
-from rlxf.models.reward import (add_reward_lora, encode_answer, init_reward_model, last_token_index, pad_right,
+from rlxf.models.loading import ModelConfig, fit_length, load_model_tokenizer, settle_attention
+from rlxf.models.reward import (add_reward_lora, encode_answers, init_reward_model, last_token_index, pad_right,
                                 score_texts, set_reward_normalization, shared_length, shared_prefix_batch)
 from rlxf.progress import progress
 from rlxf.rl.reward_loss import (bradley_terry_loss, expected_calibration_error, kwise_ranking_loss,
@@ -166,8 +166,9 @@ def run(cfg: Config) -> dict:
     if run_dir.complete:
         return run_dir.summary()
     tokenizer = load_model_tokenizer(cfg.model)
-    data = _load_data(cfg, tokenizer)
     model = settle_attention(init_reward_model(cfg.model), cfg.model.attn_implementation, device, cfg.mixed_precision)
+    cfg = replace(cfg, data=replace(cfg.data, max_length=fit_length("data.max_length", cfg.data.max_length, model)))
+    data = _load_data(cfg, tokenizer)
     if cfg.model.lora.enabled:
         model = add_reward_lora(model, cfg.model.lora)
     model.to(device).train()
@@ -440,9 +441,9 @@ def _load_data(cfg: Config, tokenizer) -> dict:
 
     truncated = 0
 
-    def encode(prompt, answer) -> list[int]:
+    def encode(prompt, answers) -> list[list[int]]:
         nonlocal truncated
-        ids, cut = encode_answer(prompt, answer, tokenizer, separator=d.separator, max_length=d.max_length)
+        ids, cut = encode_answers(prompt, answers, tokenizer, separator=d.separator, max_length=d.max_length)
         truncated += cut
         return ids
 
@@ -450,11 +451,11 @@ def _load_data(cfg: Config, tokenizer) -> dict:
         out = []
         for c in comparisons:
             if isinstance(c, Ranking) and plan.rankings == "kwise":
-                out.append(Group([encode(c.prompt, a) for a in c.ordered], is_ranking=True))
+                out.append(Group(encode(c.prompt, list(c.ordered)), is_ranking=True))
                 continue
             for pair in c.pairs() if isinstance(c, Ranking) else [c]:
-                out.append(Group([encode(pair.prompt, pair.chosen), encode(pair.prompt, pair.rejected)],
-                                 is_ranking=False, prob_chosen=pair.prob_chosen, margin=pair.margin))
+                out.append(Group(encode(pair.prompt, [pair.chosen, pair.rejected]), is_ranking=False,
+                                 prob_chosen=pair.prob_chosen, margin=pair.margin))
         return out
 
     train_groups, eval_groups = groups(train), groups(held)

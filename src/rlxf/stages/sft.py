@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -18,7 +18,7 @@ from rlxf.data.tokenize import IGNORE, Example, TokenizeStats, collate, pack, to
 from rlxf.distributed import (configure_deepspeed, make_accelerator, refuse_sharded_lora, save_final, share,
                               start_stage, sum_over_processes)
 from rlxf.errors import ConfigError
-from rlxf.models.loading import (ModelConfig, add_lora, keeps_logits, load_causal_lm, load_model_tokenizer,
+from rlxf.models.loading import (ModelConfig, add_lora, fit_length, keeps_logits, load_causal_lm, load_model_tokenizer,
                                  settle_attention)
 from rlxf.progress import progress
 from rlxf.runs import Timer
@@ -77,8 +77,9 @@ def run(cfg: Config) -> dict:
     if run_dir.complete:
         return run_dir.summary()
     tokenizer = load_model_tokenizer(cfg.model)
-    train_set, eval_set, stats = _load_data(cfg, tokenizer)
     model = settle_attention(load_causal_lm(cfg.model), cfg.model.attn_implementation, device, cfg.mixed_precision)
+    cfg = replace(cfg, data=replace(cfg.data, max_length=fit_length("data.max_length", cfg.data.max_length, model)))
+    train_set, eval_set, stats = _load_data(cfg, tokenizer)
     if cfg.model.lora.enabled:
         model = add_lora(model, cfg.model.lora)
     model.to(device).train()
