@@ -49,7 +49,7 @@ def test_wrong_types_name_the_key(tmp_path, override, message):
 @pytest.mark.parametrize("override, message", [
     ("batch_size=0", "batch_size must be ≥ 1"),
     ("data.max_length=1", "data.max_length must be ≥ 2"),
-    ("model.lora.r=0", "lora.r must be ≥ 1"),
+    ("model.lora.r=0", "^model.lora.r must be ≥ 1, got 0$"),
     ("data.eval_fraction=1.5", r"data.eval_fraction must be in \[0, 1\)"),
     ("max_steps=null", None),
 ])
@@ -118,3 +118,22 @@ def test_yaml_booleans_read_as_the_literal_choice_written(tmp_path):
     assert _cfg(tmp_path, BASE, "mixed_precision=no").mixed_precision == "no"
     with pytest.raises(ConfigError, match="mixed_precision"):
         _cfg(tmp_path, BASE + "mixed_precision: yes\n")
+
+
+def test_nested_sections_name_their_keys_in_full():
+    """A section's validate() speaks of its own keys ('lora.r'); where the section sits
+    deeper ('model.lora') the message names the whole path, and
+    a message that names no key of its section is put after the section's name."""
+    from rlxf.config import _keyed
+    from rlxf.stages import ppo
+
+    assert _keyed("lora.r must be ≥ 1, got 0", "model.lora.") == "model.lora.r must be ≥ 1, got 0"
+    assert _keyed("rollout.temperature must be > 0", "ppo.rollout.") == "ppo.rollout.temperature must be > 0"
+    assert _keyed("set exactly one of a and b", "reward.") == "reward: set exactly one of a and b"
+    assert _keyed("batch_size must be ≥ 1", "") == "batch_size must be ≥ 1"
+    with pytest.raises(ConfigError, match=r"^reward: set exactly one of reward.model"):
+        load_config(ppo.Config, None, ["model.name_or_path=m", "rollout.prompts=p.jsonl", "out=o",
+                                       "reward.function=m:f", "reward.model=rm"])
+    with pytest.raises(ConfigError, match=r"^model.lora.dropout must be in \[0, 1\), got 1.5$"):
+        load_config(ppo.Config, None, ["model.name_or_path=m", "rollout.prompts=p.jsonl", "out=o",
+                                       "reward.model=rm", "model.lora.dropout=1.5"])

@@ -89,7 +89,19 @@ def validate_all(cfg: Any, where: str = "") -> None:
         try:
             cfg.validate()
         except ConfigError as err:
-            raise ConfigError(f"{where}{err}" if where and not str(err).startswith(where) else str(err)) from None
+            raise ConfigError(_keyed(str(err), where)) from None
+
+
+def _keyed(message: str, where: str) -> str:
+    """``message`` of the config at dotted path ``where`` ('model.lora.'), naming its keys in
+    full: 'lora.r must be ≥ 1' -> 'model.lora.r must be ≥ 1'; a message that names no key
+    of its section gets the section in front: 'reward: set exactly one of ...'."""
+    if not where or message.startswith(where):
+        return message
+    section = where.rstrip(".").rsplit(".", 1)[-1] + "."  # 'lora.'
+    if message.startswith(section):
+        return where[:-len(section)] + message
+    return f"{where.rstrip('.')}: {message}"
 
 
 def help_text(cls: type, prefix: str = "") -> str:
