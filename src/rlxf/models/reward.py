@@ -132,16 +132,16 @@ def encode_answers(prompt: Prompt, answers: list[str], tokenizer, *, separator: 
     end within ``max_length``).
     """
     ended = [True] * len(answers) if ended is None else ended
-    pairs = [encode_pair(prompt, a, tokenizer, separator) for a in answers]
-    answer_ids = [a if e else a[:-1] for (_, a), e in zip(pairs, ended)]
+    pairs = [encode_pair(prompt, a, tokenizer, separator) for a in answers]  # the same prompt ids in each
     prompt_ids = pairs[0][0] if pairs else []
+    answer_ids = [a if e else a[:-1] for (_, a), e in zip(pairs, ended)]
     longest = max((len(a) for a in answer_ids), default=0)
     if len(prompt_ids) + longest <= max_length:
         return [prompt_ids + a for a in answer_ids], 0
     keep = max(0, max_length - longest)
-    prompt_ids = prompt_ids[len(prompt_ids) - keep:] if keep else []
-    seqs = [(prompt_ids + a)[:max_length] for a in answer_ids]
-    return seqs, sum(len(s) < len(pairs[0][0]) + len(a) for s, a in zip(seqs, answer_ids))
+    kept = prompt_ids[len(prompt_ids) - keep:] if keep else []
+    seqs = [(kept + a)[:max_length] for a in answer_ids]
+    return seqs, sum(len(s) < len(prompt_ids) + len(a) for s, a in zip(seqs, answer_ids))
 
 
 def pad_right(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
