@@ -419,6 +419,31 @@ def test_hh_spot_checks(hh_raw):
     assert odd.rejected.startswith("You mean a password, right?")
 
 
+def test_comparisons_are_demonstrations_of_their_preferred_answer(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": "p1", "chosen": "good", "rejected": "bad"},
+            {"prompt": "p2", "chosen": "judged better", "rejected": "judged worse", "prob_chosen": 0.8},
+            {"prompt": "p3", "chosen": "labelled first", "rejected": "more likely better", "prob_chosen": 0.3},
+            {"prompt": "p4", "completions": ["second", "best", "worst"], "ranking": [1, 0, 2]},
+            {"input_text": "p5", "candidate_0": "no", "candidate_1": "yes", "choice": 1},
+            {"chosen": HH_A, "rejected": "\n\nHuman: a\n\nAssistant: y"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    demos = load_demonstrations(path)
+    assert [(d.prompt, d.completion) for d in demos] == [
+        ("p1", "good"), ("p2", "judged better"), ("p3", "more likely better"), ("p4", "best"), ("p5", "yes"),
+        ("\n\nHuman: a\n\nAssistant:", "x")]
+    assert demos[3].source == f"{path}:4"
+
+
+def test_hh_as_demonstrations_skips_only_the_empty_preferred_answers(hh_raw):
+    with pytest.raises(DataError, match=r":87: field 'chosen': is empty: the labeller preferred no answer"):
+        load_demonstrations(HH_TEST)
+    demos = load_demonstrations(HH_TEST, skip_bad=True)
+    prefs = load_preferences(HH_TEST)
+    assert len(demos) == 2308 and demos.skipped == 4
+    assert [(d.prompt, d.completion) for d in demos] == [(p.prompt, p.chosen) for p in prefs if p.chosen]
+
+
 def test_hh_prompts(hh_raw):
     prompts = load_prompts(HH_TEST)
     assert len(prompts) == 2312
@@ -550,7 +575,10 @@ BAD_DEMONSTRATIONS = [
      "must be a message"),
     ({"text": ""}, "text", "is empty"),
     ({"text": 12}, "text", "must be text, got int"),
-    ({"title": "x"}, None, "accepted: chat (messages); prompt/completion (prompt, completion)"),
+    ({"title": "x"}, None, "accepted: chat (messages); a comparison's preferred answer (any comparison shape); "
+     "prompt/completion (prompt, completion); pretraining text (text)"),
+    ({"prompt": "p", "chosen": "a"}, "rejected", f"looks like the {NEEDS_TRL} shape"),
+    ({"chosen": "\n\nHuman: a\n\nAssistant:", "rejected": HH_A}, "chosen", "the labeller preferred no answer"),
 ]
 
 

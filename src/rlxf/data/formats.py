@@ -13,6 +13,9 @@ Demonstrations (:func:`load_demonstrations`, for SFT):
 - ``messages`` -- a chat whose last message is the assistant's answer; the earlier
   messages are the prompt.
 - ``text`` -- pretraining text: ``Demonstration(prompt="", completion=text)``.
+- any comparison shape below -- the demonstration of its preferred answer (``chosen``;
+  ``rejected`` where ``prob_chosen`` < 0.5; a ranking's best), so a preference file is
+  also SFT data.
 
 Comparisons (:func:`load_preferences` and :func:`load_comparisons`, for reward models):
 
@@ -156,7 +159,7 @@ class _Shape:
     parse: Callable[[dict, _Where], Any]  # returns one record
 
     def describe(self) -> str:
-        return f"{self.name} ({', '.join(self.needs)})"
+        return f"{self.name} ({', '.join(self.needs)})" if self.needs else self.name
 
 
 def _load(path, split: str | None, skip_bad: bool, shapes: list[_Shape]) -> Loaded:
@@ -411,8 +414,25 @@ def _parse_text(row: dict, where: _Where) -> Demonstration:
     return Demonstration("", _text(row["text"], "text", where), source=where.source)
 
 
+def _parse_preferred(row: dict, where: _Where) -> Demonstration:
+    """A comparison row as the demonstration of its preferred answer: ``chosen`` (the
+    other one where a soft label gives it less than even odds), a ranking's best."""
+    record = _detect(row, where, _COMPARISON_SHAPES).parse(row, where)
+    if isinstance(record, Ranking):
+        return Demonstration(record.prompt, record.ordered[0], source=where.source)
+    chosen = record.prob_chosen >= 0.5
+    answer, field = (record.chosen, "chosen") if chosen else (record.rejected, "rejected")
+    if not answer.strip():
+        raise where.error(field, "is empty: the labeller preferred no answer at all, which is no "
+                          "demonstration (data.skip_bad_rows=true skips such rows)")
+    return Demonstration(record.prompt, answer, source=where.source)
+
+
 _DEMONSTRATION_SHAPES = [
     _Shape("chat", ("messages",), ("messages",), _parse_chat),
+    _Shape("a comparison's preferred answer (any comparison shape)", (),
+           ("chosen", "rejected", "completions", "ranking", "candidate_0", "candidate_1", "choice"),
+           _parse_preferred),
     _Shape("prompt/completion", ("prompt", "completion"), ("prompt", "completion"),
            _parse_prompt_completion),
     _Shape("pretraining text", ("text",), ("text",), _parse_text),
