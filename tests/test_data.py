@@ -25,7 +25,7 @@ from rlxf.data import (
     render_prompt,
     write_jsonl,
 )
-from rlxf.errors import DataError
+from rlxf.errors import ConfigError, DataError
 
 # CI clones the repo as X/main with the shared data beside it in X/shared.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -690,5 +690,5 @@ def test_render_prompt_uses_chat_template(tmp_path, tiny_tokenizer):
 def test_render_prompt_without_chat_template(tiny_tokenizer):
     assert render_prompt("\n\nHuman: hi\n\nAssistant:", tiny_tokenizer) == \
         "\n\nHuman: hi\n\nAssistant:"
-    with pytest.raises(DataError, match="has no chat template"):
+    with pytest.raises(ConfigError, match="the data holds conversations .* has no chat template"):
         render_prompt((USER,), tiny_tokenizer)

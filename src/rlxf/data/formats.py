@@ -53,7 +53,7 @@ from typing import Any
 
 from rlxf.data.readers import iter_rows
 from rlxf.data.records import Demonstration, Preference, Prompt, Ranking
-from rlxf.errors import DataError
+from rlxf.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +123,11 @@ def render_prompt(prompt: Prompt, tokenizer: Any) -> str:
     """
     if isinstance(prompt, str):
         return prompt
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError(f"the prompt is a conversation, but the tokenizer "
-                        f"{type(tokenizer).__name__} has no chat template; use a chat model's "
-                        "tokenizer, set tokenizer.chat_template to a Jinja template, or use "
-                        "text prompts", field="prompt")
+    if not getattr(tokenizer, "chat_template", None):  # the same for every such row: not one row's fault
+        raise ConfigError(f"the data holds conversations (message lists), but the tokenizer "
+                          f"{type(tokenizer).__name__} has no chat template; use a chat model's tokenizer "
+                          "(model.tokenizer=...), set tokenizer.chat_template to a Jinja template, or use "
+                          "text prompts")
     return tokenizer.apply_chat_template(list(prompt), tokenize=False,
                                          add_generation_prompt=True)
 
