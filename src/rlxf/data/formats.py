@@ -420,8 +420,7 @@ def _parse_preferred(row: dict, where: _Where) -> Demonstration:
     record = _detect(row, where, _COMPARISON_SHAPES).parse(row, where)
     if isinstance(record, Ranking):
         return Demonstration(record.prompt, record.ordered[0], source=where.source)
-    chosen = record.prob_chosen >= 0.5
-    answer, field = (record.chosen, "chosen") if chosen else (record.rejected, "rejected")
+    answer, field = (record.chosen, "chosen") if record.prob_chosen >= 0.5 else (record.rejected, "rejected")
     if not answer.strip():
         raise where.error(field, "is empty: the labeller preferred no answer at all, which is no "
                           "demonstration (data.skip_bad_rows=true skips such rows)")
