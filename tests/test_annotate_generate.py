@@ -12,6 +12,7 @@ from annotate_helpers import sql
 from conftest import make_model
 
 from rlxf.config import load_config
+from rlxf.errors import ConfigError
 from rlxf.feedback.human import importer
 from rlxf.feedback.human.store import open_store
 
@@ -67,3 +68,20 @@ def test_generated_answers_become_tasks_naming_their_models(tmp_path, tokenizer,
     for prompt, answers, names in tasks:
         if models[1] in names:
             assert answers[names.index(models[1])] == by_prompt[prompt]
+
+
+def test_generate_limit_samples_for_the_first_prompts_only(tmp_path, tokenizer, one_thread):
+    folder = tmp_path / "gpt2"
+    make_model("gpt2", len(tokenizer), seed=0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    db = f"sqlite:///{tmp_path / 'gen.db'}"
+    summary = importer.run(load_config(importer.Config, None, [
+        f"database={db}", f"generate.models=[{folder}]", f"generate.prompts={prompts}", "generate.limit=2",
+        "generate.max_new_tokens=12"]))
+    asked = {json.loads(p) for (p,) in sql(open_store(db), "SELECT prompt FROM tasks")}
+    assert summary["added"] + summary["skipped_rows"] == 2 and asked <= set(PROMPTS[:2])
+    with pytest.raises(ConfigError, match="generate.limit must be >= 1"):
+        load_config(importer.Config, None, [f"generate.models=[{folder}]", f"generate.prompts={prompts}",
+                                            "generate.limit=0"])

@@ -14,6 +14,7 @@ from conftest import SENTENCES, make_model, write_jsonl
 from rlxf.config import load_config
 from rlxf.data.tokenize import encode_pair
 from rlxf.errors import ConfigError
+from rlxf.models import generation
 from rlxf.models.generation import generate
 from rlxf.models.loading import ModelConfig, fit_length, load_causal_lm, load_tokenizer, max_positions
 from rlxf.models.reward import (encode_answer, encode_answers, init_reward_model, shared_prefix_batch,
@@ -94,12 +95,14 @@ def test_shared_prefix_values_without_a_shared_token_is_token_values(tmp_path, t
     assert torch.equal(shared, plain)
 
 
-def test_generate_keeps_the_end_of_prompts_too_long_for_the_model(small, caplog):
+def test_generate_keeps_the_end_of_prompts_too_long_for_the_model(small, caplog, monkeypatch):
+    monkeypatch.setattr(generation, "_warned", set())
     model, tok = load_causal_lm(ModelConfig(name_or_path=str(small / "lm"))), load_tokenizer(str(small / "lm"))
     with caplog.at_level(logging.WARNING, logger="rlxf"):
         gens = generate(model, tok, [LONG_PROMPT, PROMPT], max_new_tokens=8, seed=0)
+        generate(model, tok, [LONG_PROMPT, PROMPT], max_new_tokens=8, seed=0)  # a second model of the same shape
     assert all(len(g.token_ids) <= 8 for g in gens)
-    assert "1 of 2 prompts were longer than the 16 tokens the model's 24 positions leave" in caplog.text
+    assert caplog.text.count("1 of 2 prompts were longer than the 16 tokens the model's 24 positions leave") == 1
     with pytest.raises(ConfigError, match=r"max_new_tokens \(24\) leaves no room for a prompt"):
         generate(model, tok, [PROMPT], max_new_tokens=24)
 

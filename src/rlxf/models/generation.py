@@ -53,10 +53,20 @@ def fit_prompts(encoded: list[list[int]], model, max_new_tokens: int) -> list[li
                           "positions; lower it")
     cut = sum(len(e) > room for e in encoded)
     if cut:
-        log.warning("%d of %d prompts were longer than the %d tokens the model's %d positions leave beside a "
-                    "%d-token answer, and lost tokens from their start", cut, len(encoded), room, limit,
-                    max_new_tokens)
+        _warn_once(f"{cut} of {len(encoded)} prompts were longer than the {room} tokens the model's {limit} positions "
+                   f"leave beside a {max_new_tokens}-token answer, and lost tokens from their start")
     return [e[-room:] for e in encoded]
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log ``message`` the first time only: an evaluation samples the same prompts from
+    two or three models of one shape, and one warning says it for all of them."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 @torch.no_grad()

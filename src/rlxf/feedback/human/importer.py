@@ -38,6 +38,8 @@ class GenerateConfig:
     """Causal LMs to sample answers from (local folders or hub ids); empty: no sampling."""
     prompts: str | None = None
     """File of prompts (any shape rlxf.data.load_prompts reads)."""
+    limit: int | None = None
+    """Sample for the first N prompts of the file only (null: every prompt)."""
     answers_per_prompt: int = 2
     """K: answers per prompt, taken in turn from each model (2 = pairwise tasks)."""
     max_new_tokens: int = 128
@@ -66,6 +68,8 @@ class GenerateConfig:
                               f"answers), got {self.answers_per_prompt}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ConfigError("generate.max_new_tokens and generate.batch_size must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"generate.limit must be >= 1 or null, got {self.limit}")
 
 
 @dataclass
@@ -132,7 +136,7 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int
     from rlxf.models.generation import generate  # imports torch: only when sampling
     from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
 
-    prompts = list(load_prompts(cfg.prompts))
+    prompts = list(load_prompts(cfg.prompts))[:cfg.limit]
     answers: list[list[tuple[str, str]]] = [[] for _ in prompts]  # per prompt: (text, model)
     for m, name in enumerate(cfg.models):
         count = len(range(m, cfg.answers_per_prompt, len(cfg.models)))  # turns of model m
