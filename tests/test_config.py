@@ -98,7 +98,7 @@ def test_a_run_made_before_a_key_existed_resumes_when_the_key_keeps_its_default(
     from rlxf.runs import Run
 
     cfg = load_config(sft.Config, overrides=[f"out={tmp_path / 'run'}", "model.name_or_path=m", "data.train=t.jsonl"])
-    Run.open(cfg.out, cfg)
+    Run.open(cfg.out, cfg).log(1, {"loss": 1.0})  # the run has begun
     saved = tmp_path / "run" / "config.yaml"
     old = yaml.safe_load(saved.read_text())
     del old["mixed_precision"], old["model"]["lora"]["r"]  # as written by an older rlxf
@@ -110,6 +110,43 @@ def test_a_run_made_before_a_key_existed_resumes_when_the_key_keeps_its_default(
                                                  "data.train=t.jsonl", "mixed_precision=bf16", "model.lora.r=4"])
     with pytest.raises(ConfigError, match=r"different config \(mixed_precision, model.lora.r changed\)"):
         Run.open(changed.out, changed)
+
+
+def test_a_resumed_run_may_change_only_what_cannot_change_its_results(tmp_path):
+    import yaml
+
+    from rlxf.feedback.ai import label
+    from rlxf.runs import Run
+
+    def cfg(*more):
+        return load_config(label.Config, overrides=[f"out={tmp_path / 'run'}", "data=pairs.jsonl", "judge.model=m",
+                                                    *more])
+
+    Run.open(cfg().out, cfg())
+    Run.open(cfg().out, cfg("template=harmless"))  # nothing saved yet: a new config is taken
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["template"] == "harmless"
+    (tmp_path / "run" / "judge_cache.sqlite").write_bytes(b"")  # now it has begun
+    relaxed = cfg("template=harmless", "progress=false", "judge.concurrency=2", "judge.max_retries=9",
+                  "judge.timeout=5")
+    Run.open(relaxed.out, relaxed)
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["judge"]["max_retries"] == 9
+    with pytest.raises(ConfigError, match=r"different config \(template changed\)"):
+        Run.open(cfg().out, cfg())
+
+
+def test_metrics_rows_leave_out_a_last_line_cut_short_and_name_a_bad_line(tmp_path, caplog):
+    from rlxf.errors import DataError
+    from rlxf.evaluate.curves import read_metrics
+    from rlxf.runs import read_metrics_rows
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert read_metrics_rows(path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    assert "metrics.jsonl:3: the last line is cut short" in caplog.text
+    assert read_metrics(path)["loss"].tolist() == [2.0, 1.5]
+    path.write_text('{"step": 1}\n{"step": 2, \n{"step": 3}\n')
+    with pytest.raises(DataError, match=r"metrics\.jsonl:2: not valid JSON"):
+        read_metrics_rows(path)
 
 
 def test_yaml_booleans_read_as_the_literal_choice_written(tmp_path):

@@ -158,6 +158,21 @@ def test_read_rows_bad_files(tmp_path, name, content, fragment):
     assert fragment in str(e.value)
 
 
+def test_read_rows_damaged_gzip_names_the_file_and_the_last_line_read(tmp_path):
+    rows = [{"prompt": f"q{i}", "answer": "x" * 300 + str(i)} for i in range(200)]
+    whole = Path(write_as("jsonl.gz", tmp_path, rows)).read_bytes()
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole[:len(whole) // 2])
+    read = []
+    with pytest.raises(DataError, match=r"cut\.jsonl\.gz: the gzip data is cut short or damaged after line (\d+)") as e:
+        read.extend(read_rows(cut))
+    assert 0 < len(read) < 200 and f"after line {len(read)} " in str(e.value)
+    plain = tmp_path / "plain.jsonl.gz"
+    plain.write_text('{"prompt": "p"}\n')
+    with pytest.raises(DataError, match=r"plain\.jsonl\.gz: not a gzip file; drop the \.gz suffix"):
+        list(read_rows(plain))
+
+
 def test_read_rows_folder_that_is_not_a_dataset(tmp_path):
     with pytest.raises(DataError, match="not one saved by datasets' save_to_disk"):
         read_rows(tmp_path)

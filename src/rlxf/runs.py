@@ -9,7 +9,10 @@
 
 Re-running the same command on the same ``OUT`` resumes from the newest checkpoint:
 ``metrics.jsonl`` is cut back to that step, so a resumed run's log reads exactly like
-an uninterrupted one.
+an uninterrupted one. A re-run may change only the keys that cannot change a result
+(:data:`NO_EFFECT`: progress bars, a judge server's concurrency, timeouts and retries);
+a run that stopped before it saved anything (a data error at the first row, say) takes
+any new config.
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ from typing import Any
 import yaml
 
 from rlxf.config import to_dict
-from rlxf.errors import ConfigError
+from rlxf.errors import ConfigError, DataError
 
 log = logging.getLogger("rlxf")
 
 _STEP_DIR = "step-{:06d}"
+
+NO_EFFECT = frozenset({"progress", "concurrency", "timeout", "max_retries", "api_key_env"})
+"""Config keys (the last part of a dotted key) that change how a run goes, never what
+it computes: a resumed run may set them differently."""
 
 
 class Run:
@@ -48,9 +55,9 @@ class Run:
         run = cls(Path(out))
         resolved = to_dict(config)
         config_path = run.out / "config.yaml"
-        if config_path.exists():
+        if config_path.exists() and run.started:
             previous = yaml.safe_load(config_path.read_text()) or {}
-            changed = _diff(previous, resolved, _defaults(config))
+            changed = [k for k in _diff(previous, resolved, _defaults(config)) if k.rpartition(".")[2] not in NO_EFFECT]
             if changed:
                 raise ConfigError(
                     f"{run.out} holds a run with a different config ({', '.join(changed[:5])} changed); "
@@ -60,6 +67,14 @@ class Run:
         return run
 
     # -- completion ---------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """Whether the run saved anything beside its config: metrics, a checkpoint, or a
+        file of its own (a cache, outputs)."""
+        if self.checkpoints.exists() and any(self.checkpoints.iterdir()):
+            return True
+        return any(p.name not in ("config.yaml", "checkpoints") for p in self.out.iterdir())
 
     @property
     def complete(self) -> bool:
@@ -80,9 +95,7 @@ class Run:
             fh.write(json.dumps(row) + "\n")
 
     def metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return read_metrics_rows(self.metrics_path)
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop rows logged after ``after_step`` (they were written after the checkpoint we resume from)."""
@@ -111,6 +124,30 @@ class Run:
         for old in done[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+
+def read_metrics_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` (``[]`` if there is none). A last line cut short
+    (the process was killed while writing it) is left out with a warning; a bad line
+    anywhere else is a :class:`DataError` naming it."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):
+                log.warning("%s:%d: the last line is cut short (a run killed while writing it); left out",
+                            path, number)
+                break
+            raise DataError(f"not valid JSON: {e}; each line of metrics.jsonl is one step's JSON object",
+                            path=str(path), line=number) from None
+    return rows
 
 
 def checkpoint_step(path: Path) -> int:

@@ -22,6 +22,7 @@ import gzip
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -123,10 +124,11 @@ def _parse_split(path: str, split: str | None) -> tuple[str, str | None]:
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[int, dict | DataError]]:
-    opener = gzip.open if path.lower().endswith(".gz") else open
+    gzipped = path.lower().endswith(".gz")
+    opener = gzip.open if gzipped else open
     # Read bytes and decode line by line, so bad UTF-8 is reported with its line too.
     with opener(path, "rb") as f:
-        for line, raw in enumerate(f, 1):
+        for line, raw in enumerate(_gzip_checked(f, path) if gzipped else f, 1):
             try:
                 text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
             except UnicodeDecodeError as e:
@@ -143,6 +145,24 @@ def _read_jsonl(path: str) -> Iterator[tuple[int, dict | DataError]]:
                 row = DataError(f"a JSON {type(row).__name__}, not an object; {_ONE_OBJECT}",
                                 path=path, line=line)
             yield line, row
+
+
+def _gzip_checked(f, path: str) -> Iterator[bytes]:
+    """The lines of the gzip file ``f``; a file that is not gzip, or is cut short, is a
+    :class:`DataError` (naming the last line read), not a bare ``EOFError``."""
+    line = 0
+    while True:
+        try:
+            raw = f.readline()
+        except gzip.BadGzipFile:
+            raise DataError("not a gzip file; drop the .gz suffix if it is plain JSONL", path=path) from None
+        except (EOFError, OSError, zlib.error) as e:
+            raise DataError(f"the gzip data is cut short or damaged after line {line} ({e}); download or "
+                            "compress the file again", path=path) from None
+        if not raw:
+            return
+        line += 1
+        yield raw
 
 
 def _read_json_list(path: str) -> Iterator[tuple[int, dict | DataError]]:

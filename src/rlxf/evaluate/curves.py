@@ -27,7 +27,6 @@ pyplot, so no global backend is switched), imported only when a figure is drawn.
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -262,8 +261,9 @@ def read_metrics(path: str | Path):
     """``metrics.jsonl`` as a pandas DataFrame, one row per logged step, sorted by step."""
     import pandas as pd
 
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    frame = pd.DataFrame(rows)
+    from rlxf.runs import read_metrics_rows
+
+    frame = pd.DataFrame(read_metrics_rows(path))
     return frame.sort_values("step", kind="stable").reset_index(drop=True) if "step" in frame else frame
 
 
