@@ -130,3 +130,32 @@ def test_training_does_not_import_the_trainer_stack():
             "print('peft' in sys.modules, 'transformers.trainer_utils' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_reward_model_whose_tokenizer_pads_with_eos_scores_as_plain_transformers_does(tmp_path, tokenizer):
+    """Without a pad token rlxf pads with EOS; the HF head reads the last token that is
+    not padding, so a reward input ending in EOS would be read one token early there."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    from rlxf.models.reward import encode_answer, init_reward_model, raw_score, reward_inputs
+
+    no_pad = copy.deepcopy(tokenizer)
+    no_pad.pad_token = None
+    make_model("gpt2", len(tokenizer)).save_pretrained(tmp_path / "lm")
+    no_pad.save_pretrained(tmp_path / "lm")
+    tok = load_tokenizer(str(tmp_path / "lm"))
+    assert tok.pad_token_id == tok.eos_token_id  # rlxf's choice for a tokenizer without one
+    init_reward_model(ModelConfig(name_or_path=str(tmp_path / "lm"))).save_pretrained(tmp_path / "rm")
+    ids, _ = encode_answer("the fox is", "red .", tok)
+    assert ids[-1] != tok.eos_token_id  # the input ends at the answer's last token
+
+    prompts, answers = ["the fox is", "two plus three is"], ["red .", "five , and the owl lives in the wood ."]
+    batch = reward_inputs(prompts, answers, tok)
+    assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()  # row 0 is padded
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    with torch.no_grad():
+        theirs = plain(**batch).logits[:, 0]
+        ours = raw_score(init_reward_model(ModelConfig(name_or_path=str(tmp_path / "rm"))).eval(), **batch)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)

@@ -4,7 +4,10 @@ A reward model is ``AutoModelForSequenceClassification`` with ``num_labels=1`` b
 from a causal-LM checkpoint: the backbone's weights are loaded and a new linear
 ``score`` head maps each position's last hidden state to a number. The reward of
 ``prompt + separator + answer + EOS`` is that number at the last real token
-(InstructGPT §3.5: "a scalar reward" from the final token).
+(InstructGPT §3.5: "a scalar reward" from the final token). Where the tokenizer pads
+with its EOS token (rlxf's choice for one without a pad token), the input ends at the
+answer's last token instead: plain ``transformers`` reads the score at the last token
+that is not padding, and would take an ending EOS for padding.
 
 Normalisation (InstructGPT §3.5: "we normalize the reward model using a bias so that
 the labeler demonstrations achieve a mean score of 0") is stored in the saved
@@ -129,9 +132,12 @@ def encode_answers(prompt: Prompt, answers: list[str], tokenizer, *, separator: 
     Too long: the prompt loses tokens from its start, the same number for every answer
     (answers are compared in the same context), as many as the longest answer needs;
     then each answer loses tokens from its end (a cut answer keeps no EOS: it did not
-    end within ``max_length``).
+    end within ``max_length``). A tokenizer that pads with EOS gets no EOS at the end
+    (see the module's doc), so every reader of the saved model scores the same token.
     """
     ended = [True] * len(answers) if ended is None else ended
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        ended = [False] * len(answers)
     pairs = [encode_pair(prompt, a, tokenizer, separator) for a in answers]  # the same prompt ids in each
     prompt_ids = pairs[0][0] if pairs else []
     answer_ids = [a if e else a[:-1] for (_, a), e in zip(pairs, ended)]
