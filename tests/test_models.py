@@ -23,11 +23,46 @@ def test_tiny_architectures_round_trip(tmp_path, tokenizer, arch):
     assert not list((tmp_path / "src").glob("*.bin")), "weights must be safetensors"
 
 
-def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot load a causal LM from"):
-        load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "nothing-here")))
-    with pytest.raises(ConfigError, match="cannot load a tokenizer from"):
-        load_tokenizer(str(tmp_path / "nothing-here"))
+def test_missing_checkpoint_is_a_clear_error(tmp_path, tokenizer):
+    missing = str(tmp_path / "nothing-here")
+    with pytest.raises(ConfigError, match=f"no folder '{missing}' for the model \\(current folder: "):
+        load_causal_lm(ModelConfig(name_or_path=missing))
+    with pytest.raises(ConfigError, match=f"no folder '{missing}' for the tokenizer"):
+        load_tokenizer(missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"empty' holds no model \(no config.json or adapter_config.json\)"):
+        load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "empty")))
+    with pytest.raises(ConfigError, match=r"empty' holds no tokenizer \(no tokenizer.json or"):
+        load_tokenizer(str(tmp_path / "empty"))
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="is a file; give the folder that save_pretrained wrote"):
+        load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "weights.safetensors")))
+    # a folder with a tokenizer but no model names what is missing, not a tokenizers traceback
+    tokenizer.save_pretrained(tmp_path / "tok-only")
+    assert load_tokenizer(str(tmp_path / "tok-only")).eos_token is not None
+    with pytest.raises(ConfigError, match="holds no model"):
+        load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "tok-only")))
+
+
+def test_lora_targets_the_model_lacks_name_the_layers_it_has():
+    with pytest.raises(ConfigError, match=r"target_modules=\['q_proj'\] matches no layer of GPT2LMHeadModel; "
+                                          r"its linear layers are \['c_attn', 'c_fc', 'c_proj', 'lm_head'\]"):
+        add_lora(make_model("gpt2", 64), LoraConfig(enabled=True, target_modules=["q_proj"]))
+    with pytest.raises(ConfigError, match="lora.target_modules is an empty list"):
+        LoraConfig(target_modules=[]).validate()
+
+
+def test_a_device_this_machine_lacks_is_a_config_error():
+    from rlxf.training import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"device='gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"):
+        resolve_device("gpu")
+    with pytest.raises(ConfigError, match="rlxf runs on cpu, cuda or mps, not meta"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"device=cuda:0: this PyTorch .* use device=cpu"):
+            resolve_device("cuda:0")
 
 
 def test_trust_remote_code_is_off_by_default():
@@ -148,6 +183,7 @@ def test_a_reward_model_whose_tokenizer_pads_with_eos_scores_as_plain_transforme
     tok = load_tokenizer(str(tmp_path / "lm"))
     assert tok.pad_token_id == tok.eos_token_id  # rlxf's choice for a tokenizer without one
     init_reward_model(ModelConfig(name_or_path=str(tmp_path / "lm"))).save_pretrained(tmp_path / "rm")
+    no_pad.save_pretrained(tmp_path / "rm")
     ids, _ = encode_answer("the fox is", "red .", tok)
     assert ids[-1] != tok.eos_token_id  # the input ends at the answer's last token
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,9 @@ class LoraConfig:
             raise ConfigError(f"lora.r must be ≥ 1, got {self.r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.target_modules is not None and not self.target_modules:
+            raise ConfigError("lora.target_modules is an empty list; name modules (e.g. [q_proj,v_proj]) or "
+                              "leave it null for every linear layer")
 
 
 @dataclass(kw_only=True)
@@ -73,10 +77,11 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remo
     """A tokenizer with a pad token (the EOS token when the checkpoint has none)."""
     from transformers import AutoTokenizer
 
+    name_or_path = checkpoint(name_or_path, "tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise ConfigError(f"cannot load a tokenizer from '{name_or_path}': {err}") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load a tokenizer from '{name_or_path}': {_where(name_or_path)}{err}") from None
     if tok.eos_token is None:
         raise ConfigError(f"the tokenizer at '{name_or_path}' has no EOS token; rlxf needs one to end answers")
     if tok.pad_token is None:
@@ -95,14 +100,42 @@ def load_causal_lm(cfg: ModelConfig, *, path: str | None = None):
     """The causal LM of ``cfg`` (or the one at ``path``, with ``cfg``'s dtype and trust settings)."""
     from transformers import AutoModelForCausalLM
 
-    name = path or cfg.name_or_path
+    name = checkpoint(path or cfg.name_or_path, "model")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=_torch_dtype(cfg.dtype), revision=None if path else cfg.revision,
             trust_remote_code=cfg.trust_remote_code)
     except OSError as err:
-        raise ConfigError(f"cannot load a causal LM from '{name}': {err}") from None
+        raise ConfigError(f"cannot load a causal LM from '{name}': {_where(name)}{err}") from None
     return fuse_gelu(model)
+
+
+def checkpoint(name: str, what: str) -> str:
+    """``name`` unchanged when it is a folder here or could be a hub id ('gpt2',
+    'org/model'); a path to nothing, or a folder without a ``config.json`` (a model, or
+    a peft adapter's) or any tokenizer file, is a :class:`ConfigError` now, before
+    ``from_pretrained`` asks the hub for it."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        wanted = ("config.json", "adapter_config.json") if what == "model" else _TOKENIZER_FILES
+        if not any((path / f).exists() for f in wanted):
+            raise ConfigError(f"'{name}' holds no {what} (no {' or '.join(wanted)}); give the folder that "
+                              "save_pretrained wrote")
+        return name
+    if path.exists():
+        raise ConfigError(f"'{name}' is a file; give the folder that save_pretrained wrote for the {what}")
+    if name.startswith(("/", ".", "~")) or name.endswith("/") or name.count("/") > 1 or "\\" in name:
+        raise ConfigError(f"no folder '{name}' for the {what} (current folder: {os.getcwd()})")
+    return name
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
+                    "tekken.json")
+
+
+def _where(name: str) -> str:
+    """The start of a load error for a name that is not a local folder: it was tried as a hub id."""
+    return "" if Path(name).expanduser().is_dir() else f"no such folder here ({os.getcwd()}), and as a hub id: "
 
 
 def base_model(model):
@@ -242,11 +275,28 @@ def disable_dropout(model) -> None:
 def add_lora(model, lora: LoraConfig):
     """Wrap ``model`` with a fresh LoRA adapter; only the adapter's weights will train."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
 
     peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=lora.target_modules or "all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_cfg)
+    return peft_model(model, peft_cfg)
+
+
+def peft_model(model, peft_cfg):
+    """``peft.get_peft_model``; target modules the model lacks are a :class:`ConfigError`
+    naming the linear layers it has."""
+    import torch
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_cfg)
+    except ValueError as err:
+        if "target_modules" not in str(err) and "not found in the base model" not in str(err):
+            raise
+        linear = sorted({name.rpartition(".")[2] for name, m in model.named_modules()
+                         if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"})
+        raise ConfigError(f"model.lora.target_modules={list(peft_cfg.target_modules)} matches no layer of "
+                          f"{type(model).__name__}; its linear layers are {linear} (or leave target_modules "
+                          "null for all of them)") from None
 
 
 def save_model(model, tokenizer, out: str | Path, *, merge_lora: bool = True) -> Path:

@@ -30,8 +30,8 @@ import torch
 from rlxf.data.records import Prompt
 from rlxf.data.tokenize import encode_pair
 from rlxf.errors import ConfigError
-from rlxf.models.loading import (LoraConfig, ModelConfig, _torch_dtype, base_model, disable_dropout, fuse_gelu,
-                                 load_model_tokenizer, max_positions)
+from rlxf.models.loading import (LoraConfig, ModelConfig, _torch_dtype, base_model, checkpoint, disable_dropout,
+                                 fuse_gelu, load_model_tokenizer, max_positions, peft_model)
 
 NORMALIZATION_KEY = "rlxf_reward_normalization"
 
@@ -53,7 +53,7 @@ def init_reward_model(cfg: ModelConfig):
     tokenizer = load_model_tokenizer(cfg)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            cfg.name_or_path, num_labels=1, dtype=_torch_dtype(cfg.dtype), revision=cfg.revision,
+            checkpoint(cfg.name_or_path, "model"), num_labels=1, dtype=_torch_dtype(cfg.dtype), revision=cfg.revision,
             trust_remote_code=cfg.trust_remote_code, output_loading_info=True)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot build a reward model from '{cfg.name_or_path}': {err}") from None
@@ -76,7 +76,7 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+            checkpoint(str(path), "model"), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load a reward model from '{path}': {err}") from None
     if model.config.num_labels != 1:
@@ -89,12 +89,11 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_
 def add_reward_lora(model, lora: LoraConfig):
     """Wrap ``model`` with a LoRA adapter; the ``score`` head stays fully trainable (and is saved)."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
 
     peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=lora.target_modules or "all-linear", task_type="SEQ_CLS",
                               modules_to_save=["score"])
-    return get_peft_model(model, peft_cfg)
+    return peft_model(model, peft_cfg)
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -135,6 +135,7 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int
     """
     from rlxf.models.generation import generate  # imports torch: only when sampling
     from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
+    from rlxf.training import resolve_device
 
     prompts = list(load_prompts(cfg.prompts))[:cfg.limit]
     answers: list[list[tuple[str, str]]] = [[] for _ in prompts]  # per prompt: (text, model)
@@ -148,7 +149,7 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int
                                    padding_side="left")
         model = load_causal_lm(ModelConfig(name_or_path=name, dtype=cfg.dtype,
                                            trust_remote_code=cfg.trust_remote_code))
-        model.to(cfg.device)
+        model.to(resolve_device(cfg.device))
         for turn in range(count):
             out = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, top_p=cfg.top_p,
