@@ -283,6 +283,21 @@ def with_sources(records: list, path: str, lines: list[int]) -> list:
     return [dataclasses.replace(r, source=f"{path}:{n}") for r, n in zip(records, lines)]
 
 
+def test_ultrafeedback_rows_take_the_shared_messages_as_the_prompt(tmp_path):
+    user = {"role": "user", "content": "How do I boil rice?"}
+    row = {"prompt": "How do I boil rice?", "score_chosen": 8.0,
+           "chosen": [user, {"role": "assistant", "content": "Boil water first."}],
+           "rejected": [user, {"role": "assistant", "content": "No idea."}]}
+    [pair] = load_preferences(write_raw_jsonl(tmp_path / "uf.jsonl", [row]))
+    assert (pair.prompt, pair.chosen, pair.rejected) == ((user,), "Boil water first.", "No idea.")
+
+
+def test_demonstrations_given_as_comparisons_say_so(tmp_path):
+    for row in ({"prompt": "p", "completion": "c"}, {"text": "t"}):
+        with pytest.raises(DataError, match="It is demonstration data \\(what `rlxf sft` reads\\)"):
+            load_preferences(write_raw_jsonl(tmp_path / "d.jsonl", [row]))
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("case", list(PREFERENCE_CASES))
 def test_preference_shapes(tmp_path, fmt, case):
@@ -523,6 +538,11 @@ BAD_COMPARISONS = [
     ({"chosen": HH_A, "rejected": "\n\nHuman: b\n\nAssistant: y"}, "rejected",
      "shares no prefix with chosen"),
     ({"chosen": HH_A, "rejected": HH_A}, "rejected", "identical"),
+    ({"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: rice?\n\nAssistant: boil it",
+      "rejected": "\n\nHuman: hi\n\nAssistant: go away\n\nHuman: rice?\n\nAssistant: no"}, "chosen",
+     "goes on past its answer"),  # the dialogues part before their last turn
+    ({"chosen": HH_A + "\n\nHuman: thanks", "rejected": "\n\nHuman: a\n\nAssistant: y"}, "chosen",
+     "goes on past its answer"),
     ({"chosen": HH_A, "rejected": [USER, assistant("x")]}, "rejected",
      "must both be dialogue text (Anthropic HH) or both message lists; got str and list"),
     ({"chosen": [USER, assistant("x")], "rejected": [SYSTEM, assistant("y")]}, "rejected",

@@ -20,7 +20,9 @@ Demonstrations (:func:`load_demonstrations`, for SFT):
 Comparisons (:func:`load_preferences` and :func:`load_comparisons`, for reward models):
 
 - TRL: ``prompt``, ``chosen``, ``rejected`` -- text, or a prompt message list with
-  ``chosen``/``rejected`` each a list of one assistant message.
+  ``chosen``/``rejected`` each a list of one assistant message, or (UltraFeedback as the
+  H4 binarized sets give it) ``chosen``/``rejected`` each the whole conversation, whose
+  shared messages are the prompt.
 - Vertex AI: ``input_text``, ``candidate_0``, ``candidate_1``, ``choice`` -- ``choice``
   (0 or 1) is the index of the preferred candidate.
 - Implicit prompt: only ``chosen`` and ``rejected``, two versions of one conversation
@@ -190,10 +192,21 @@ def _detect(row: dict, where: _Where, shapes: list[_Shape]) -> _Shape:
             missing = [field for field in shape.needs if field not in row]
             if missing:
                 raise where.error(missing[0], f"missing or null; the row looks like the "
-                                  f"{shape.describe()} shape (missing: {', '.join(missing)})")
+                                  f"{shape.describe()} shape (missing: {', '.join(missing)})"
+                                  f"{_other_kind(row, shapes)}")
             return shape
     accepted = "; ".join(shape.describe() for shape in shapes)
-    raise where.error(None, f"no known shape in fields {sorted(row)}; accepted: {accepted}")
+    raise where.error(None, f"no known shape in fields {sorted(row)}; accepted: {accepted}{_other_kind(row, shapes)}")
+
+
+def _other_kind(row: dict, shapes: list[_Shape]) -> str:
+    """A hint when ``row`` is data of another kind: demonstrations given where comparisons
+    are read, say."""
+    if shapes is _COMPARISON_SHAPES and ({"completion", "text"} & set(row) or
+                                         ("messages" in row and "chosen" not in row)):
+        return (". It is demonstration data (what `rlxf sft` reads); a reward model learns from comparisons: "
+                "prompt/chosen/rejected, rankings or Vertex AI candidates (rlxf label or rlxf annotate make them)")
+    return ""
 
 
 # --- field checks -----------------------------------------------------------------------
@@ -270,9 +283,20 @@ def _preference(row: dict, where: _Where, prompt: Prompt, chosen: str, rejected:
 # --- comparison shapes ----------------------------------------------------------------
 
 def _parse_trl(row: dict, where: _Where) -> Preference:
+    chosen, rejected = row["chosen"], row["rejected"]
+    if _whole_conversation(chosen) and _whole_conversation(rejected):
+        # UltraFeedback-style rows: a prompt, and answers given as the whole conversation;
+        # the conversation's shared messages are the prompt (the prompt field repeats them)
+        messages, chosen_text, rejected_text = _split_conversations(chosen, rejected, where)
+        return _preference(row, where, messages, chosen_text, rejected_text)
     return _preference(row, where, _prompt(row["prompt"], "prompt", where),
-                       _answer(row["chosen"], "chosen", where),
-                       _answer(row["rejected"], "rejected", where))
+                       _answer(chosen, "chosen", where), _answer(rejected, "rejected", where))
+
+
+def _whole_conversation(value: Any) -> bool:
+    """A message list that opens with a user or system message (not a lone answer)."""
+    return (isinstance(value, (list, tuple)) and len(value) > 1 and isinstance(value[0], dict)
+            and value[0].get("role") in ("user", "system"))
 
 
 def _parse_vertex(row: dict, where: _Where) -> Preference:
@@ -303,7 +327,9 @@ def _split_hh(chosen: str, rejected: str, where: _Where) -> tuple[str, str, str]
 
     The answers may be empty: in HH an empty final Assistant turn is a real label (the
     labeller preferred saying nothing to a harmful answer); the harmless-base test split
-    has four such rows.
+    has four such rows. An answer may not hold a Human turn: dialogues that part before
+    their last turn are not one comparison. (An answer may hold the text "Assistant:":
+    row 1255 of that split has a model answer that wrote one.)
     """
     for field, dialogue in (("chosen", chosen), ("rejected", rejected)):
         if ASSISTANT_TURN not in dialogue:
@@ -315,6 +341,11 @@ def _split_hh(chosen: str, rejected: str, where: _Where) -> tuple[str, str, str]
         raise where.error("rejected", "shares no prefix with chosen up to an Assistant turn; "
                           "both must be the same dialogue with different final answers")
     end += len(ASSISTANT_TURN)
+    for field, dialogue in (("chosen", chosen), ("rejected", rejected)):
+        if HUMAN_TURN in dialogue[end:]:
+            raise where.error(field, "goes on past its answer (a Human turn after the last Assistant turn it shares "
+                              "with the other dialogue); chosen and rejected must be the same dialogue with "
+                              "different final Assistant answers")
     return chosen[:end], chosen[end:].lstrip(), rejected[end:].lstrip()
 
 
