@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,7 +56,7 @@ class Config:
     reward_model: str | None = None
     """A trained reward model to use instead of training one."""
     instruction: str | None = None
-    """Text put before every prompt (a task instruction, as in managed RLHF services)."""
+    """Text put before every prompt of every stage's data (a task instruction, as in managed RLHF services)."""
     seed: int = 0
     """Seed for every stage."""
     kl_coeff: float = 0.05
@@ -97,12 +97,19 @@ class Config:
             raise ConfigError("give demonstrations (SFT data) or sft_model (an SFT model to start from)")
         if self.reward_model is None and self.preferences is None and self.labeller == "none":
             raise ConfigError("give preferences, a labeller to make them, or reward_model (a trained one)")
+        if self.instruction and self.labeller == "tinyworld" and self.preferences is None and self.reward_model is None:
+            raise ConfigError("instruction cannot reach the comparisons labeller 'tinyworld' samples on its own "
+                              "prompts; give preferences or reward_model, or drop the instruction")
         if self.kl_coeff < 0:
             raise ConfigError(f"kl_coeff must be ≥ 0, got {self.kl_coeff}")
         for name in ("sft_train_steps", "reward_model_train_steps", "reinforcement_learning_train_steps",
                      "prompt_sequence_length", "target_sequence_length", "eval_n"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        for name in ("sft_learning_rate_multiplier", "reward_model_learning_rate_multiplier",
+                     "reinforcement_learning_rate_multiplier"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 def run(cfg: Config) -> dict:
@@ -117,18 +124,20 @@ def run_stages(cfg: Config) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.yaml").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    _check_stage_configs(cfg, out)
     seconds: dict[str, float] = {}
-    prompts, eval_prompts = _with_instruction(cfg, out)
+    files = _with_instruction(cfg, out)
+    prompts, eval_prompts = files["prompts"], files["eval_prompts"]
 
     timer = Timer()
     sft_model, sft_summary = cfg.sft_model, None
     if sft_model is None:
-        sft_summary = _sft(cfg, out / "sft")
+        sft_summary = _sft(cfg, files["demonstrations"], out / "sft")
         sft_model = sft_summary["final"]
     seconds["sft"] = timer.elapsed()
 
     timer = Timer()
-    pref_summary, preferences, pref_eval = None, cfg.preferences, None
+    pref_summary, preferences, pref_eval = None, files["preferences"], None
     if cfg.reward_model is None and preferences is None:
         pref_summary = _tinyworld_preferences(cfg, sft_model, out / "preferences")
         preferences = pref_summary["files"]["rankings_train"]
@@ -163,22 +172,43 @@ def run_stages(cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------- stages
 
-def _stage_config(module, base: dict, extra: dict) -> Any:
+def _stage_config(module, base: dict, extra: dict, section: str) -> Any:
     """The stage's config from the pipeline's values, then the user's ``sft.*``/``reward.*``/``ppo.*``."""
     merged = _merge(base, extra)
-    return from_dict(module.Config, merged)
+    try:
+        return from_dict(module.Config, merged)
+    except ConfigError as err:
+        raise ConfigError(f"in the pipeline's '{section}' section: {err}") from None
 
 
-def _sft(cfg: Config, out: Path) -> dict:
+def _check_stage_configs(cfg: Config, out: Path) -> None:
+    """Build every stage's config before any stage runs, so a mistake in the ``ppo``
+    section stops the pipeline now, not after SFT and the reward model have trained.
+    Models and files later stages get from earlier ones are stand-ins here."""
+    later = str(out / "<made by an earlier stage>")
+    if cfg.sft_model is None:
+        _sft_config(cfg, cfg.demonstrations or later, out / "sft")
+    if cfg.reward_model is None:
+        _reward_config(cfg, later, cfg.preferences or later, None, out / "reward")
+    _ppo_config(cfg, later, later, cfg.prompts, cfg.eval_prompts, out / "ppo")
+
+
+def _sft_config(cfg: Config, demonstrations: str, out: Path):
     from rlxf.stages import sft
 
     stage = _stage_config(sft, {
         "out": str(out), "seed": cfg.seed, "max_steps": cfg.sft_train_steps, "progress": cfg.progress,
         "model": {"name_or_path": cfg.base_model},
-        "data": {"train": cfg.demonstrations, "max_length": cfg.prompt_sequence_length + cfg.target_sequence_length},
-    }, cfg.sft)
+        "data": {"train": demonstrations, "max_length": cfg.prompt_sequence_length + cfg.target_sequence_length},
+    }, cfg.sft, "sft")
     stage.lr *= cfg.sft_learning_rate_multiplier
-    return sft.run(stage)
+    return stage
+
+
+def _sft(cfg: Config, demonstrations: str, out: Path) -> dict:
+    from rlxf.stages import sft
+
+    return sft.run(_sft_config(cfg, demonstrations, out))
 
 
 RUN_MODELS = ("run:base", "run:sft")
@@ -198,7 +228,7 @@ def _tinyworld_preferences(cfg: Config, sft_model: str, out: Path) -> dict:
         "progress": cfg.progress, **settings}))
 
 
-def _reward(cfg: Config, sft_model: str, train: str, heldout: str | None, out: Path) -> dict:
+def _reward_config(cfg: Config, sft_model: str, train: str, heldout: str | None, out: Path):
     from rlxf.stages import reward
 
     extra = {k: v for k, v in cfg.reward.items() if k != "tinyworld"}
@@ -208,12 +238,24 @@ def _reward(cfg: Config, sft_model: str, train: str, heldout: str | None, out: P
     stage = _stage_config(reward, {
         "out": str(out), "seed": cfg.seed, "max_steps": cfg.reward_model_train_steps, "progress": cfg.progress,
         "model": {"name_or_path": sft_model}, "data": data,
-    }, extra)
+    }, extra, "reward")
     stage.lr *= cfg.reward_model_learning_rate_multiplier
-    return reward.run(stage)
+    return stage
+
+
+def _reward(cfg: Config, sft_model: str, train: str, heldout: str | None, out: Path) -> dict:
+    from rlxf.stages import reward
+
+    return reward.run(_reward_config(cfg, sft_model, train, heldout, out))
 
 
 def _ppo(cfg: Config, sft_model: str, reward_model: str, prompts: str, eval_prompts: str, out: Path) -> dict:
+    from rlxf.stages import ppo
+
+    return ppo.run(_ppo_config(cfg, sft_model, reward_model, prompts, eval_prompts, out))
+
+
+def _ppo_config(cfg: Config, sft_model: str, reward_model: str, prompts: str, eval_prompts: str, out: Path):
     from rlxf.stages import ppo
 
     base: dict[str, Any] = {
@@ -233,9 +275,9 @@ def _ppo(cfg: Config, sft_model: str, reward_model: str, prompts: str, eval_prom
         base["eval"]["lm_data"] = cfg.pretrain_eval
     if cfg.gold:
         base["track"] = {"gold": cfg.gold}
-    stage = _stage_config(ppo, base, cfg.ppo)
+    stage = _stage_config(ppo, base, cfg.ppo, "ppo")
     stage.lr *= cfg.reinforcement_learning_rate_multiplier
-    return ppo.run(stage)
+    return stage
 
 
 def _evaluate(cfg: Config, sft_model: str, ppo_model: str, reward_model: str, eval_prompts: str, out: Path) -> dict:
@@ -274,25 +316,43 @@ def _evaluate(cfg: Config, sft_model: str, ppo_model: str, reward_model: str, ev
 
 # ----------------------------------------------------------------------------- helpers
 
-def _with_instruction(cfg: Config, out: Path) -> tuple[str, str]:
-    """The prompt files, rewritten with ``instruction`` in front of every prompt when set."""
+def _with_instruction(cfg: Config, out: Path) -> dict[str, str | None]:
+    """The data files, each rewritten under ``out/data/`` with ``instruction`` before every
+    prompt when one is set: PPO's and the evaluation's prompts, and the demonstrations and
+    comparisons the SFT and reward models learn from, so every stage sees prompts alike."""
+    files = {"prompts": cfg.prompts, "eval_prompts": cfg.eval_prompts, "demonstrations": cfg.demonstrations,
+             "preferences": cfg.preferences}
     if not cfg.instruction:
-        return cfg.prompts, cfg.eval_prompts
-    from rlxf.data.formats import load_prompts
+        return files
+    from rlxf.data.formats import load_comparisons, load_demonstrations, load_prompts
     from rlxf.data.readers import write_jsonl
 
-    paths = []
-    for name, path in (("prompts", cfg.prompts), ("eval_prompts", cfg.eval_prompts)):
-        rows = []
-        for p in load_prompts(path):
-            if not isinstance(p, str):
-                raise ConfigError(f"instruction applies to text prompts; {path} holds conversations "
-                                  "(put the instruction in a system message instead)")
-            rows.append({"prompt": f"{cfg.instruction}\n\n{p}"})
+    def instructed(prompt, path: str) -> str:
+        if not isinstance(prompt, str):
+            raise ConfigError(f"instruction applies to text prompts; {path} holds conversations "
+                              "(put the instruction in a system message instead)")
+        return f"{cfg.instruction.rstrip()}\n\n{prompt.lstrip()}"
+
+    def skip_bad(section: dict) -> bool:
+        return bool(section.get("data", {}).get("skip_bad_rows", False))
+
+    rows: dict[str, list] = {}
+    if cfg.prompts:
+        rows["prompts"] = [{"prompt": instructed(p, cfg.prompts)} for p in load_prompts(cfg.prompts)]
+    if cfg.eval_prompts:
+        rows["eval_prompts"] = [{"prompt": instructed(p, cfg.eval_prompts)} for p in load_prompts(cfg.eval_prompts)]
+    if cfg.demonstrations and cfg.sft_model is None:
+        rows["demonstrations"] = [  # pre-training text (no prompt) stays as it is
+            {"text": d.completion} if d.prompt == "" else replace(d, prompt=instructed(d.prompt, cfg.demonstrations))
+            for d in load_demonstrations(cfg.demonstrations, skip_bad=skip_bad(cfg.sft))]
+    if cfg.preferences and cfg.reward_model is None:
+        rows["preferences"] = [replace(c, prompt=instructed(c.prompt, cfg.preferences))
+                               for c in load_comparisons(cfg.preferences, skip_bad=skip_bad(cfg.reward))]
+    for name, kept in rows.items():
         target = out / "data" / f"{name}.jsonl"
-        write_jsonl(target, rows)
-        paths.append(str(target))
-    return paths[0], paths[1]
+        write_jsonl(target, kept)
+        files[name] = str(target)
+    return files
 
 
 def _reward_headline(summary: dict | None) -> dict:
