@@ -81,6 +81,29 @@ def test_bad_rows_name_their_line_and_field(tmp_path):
     assert (answers.a, answers.skipped) == (["x"], 1)
 
 
+def test_mistakes_are_found_before_any_answer_is_sampled_or_scored(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    data = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "answer_a": "x", "answer_b": "y", "human": "A"},
+                                              {"prompt": "q", "answer_a": "x"}])
+    with pytest.raises(DataError, match=r"a\.jsonl: no row has a column 'Human'; the rows have \['answer_a', "):
+        sxs.read_answers(str(data), extra_columns=["Human"], skip_bad=True)
+    assert sxs.read_answers(str(data), extra_columns=["human"], skip_bad=True).extra["human"] == ["A"]
+    assert "skipped " in caplog.text and "a.jsonl:2: field 'answer_b'" in caplog.text  # the skipped row, named
+
+    sampled = []
+    monkeypatch.setattr(sxs, "sample_answers", lambda path, *a, **k: sampled.append(path))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "say hi"}])
+    for more in ([f"model_b={tmp_path / 'nope'}"], [f"model_b={tiny_model_dir}", "gold=os.path:nope"],
+                 [f"model_b={tiny_model_dir}", f"reward_model={tmp_path / 'no-rm'}"]):
+        cfg = load_config(sxs.Config, None, [f"out={tmp_path / 'out'}", f"model_a={tiny_model_dir}",
+                                             f"prompts={prompts}", *more])
+        with pytest.raises(ConfigError, match="no folder|cannot import 'os.path:nope'"):
+            sxs.run(cfg)
+    assert sampled == []
+    with pytest.raises(ConfigError, match=r"gold=os.path:join failed on these answers: TypeError"):
+        sxs.run(load_config(sxs.Config, None, [f"out={tmp_path / 'out2'}", f"data={data}", "skip_bad_rows=true",
+                                               "gold=os.path:join"]))
+
+
 def test_config_needs_one_source_of_answers():
     with pytest.raises(ConfigError, match="model_b, prompts missing"):
         load_config(sxs.Config, None, ["out=x", "model_a=m"])

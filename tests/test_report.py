@@ -100,3 +100,9 @@ def test_report_config_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="not a run directory"):
         report.run(load_config(report.Config, None, [f"runs=[{tmp_path / 'empty'}]", f"out={tmp_path}"]))
+    with pytest.raises(ConfigError, match=r"nosuch: no such run directory \(current folder: "):
+        report.run(load_config(report.Config, None, [f"runs=[{tmp_path / 'nosuch'}]", f"out={tmp_path}"]))
+    (tmp_path / "sxs").mkdir()
+    (tmp_path / "sxs" / "summary.json").write_text('{"command": "sxs"}')
+    with pytest.raises(ConfigError, match=r"autosxs=.*sxs: not an rlxf autosxs run .* command 'sxs'"):
+        report.run(load_config(report.Config, None, ["runs=[]", f"autosxs=[{tmp_path / 'sxs'}]", f"out={tmp_path}"]))

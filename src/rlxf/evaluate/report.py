@@ -84,7 +84,11 @@ def run(cfg: Config) -> dict:
         sxs = read_sxs(cfg.sxs)
     win_rates = dict(found.win_rates)
     for path in cfg.autosxs:
-        win_rates.update(autosxs_win_rates(_read_json(Path(path) / "summary.json")))
+        summary = _read_json(Path(path) / "summary.json")
+        if summary.get("command") != "autosxs":
+            raise ConfigError(f"autosxs={path}: not an rlxf autosxs run (its summary.json says command "
+                              f"{summary.get('command')!r}); list other runs in runs=[...]")
+        win_rates.update(autosxs_win_rates(summary))
     if not (found.stages or sxs is not None or win_rates):
         raise ConfigError(f"found no runs to report on in {', '.join(cfg.runs)}")
     path = write_report(cfg.out, found.stages, sxs=sxs, win_rates=win_rates, title=cfg.title,
@@ -151,6 +155,8 @@ def discover(paths: Sequence[str | Path]) -> Found:
     """Sort run directories into stages, a side-by-side table and win rates (module docstring)."""
     found = Found()
     for path in map(Path, paths):
+        if not path.is_dir():
+            raise ConfigError(f"{path}: no such run directory (current folder: {Path.cwd()})")
         if (path / "config.yaml").is_file():
             _add_run(found, path)
             continue

@@ -34,7 +34,7 @@ from statistics import NormalDist
 from rlxf.config import import_target
 from rlxf.data.records import Prompt
 from rlxf.errors import ConfigError, DataError
-from rlxf.models.loading import DType
+from rlxf.models.loading import DType, checkpoint
 from rlxf.runs import Run, Timer
 
 log = logging.getLogger("rlxf")
@@ -164,14 +164,17 @@ def run(cfg: Config) -> dict:
         log.info("%s is already complete; delete it to compare again", run_dir.out)
         return run_dir.summary()
     timer = Timer()
+    gold = import_target(cfg.gold) if cfg.gold else None  # a mistake here stops the run before sampling
+    if cfg.reward_model:
+        checkpoint(cfg.reward_model, "model")
     answers = collect_answers(cfg)
     scorers: dict[str, Scorer] = {}
     if cfg.reward_model:
         scorers["reward"] = reward_scorer(cfg.reward_model, device=cfg.generation.device,
                                           dtype=cfg.generation.dtype, separator=cfg.generation.separator,
                                           max_length=cfg.reward_max_length)
-    if cfg.gold:
-        scorers["gold"] = import_target(cfg.gold)
+    if gold is not None:
+        scorers["gold"] = _named_scorer(gold, f"gold={cfg.gold}")
     table = side_by_side(answers.prompts, answers.a, answers.b, ended_a=answers.ended_a, ended_b=answers.ended_b,
                          scorers=scorers, name_a=cfg.name_a, name_b=cfg.name_b)
     table.to_csv(run_dir.out / "sxs.csv", index=False)
@@ -197,6 +200,8 @@ def collect_answers(cfg: AnswersConfig, *, extra_columns: Sequence[str] = ()) ->
     prompts = list(load_prompts(cfg.prompts))[:cfg.limit]
     if not prompts:
         raise DataError("holds no prompts", path=cfg.prompts)
+    for path in (cfg.model_a, cfg.model_b):  # both exist before either samples
+        checkpoint(path, "model")
     a, ended_a = sample_answers(cfg.model_a, prompts, cfg.generation, progress=cfg.progress)
     b, ended_b = sample_answers(cfg.model_b, prompts, cfg.generation, progress=cfg.progress)
     return Answers(prompts, a, b, ended_a, ended_b, source=f"{cfg.model_a} vs {cfg.model_b} on {cfg.prompts}")
@@ -211,6 +216,7 @@ def read_answers(path: str, *, prompt_column: str = "prompt", column_a: str = "a
     from rlxf.data.readers import iter_rows
 
     out = Answers([], [], [], [], [], {c: [] for c in extra_columns}, source=str(path))
+    columns: set[str] = set()
     for line, row in iter_rows(path, split=split):
         if limit is not None and len(out.a) >= limit:
             break
@@ -220,11 +226,13 @@ def read_answers(path: str, *, prompt_column: str = "prompt", column_a: str = "a
             prompt = _prompt(row.get(prompt_column), path, line, prompt_column)
             a, ended_a = _answer(row, column_a, path, line)
             b, ended_b = _answer(row, column_b, path, line)
-        except DataError:
+        except DataError as err:
             if not skip_bad:
                 raise
             out.skipped += 1
+            log.warning("skipped %s", err)
             continue
+        columns |= set(row)
         for target, value in ((out.prompts, prompt), (out.a, a), (out.b, b), (out.ended_a, ended_a),
                               (out.ended_b, ended_b), (out.lines, line)):
             target.append(value)
@@ -232,6 +240,9 @@ def read_answers(path: str, *, prompt_column: str = "prompt", column_a: str = "a
             out.extra[column].append(row.get(column))
     if not out.a:
         raise DataError("holds no rows with a prompt and two answers", path=str(path))
+    for column in extra_columns:
+        if column not in columns:
+            raise DataError(f"no row has a column '{column}'; the rows have {sorted(columns)}", path=str(path))
     return out
 
 
@@ -281,6 +292,16 @@ def _kind(value) -> str:
 
 
 # ----------------------------------------------------------------------------- scores
+
+def _named_scorer(scorer: Scorer, name: str) -> Scorer:
+    """``scorer``, whose failures say which config value named it."""
+    def scored(prompts, answers, ended):
+        try:
+            return scorer(prompts, answers, ended)
+        except Exception as err:
+            raise ConfigError(f"{name} failed on these answers: {type(err).__name__}: {err}") from err
+    return scored
+
 
 def reward_scorer(path: str, *, device: str = "auto", dtype: DType = "float32", batch_size: int = 32,
                   separator: str = " ", max_length: int = 512) -> Scorer:
@@ -440,6 +461,8 @@ def print_table(frame, *, rows: int = 10, width: int = 48, console=None) -> None
     from rich.table import Table
     from rich.text import Text
 
+    if rows < 1:
+        return
     console = console or Console(stderr=True)
     heads = display_columns(frame)
     shown = [c for c in frame.columns if not c.startswith("ended_")]
