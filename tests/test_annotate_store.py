@@ -247,6 +247,11 @@ def test_import_bad_rows_name_file_line_and_field(tmp_path):
     pairs = write(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a"}])
     with pytest.raises(DataError, match=r"pairs.jsonl:1: field 'rejected'"):
         run_import(tmp_path, f"files=[{pairs}]")
+    # a bad second file stops the import before the good first one is added
+    good = write(tmp_path / "good.jsonl", [{"prompt": "fresh", "answers": ["x", "y"]}])
+    with pytest.raises(DataError, match=r"pairs.jsonl:1: field 'rejected'"):
+        run_import(tmp_path, f"files=[{good},{pairs}]")
+    assert "fresh" not in [p for p, _, _ in all_tasks(open_store(f"sqlite:///{tmp_path / 'tasks.db'}"))]
 
 
 def test_import_config_is_checked_before_any_work():

@@ -94,10 +94,10 @@ class Config:
 def run(cfg: Config) -> dict:
     """Import every source; return counts of tasks added, duplicates and skipped rows."""
     rng = random.Random(cfg.seed)
+    read = [read_tasks(path, skip_bad=cfg.skip_bad) for path in cfg.files]  # every file checked before any is added
     store = open_store(cfg.database, create=True)
     summary = {"added": 0, "duplicates": 0, "skipped_rows": 0}
-    for path in cfg.files:
-        tasks, skipped = read_tasks(path, skip_bad=cfg.skip_bad)
+    for tasks, skipped in read:
         _add(store, tasks, rng, summary, skipped)
     if cfg.generate.models:
         tasks, skipped = generate_tasks(cfg.generate, seed=cfg.seed)
