@@ -112,7 +112,7 @@ def test_a_run_made_before_a_key_existed_resumes_when_the_key_keeps_its_default(
         Run.open(changed.out, changed)
 
 
-def test_a_resumed_run_may_change_only_what_cannot_change_its_results(tmp_path):
+def test_a_resumed_run_may_change_only_what_cannot_change_its_results(tmp_path, monkeypatch):
     import yaml
 
     from rlxf.feedback.ai import label
@@ -130,6 +130,10 @@ def test_a_resumed_run_may_change_only_what_cannot_change_its_results(tmp_path):
                   "judge.timeout=5")
     Run.open(relaxed.out, relaxed)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["judge"]["max_retries"] == 9
+    monkeypatch.chdir(tmp_path)
+    relative = load_config(label.Config, overrides=["out=run", "data=pairs.jsonl", "judge.model=m",
+                                                     "template=harmless"])
+    Run.open(relative.out, relative)  # the same run, its folder written another way
     with pytest.raises(ConfigError, match=r"different config \(template changed\)"):
         Run.open(cfg().out, cfg())
 

@@ -10,9 +10,9 @@
 Re-running the same command on the same ``OUT`` resumes from the newest checkpoint:
 ``metrics.jsonl`` is cut back to that step, so a resumed run's log reads exactly like
 an uninterrupted one. A re-run may change only the keys that cannot change a result
-(:data:`NO_EFFECT`: progress bars, a judge server's concurrency, timeouts and retries);
-a run that stopped before it saved anything (a data error at the first row, say) takes
-any new config.
+(:data:`NO_EFFECT`: progress bars, checkpoint spacing, a judge server's concurrency,
+timeouts and retries); a run that stopped before it saved anything (a data error at the
+first row, say) takes any new config.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ log = logging.getLogger("rlxf")
 
 _STEP_DIR = "step-{:06d}"
 
-NO_EFFECT = frozenset({"progress", "concurrency", "timeout", "max_retries", "api_key_env"})
+NO_EFFECT = frozenset({"out", "progress", "save_every", "keep_checkpoints", "concurrency", "timeout", "max_retries",
+                       "api_key_env"})
 """Config keys (the last part of a dotted key) that change how a run goes, never what
-it computes: a resumed run may set them differently."""
+it computes (resuming is exact wherever the checkpoints fall; ``out`` may be written
+relative or absolute): a resumed run may set them differently."""
 
 
 class Run:

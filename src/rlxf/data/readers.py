@@ -139,7 +139,8 @@ def _read_jsonl(path: str) -> Iterator[tuple[int, dict | DataError]]:
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as e:
-                yield line, DataError(f"not valid JSON: {e}; {_ONE_OBJECT}", path=path, line=line)
+                yield line, DataError(f"not valid JSON: {e.msg} at column {e.colno}; {_ONE_OBJECT}", path=path,
+                                      line=line)
                 continue
             if not isinstance(row, dict):
                 row = DataError(f"a JSON {type(row).__name__}, not an object; {_ONE_OBJECT}",
