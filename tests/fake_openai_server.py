@@ -7,8 +7,9 @@ and concurrency are exercised exactly as against vLLM or a hosted API.
 The fake *judge*: a response containing the word "good" is better. For a labelling
 prompt it finds the last "Response 1: ..." / "Response 2: ..." lines and answers with
 P(position 1) = σ(quality1 - quality2 + ``position_bias``), quality = 2 for "good";
-as top log-probs (split over the tokens " 1" and "1" to test variant merging), or as
-text. Rating prompts ("Response: ...") get a rating distribution, echoed per character.
+as top log-probs (split over the tokens " 1" and "1" to test variant merging; only as
+many of the likeliest as the request asks for), or as text. Rating prompts
+("Response: ...") get a rating distribution, echoed per character.
 Critique and revision prompts get a fixed critique and revision, each followed by text
 the client's stop strings must cut off.
 
@@ -127,8 +128,9 @@ class FakeOpenAI:
         if action == "nologprobs" or not body.get("logprobs"):
             return {"index": 0, "text": text, "logprobs": None}
         # " 1" and "1" share P(position 1): a client that ignores either variant is wrong
-        top = {" 1": math.log(p * 0.75), "1": math.log(p * 0.25), " 2": math.log(1 - p), " The": math.log(1e-4)}
-        return {"index": 0, "text": text, "logprobs": {"tokens": [text], "token_logprobs": [top[text]],
+        every = {" 1": math.log(p * 0.75), "1": math.log(p * 0.25), " 2": math.log(1 - p), " The": math.log(1e-4)}
+        top = dict(sorted(every.items(), key=lambda kv: -kv[1])[:body["logprobs"]])
+        return {"index": 0, "text": text, "logprobs": {"tokens": [text], "token_logprobs": [every[text]],
                                                         "top_logprobs": [top], "text_offset": [len(prompt)]}}
 
     def _echo(self, text: str) -> dict:
@@ -219,6 +221,7 @@ class FakeOpenAI:
         logprobs = None
         if body.get("logprobs") and action != "nologprobs":
             top = [{"token": "1", "logprob": math.log(p)}, {"token": "2", "logprob": math.log(1 - p)}]
+            top = sorted(top, key=lambda t: -t["logprob"])[:body.get("top_logprobs", len(top))]
             logprobs = {"content": [{"token": text, "logprob": math.log(max(p, 1 - p)), "top_logprobs": top}]}
         return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs}
 

@@ -9,10 +9,12 @@ import torch
 from conftest import make_model
 
 from rlxf.feedback.ai.cache import ResponseCache
+from rlxf.feedback.ai.fit import Room, fit_sample
 from rlxf.feedback.ai.hf_judge import HFJudge
+from rlxf.feedback.ai.judge import PromptTooLong
 from rlxf.feedback.ai.labeller import DirectScoreReward, JudgeSettings, judge_pairs
 from rlxf.feedback.ai.scoring import logsumexp
-from rlxf.feedback.ai.templates import load_template, pairwise_prompt, rating_prompt
+from rlxf.feedback.ai.templates import Template, load_template, pairwise_prompt, rating_choices, rating_prompt
 
 PROMPTS = ["question : what color is the fox ? answer :", "say hello to tom .",
            "question : where does the owl live ? answer : the owl lives in the forest . question : what does "
@@ -115,7 +117,7 @@ def test_direct_score_is_the_expected_rating_by_hand(tokenizer):
     assert normalised == pytest.approx((expected - 5.5) / 4.5, abs=1e-6)
 
 
-def test_cache_serves_a_second_judge_and_long_prompts_are_cut(tmp_path, tokenizer):
+def test_cache_serves_a_second_judge(tmp_path, tokenizer):
     model = make_model("gpt2", len(tokenizer)).eval()
     cache = ResponseCache(tmp_path / "c.sqlite")
     first = HFJudge(model, tokenizer, cache=cache, identity="tiny")
@@ -124,12 +126,117 @@ def test_cache_serves_a_second_judge_and_long_prompts_are_cut(tmp_path, tokenize
     b = second.answer_logprobs(PROMPTS, ["1", "2"])
     assert [x.logprobs for x in a] == [x.logprobs for x in b]
     assert second.stats()["forward_rows"] == 0 and second.stats()["cache_hits"] == 3
+
+
+def test_a_prompt_too_long_for_the_judge_is_refused_never_cut(tokenizer):
+    # Cutting from the start would drop a template's instructions without a word; callers
+    # shorten the sample (fit_sample), and the judge refuses what still does not fit.
+    judge = HFJudge(make_model("gpt2", len(tokenizer)).eval(), tokenizer)
     long = " ".join(["the fox is red ."] * 60)  # ~300 tokens, the model has 128 positions
-    [scores] = first.answer_logprobs([long], ["1", "2"])
-    # three rows were cut: the prompt alone, and with " " + "1" and " " + "2" (two-token answers)
-    assert first.stats()["truncated"] == 3 and all(math.isfinite(v) for v in scores.logprobs)
-    [[text]] = first.generate([long], max_tokens=5, temperature=0.0)  # cut to fit, not an index error
-    assert first.stats()["truncated"] == 4 and isinstance(text, str)
+    with pytest.raises(PromptTooLong, match=r"exceeds the judge's 128 positions"):
+        judge.answer_logprobs([long], ["1", "2"])
+    with pytest.raises(PromptTooLong, match=r"with 5 more after it"):
+        judge.generate([long], max_tokens=5, temperature=0.0)
+    # " 1" is two tokens in this tokenizer ("Ġ", "1"): 2 positions are kept for the answer
+    room = judge.room(answers=["1", "2"])
+    assert (room.positions, room.reserved, room.tokens) == (128, 2, 126)
+    assert judge.room(new_tokens=24, answers=["1"]).tokens == 104
+
+
+class Words:
+    """A tokenizer with one token per word, so that lengths below can be counted by hand."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": text.split()}
+
+    def decode(self, ids):
+        return " ".join(ids)
+
+
+def test_fit_sample_shortens_the_conversation_then_the_answers_by_hand():
+    def render(context, answers):  # 6 words of template around the sample
+        return f"Judge this. C: {context} R1: {answers[0]} R2: {answers[1]} Best="
+
+    context, answers = "c1 c2 c3 c4 c5 c6", ["a1 a2 a3", "b1 b2"]
+    # 6 + 6 + 3 + 2 = 17 words; room 15 - 2 = 13: the first 4 words of the conversation go
+    assert fit_sample(render, Room(15, 2, Words()), context, answers) == \
+        ("Judge this. C: c5 c6 R1: a1 a2 a3 R2: b1 b2 Best=", True)
+    # room 8: without the conversation 6 + 3 + 2 = 11; both answers capped at k words:
+    # k = 2 gives 6 + 2 + 2 = 10 > 8, k = 1 gives 6 + 1 + 1 = 8: each keeps its first word
+    fitted = fit_sample(render, Room(10, 2, Words()), context, answers)
+    assert fitted.prompt.split() == "Judge this. C: R1: a1 R2: b1 Best=".split() and fitted.shortened
+    # room 5 < the 6 words of the template itself: nothing can be asked
+    assert fit_sample(render, Room(7, 2, Words()), context, answers) == (None, True)
+    # a prompt that fits (17 words in a room of 17), or a judge with no known context, is left as it is
+    whole = render(context, answers)
+    assert fit_sample(render, Room(19, 2, Words()), context, answers) == (whole, False)
+    assert fit_sample(render, None, context, answers) == (whole, False)
+
+
+SHORT = Template(preamble="say hello to tom .", sample="question : {context} answer 1 : {response1} answer 2 : "
+                 "{response2}", ending=" good answer :")
+
+
+def test_a_long_pair_keeps_the_instructions_and_labels_and_shortens_its_sample(tokenizer):
+    judge = HFJudge(make_model("gpt2", len(tokenizer), seed=1).eval(), tokenizer)
+    context = " ".join(["question : what does the bear eat ? answer : the bear eats fish ."] * 12)  # ~190 tokens
+    pair = (context, "the fox is red .", "the owl lives in the forest .")
+    [verdict] = judge_pairs(judge, [pair], JudgeSettings(template=SHORT))
+    assert verdict.shortened == 2 and verdict.methods == ("logprobs", "logprobs")
+    room = judge.room(answers=["1", "2"])
+
+    def render(context, answers):
+        return pairwise_prompt(SHORT, context, answers[0], answers[1])
+
+    ab = fit_sample(render, room, context, pair[1:]).prompt
+    ba = fit_sample(render, room, context, pair[:0:-1]).prompt
+    for prompt, first in ((ab, pair[1]), (ba, pair[2])):
+        # the preamble, both labels, both answers and the ending are all there; the conversation lost its start
+        assert prompt.startswith("say hello to tom .\n\nquestion : ") and prompt.endswith(" good answer :")
+        assert f"answer 1 : {first} answer 2 : " in prompt
+        whole = render(context, pair[1:])
+        assert len(tokenizer(prompt)["input_ids"]) <= room.tokens < len(tokenizer(whole)["input_ids"])
+        assert context.endswith(prompt.split("question : ", 1)[1].split(" answer 1 : ")[0])
+    # what was judged is the fitted prompts, in both orders
+    lp_ab, lp_ba = judge.answer_logprobs([ab, ba], ["1", "2"])
+    assert verdict.p_first_ab == pytest.approx(1 / (1 + math.exp(lp_ab.logprobs[1] - lp_ab.logprobs[0])), abs=1e-9)
+    assert verdict.p_first_ba == pytest.approx(1 / (1 + math.exp(lp_ba.logprobs[1] - lp_ba.logprobs[0])), abs=1e-9)
+
+
+def test_a_pair_that_cannot_fit_is_counted_too_long_and_a_template_that_cannot_fails_first(tokenizer):
+    from rlxf.errors import ConfigError
+    from rlxf.feedback.ai.constitution import Constitution, Principle
+    from rlxf.feedback.ai.label import label_summary
+
+    judge = HFJudge(make_model("gpt2", len(tokenizer)).eval(), tokenizer)
+    long = " ".join(["the fox is red ."] * 30)  # ~150 tokens: more than the 126 a prompt may have
+    wordy = Constitution(principles=[Principle(name="wordy", judge=long, critique="x", revision="y")])
+    pair = ("say hello to tom .", "hello tom !", "go away .")
+    # the template fits, but not with this principle in the preamble: the pair is never asked
+    [verdict] = judge_pairs(judge, [pair], JudgeSettings(template=SHORT, constitution=wordy))
+    assert verdict.methods == ("too_long", "too_long") and verdict.prob_a is None
+    assert verdict.problem == "too long for the judge" and judge.stats()["forward_rows"] == 0
+    summary = label_summary([verdict])
+    assert (summary["too_long_pairs"], summary["unparseable_pairs"], summary["shortened_prompts"]) == (1, 0, 2)
+    # a template too long by itself: no pair could be judged, so it fails before any is
+    with pytest.raises(ConfigError, match=r"template alone .* more than the 126 the judge's 128 positions"):
+        judge_pairs(judge, [pair], JudgeSettings(template=Template(preamble=long, sample=SHORT.sample)))
+    # a rationale longer than the context: the error names the key that was set
+    with pytest.raises(ConfigError, match=r"rationale_max_tokens \(200\) leaves no room"):
+        judge_pairs(judge, [pair], JudgeSettings(template=SHORT, cot=True, rationale_max_tokens=200))
+
+
+def test_direct_scores_of_long_answers_are_fitted(tokenizer):
+    judge = HFJudge(make_model("gpt2", len(tokenizer), seed=2).eval(), tokenizer)
+    t = load_template("tinyworld")
+    prompt, answer = " ".join(["say hello to tom ."] * 40), "hello tom !"  # ~200 tokens
+    reward = DirectScoreReward(judge, t)
+    [score] = reward([prompt], [answer])
+    fitted = fit_sample(lambda c, a: rating_prompt(t, c, a[0]), judge.room(answers=rating_choices(t)), prompt,
+                        [answer]).prompt
+    assert fitted.endswith("answer : hello tom ! score :") and reward.shortened == 1
+    [same] = DirectScoreReward(judge, t)([fitted.removeprefix("rate : ").split(" answer : ")[0]], [answer])
+    assert score == pytest.approx(same, abs=1e-9)
 
 
 def test_cot_and_self_consistency_average_the_samples(tokenizer):

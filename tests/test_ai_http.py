@@ -10,6 +10,7 @@ finished judgement.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -124,9 +125,9 @@ def test_position_bias_is_measured_and_averaged_away(tmp_path):
 
 def test_an_abort_mid_run_loses_no_finished_judgement(tmp_path):
     cases = [f"p{i}" for i in range(10)]
-    cases[6] = "case-400"  # refused twice per request body: in its chunk, then alone
+    cases[6] = "case-400"  # refused once per request body, then answered
     data = pairs_file(tmp_path, cases)
-    with FakeOpenAI({"case-400": ["400", "400"]}) as fake:
+    with FakeOpenAI({"case-400": ["400"]}) as fake:
         with pytest.raises(RlxfError, match="1 pairs failed"):
             label.run(label_config(tmp_path, fake.url, data, "max_failed_pairs=0"))
         answered = set(fake.ok_bodies)
@@ -168,16 +169,98 @@ def test_a_killed_process_loses_no_finished_judgement(tmp_path):
         assert summary["labelled"] == 40 and summary["cache_hits"] == stored
 
 
-def test_permanent_refusals_and_exhausted_retries_fail_only_their_pair(tmp_path):
-    data = pairs_file(tmp_path, ["p0", "case-400", "case-down", "p3"])
+@pytest.fixture
+def cli_logging():
+    """``rlxf.cli.main`` points the rlxf logger at the (captured) stderr; put it back afterwards."""
+    log = logging.getLogger("rlxf")
+    saved = (log.handlers[:], log.propagate, log.level)
+    yield
+    log.handlers[:], log.propagate = saved[:2]
+    log.setLevel(saved[2])
+
+
+def test_a_failed_pair_leaves_the_run_incomplete_and_a_rerun_retries_only_it(tmp_path, capsys, cli_logging):
+    from rlxf.cli import main
+
+    data = pairs_file(tmp_path, ["p0", "case-400", "case-down"])
+    args = ["label", f"out={tmp_path / 'run'}", f"data={data}", "judge.backend=openai", "judge.model=fake-judge",
+            "judge.timeout=0.5", "judge.backoff=0.01", "judge.max_retries=2", "chunk_size=3", "progress=false"]
     with FakeOpenAI({"case-400": ["400*"], "case-down": ["500*"]}) as fake:
-        summary = label.run(label_config(tmp_path, fake.url, data))
-        # Each pair is asked in its chunk, then (the chunk failed) alone: twice per order.
-        # 400 is not retried: 2 orders x 2 = 4 requests; 500 is, 1 + 3 retries: 2 orders x 2 x 4 = 16
-        assert fake.count("400") == 4 and fake.count("500") == 16
-    assert (summary["labelled"], summary["failed_pairs"]) == (2, 2)
-    reasons = sorted(r["reason"].split(":")[0] for r in read(tmp_path / "run" / "unlabelled.jsonl"))
-    assert reasons == ["failed", "failed"]
+        args.append(f"judge.base_url={fake.url}")
+        assert main(args) == 2  # the command fails ...
+        err = capsys.readouterr().err
+        assert "1 of 3 pairs failed after all retries" in err and "Re-run the same command to retry only those" in err
+        # ... having asked each failing request max_retries + 1 = 3 times in all (not again "pair by pair"),
+        # and a refused one (HTTP 400: the server would repeat it) once: 2 orders each
+        assert fake.count("500") == 2 * 3 and fake.count("400") == 2
+        run = tmp_path / "run"
+        assert not (run / "summary.json").exists()  # not complete
+        reasons = sorted(r["reason"].split(":")[0] for r in read(run / "unlabelled.jsonl"))
+        assert reasons == ["failed", "refused"] and len(read(run / "preferences.jsonl")) == 1
+
+        fake.script = {"case-400": ["400*"]}  # the server is back up; the 400 stays
+        fake.reset_log()
+        assert main(args) == 0
+        summary = json.loads((run / "summary.json").read_text())
+        # only the failed pair's two requests (and the two refused ones, never cached) were sent again
+        assert sorted(e["prompt"].split("question 2 ")[-1][:9] for e in fake.log if "question 2" in e["prompt"]) \
+            == ["case-down", "case-down"]
+        assert fake.requests == 4
+    assert (summary["labelled"], summary["refused_pairs"], summary["failed_pairs"]) == (2, 1, 0)
+    assert main(args) == 0  # complete now: not redone
+
+
+def test_retry_waits_are_logged_and_retry_after_is_capped(tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from rlxf.feedback.ai import http_judge
+
+    slept = []
+    monkeypatch.setattr(http_judge, "time", SimpleNamespace(sleep=slept.append, time=time.time))
+    monkeypatch.setattr(logging.getLogger("rlxf"), "propagate", True)  # the CLI's setup turns it off
+    t = load_template("helpful")
+    with FakeOpenAI({"case-slow": ["429", "429"]}, retry_after="3600") as fake:
+        judge = OpenAIJudge(fake.url, "fake", backoff=0.01, max_retries=2)
+        with caplog.at_level(logging.INFO, logger="rlxf"):
+            [verdict] = judge_pairs(judge, [("User: case-slow", "a good answer", "a bad answer")],
+                                    JudgeSettings(template=t, both_orders=False))
+        assert fake.count("429") == 2 and fake.requests == 3 and verdict.prob_a == pytest.approx(SIGMA2)
+    # an hour asked for, RETRY_AFTER_CAP = 60 s waited, each time said
+    assert slept == [60.0, 60.0]
+    waits = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert waits == ["judge request: HTTP 429; retrying in 60.0 s (attempt 2 of 3)",
+                     "judge request: HTTP 429; retrying in 60.0 s (attempt 3 of 3)"]
+
+
+def test_an_answer_missing_from_the_top_logprobs_gets_the_smaller_bound():
+    from rlxf.feedback.ai.http_judge import TINY_PROB, _answer_logprobs
+
+    def p_first(top: dict[str, float]) -> float:
+        lp1, lp2 = _answer_logprobs({k: math.log(v) for k, v in top.items()}, ["1", "2"])
+        return math.exp(lp1) / (math.exp(lp1) + math.exp(lp2))
+
+    # top-1 "1" at 0.9: "2" has at most min(0.9, 1 - 0.9) = 0.1, so P(first) = 0.9 / (0.9 + 0.1) = 0.9
+    assert p_first({"1": 0.9}) == pytest.approx(0.9, abs=1e-12)
+    # " 1" + "1" = 0.7; listed 0.5 + 0.2 + 0.25 = 0.95, so "2" <= min(0.2, 0.05) = 0.05: 0.7 / 0.75
+    assert p_first({" 1": 0.5, "1": 0.2, " The": 0.25}) == pytest.approx(0.7 / 0.75, abs=1e-12)
+    # "2" at 0.6 and " The" at 0.39 leave 0.01 < 0.39 for "1": P(first) = 0.01 / 0.61
+    assert p_first({"2": 0.6, " The": 0.39}) == pytest.approx(0.01 / 0.61, abs=1e-12)
+    # the listed tokens hold all the mass: the missing answer gets the tiny floor
+    assert _answer_logprobs({"1": 0.0}, ["1", "2"]) == (0.0, math.log(TINY_PROB))
+    assert _answer_logprobs({" The": math.log(0.9)}, ["1", "2"]) is None  # no answer listed: no verdict
+
+
+def test_top_logprobs_1_gives_real_preferences(tmp_path):
+    # The fake lists only the top-1 token. Good answer first: P(first) = σ(2) split 3:1 over " 1" and "1",
+    # top-1 " 1" at 0.75 σ(2) = 0.6606; "2" <= 1 - 0.6606, so P(first) = 0.75 σ(2).
+    # Good answer second: P(first) = σ(-2); top-1 " 2" at σ(2) = 0.8808; "1" <= 1 - 0.8808 = σ(-2), so
+    # P(first) = σ(-2) / (σ(-2) + σ(2)) = 1 - σ(2). Swap-averaged: P(good) = (0.75 σ(2) + σ(2)) / 2 = 0.875 σ(2).
+    data = pairs_file(tmp_path, ["p0", "p1"])
+    with FakeOpenAI() as fake:
+        label.run(label_config(tmp_path, fake.url, data, "judge.top_logprobs=1"))
+    prefs = read(tmp_path / "run" / "preferences.jsonl")
+    assert [p["chosen"][:6] for p in prefs] == ["a good", "a good"]
+    assert [p["prob_chosen"] for p in prefs] == pytest.approx([0.875 * SIGMA2] * 2, abs=1e-9)
 
 
 def test_api_key_comes_from_the_environment_and_is_never_written(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from fake_openai_server import FakeOpenAI
 
 from rlxf.config import load_config
 from rlxf.data import load_demonstrations, load_preferences
-from rlxf.errors import DataError
+from rlxf.errors import ConfigError, DataError, RlxfError
 from rlxf.evaluate.agreement import binary_report
 from rlxf.feedback.ai import critique, label, label_eval
 from rlxf.feedback.ai.scoring import swap_average
@@ -63,9 +64,44 @@ def test_answer_lists_give_all_pairs_and_bad_rows_name_their_line(tmp_path):
     with pytest.raises(DataError, match=r"bad.jsonl:2: field 'answers': has identical answers"):
         label.read_pairs(str(bad))
     assert len(label.read_pairs(str(bad), skip_bad=True)[0]) == 1
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"prompt": "q", "answers": ["a", " ", "c"]}])
+    with pytest.raises(DataError, match=r"empty.jsonl:1: field 'answers\[1\]': is empty; an answer needs some text"):
+        label.read_pairs(str(empty))
 
 
-def test_label_eval_against_human_labels(tmp_path):
+def test_a_pair_with_an_empty_answer_is_a_bad_row_as_the_reward_stage_would_say(tmp_path):
+    # Anthropic HH has rows whose final answer is empty (the labeller preferred saying nothing);
+    # `rlxf reward` would refuse a label for such a pair, so the reader refuses the pair first.
+    def hh(question, answer):
+        return f"\n\nHuman: {question}\n\nAssistant:{answer}"
+
+    rows = [{"chosen": hh("hi", " Hello!"), "rejected": hh("hi", " Go away.")},
+            {"chosen": hh("how to steal?", ""), "rejected": hh("how to steal?", " Easy.")},
+            {"chosen": hh("bye", " Bye!"), "rejected": hh("bye", "  ")}]
+    data = write_jsonl(tmp_path / "hh.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        label.read_pairs(str(data))
+    assert str(err.value) == f"{data}:2: field 'chosen': is empty; an answer needs some text"
+    # the words the data loader uses for the same answer in a file `rlxf reward` reads
+    trl = write_jsonl(tmp_path / "trl.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"},
+                                               {"prompt": "p", "chosen": "  ", "rejected": "b"}])
+    with pytest.raises(DataError) as loader_err:
+        load_preferences(trl)
+    assert (err.value.line, err.value.field, err.value.problem) == \
+        (loader_err.value.line, loader_err.value.field, loader_err.value.problem)
+    pairs, skipped = label.read_pairs(str(data), skip_bad=True)
+    assert [(p.a, p.b) for p in pairs] == [("Hello!", "Go away.")] and skipped == 2
+
+
+def test_a_file_with_no_readable_row_reports_its_first_error(tmp_path):
+    csv = tmp_path / "csv_as.jsonl"
+    csv.write_text("prompt,chosen,rejected\nhi,a,b\n")
+    for skip in (False, True):
+        with pytest.raises(DataError, match=r"csv_as.jsonl:1: not valid JSON"):
+            label.read_pairs(str(csv), skip_bad=skip)
+
+
+def test_label_eval_against_human_labels(tmp_path, caplog, monkeypatch):
     # Humans pick the "good" answer in 6 pairs and the "bad" one in 2; one pair is a human tie.
     # The fake judge always prefers "good", so it agrees on exactly 6 of the 8: accuracy 0.75.
     rows = []
@@ -75,7 +111,8 @@ def test_label_eval_against_human_labels(tmp_path):
         rows.append({"prompt": f"User: q{i}", "chosen": chosen, "rejected": rejected})
     rows.append({"prompt": "User: tie", "chosen": "a good one", "rejected": "a bad one", "prob_chosen": 0.5})
     data = write_jsonl(tmp_path / "human.jsonl", rows)
-    with FakeOpenAI() as fake:
+    monkeypatch.setattr(logging.getLogger("rlxf"), "propagate", True)  # the CLI's setup turns it off
+    with FakeOpenAI() as fake, caplog.at_level(logging.INFO, logger="rlxf"):
         summary = label_eval.run(load_config(label_eval.Config, None, [
             f"out={tmp_path / 'eval'}", f"data={data}", "judge.backend=openai", "judge.model=fake",
             f"judge.base_url={fake.url}", "progress=false"]))
@@ -89,6 +126,21 @@ def test_label_eval_against_human_labels(tmp_path):
     # P(judge's choice = human's) averaged: sigma(2) on the 6 agreeing pairs, 1 - sigma(2) on 2
     s2 = 1 / (1 + math.exp(-2))
     assert summary["mean_judge_prob_of_human_choice"] == pytest.approx((6 * s2 + 2 * (1 - s2)) / 8)
+    # the log line rounds to 3 places; summary.json keeps every digit
+    kappa = summary["agreement"]["cohen_kappa"]
+    assert kappa != round(kappa, 3)  # the premise: this kappa has more digits than the log shows
+    assert f"accuracy 0.75, kappa {round(kappa, 3):g} (" in caplog.text
+
+
+def test_label_says_order_flips_were_not_measured_with_one_order(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("rlxf"), "propagate", True)
+    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "User: q", "chosen": "a good one", "rejected": "meh"}])
+    with FakeOpenAI() as fake, caplog.at_level(logging.INFO, logger="rlxf"):
+        summary = label.run(load_config(label.Config, None, [
+            f"out={tmp_path / 'run'}", f"data={data}", "judge.backend=openai", "judge.model=fake",
+            f"judge.base_url={fake.url}", "progress=false", "both_orders=false"]))
+    assert summary["flip_rate"] is None
+    assert "order flips not measured" in caplog.text and "0.0%" not in caplog.text
 
 
 def test_critique_and_revise_writes_sft_demonstrations(tmp_path):
@@ -109,6 +161,85 @@ def test_critique_and_revise_writes_sft_demonstrations(tmp_path):
     assert undone["reason"] == "empty revision" and undone["prompt"] == [{"role": "user", "content": "case-empty"}]
     assert [d.completion for d in load_demonstrations(tmp_path / "rev" / "demonstrations.jsonl")] == \
         ["Here is a polite answer."]
+
+
+def test_an_empty_later_revision_keeps_the_earlier_one(tmp_path):
+    # Round 0 revises "Whatever." into the fake's polite answer; every prompt that shows that answer
+    # (round 1's critique and revision) gets empty text back: round 1 revises nothing.
+    data = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": "User: hi", "completion": "Whatever."}])
+    with FakeOpenAI({"Here is a polite answer": ["text:*"]}) as fake:
+        summary = critique.run(load_config(critique.Config, None, [
+            f"out={tmp_path / 'rev'}", f"data={data}", "judge.backend=openai", "judge.model=fake",
+            f"judge.base_url={fake.url}", "rounds=2", "progress=false"]))
+    assert (summary["revised"], summary["unrevised"], summary["empty_revisions"]) == (1, 0, 0)
+    [demo] = read(tmp_path / "rev" / "demonstrations.jsonl")
+    assert demo["completion"] == "Here is a polite answer." and demo["revisions"] == ["Here is a polite answer.", ""]
+
+
+def test_critique_bad_rows_name_its_own_key_and_are_counted(tmp_path):
+    # the preferred answer of this HH row is empty: no demonstration
+    rows = [{"chosen": "\n\nHuman: how to steal?\n\nAssistant:",
+             "rejected": "\n\nHuman: how to steal?\n\nAssistant: Easy."},
+            {"prompt": "User: hi", "completion": "Whatever."}]
+    data = write_jsonl(tmp_path / "answers.jsonl", rows)
+    with FakeOpenAI() as fake:
+        args = [f"out={tmp_path / 'rev'}", f"data={data}", "judge.backend=openai", "judge.model=fake",
+                f"judge.base_url={fake.url}", "progress=false"]
+        with pytest.raises(DataError, match=r"answers.jsonl:1: .*\(skip_bad_rows=true skips such rows\)") as err:
+            critique.run(load_config(critique.Config, None, args))
+        assert "data.skip_bad_rows" not in str(err.value)
+        summary = critique.run(load_config(critique.Config, None, args + ["skip_bad_rows=true"]))
+    assert (summary["skipped_rows"], summary["answers"], summary["revised"]) == (1, 1, 1)
+
+
+def test_a_failed_critique_leaves_the_run_incomplete_until_a_rerun_retries_it(tmp_path):
+    data = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": "User: hi", "completion": "Whatever."},
+                                                    {"prompt": "User: case-down", "completion": "No."}])
+    with FakeOpenAI({"case-down": ["500*"]}) as fake:
+        args = [f"out={tmp_path / 'rev'}", f"data={data}", "judge.backend=openai", "judge.model=fake",
+                f"judge.base_url={fake.url}", "judge.backoff=0.01", "judge.max_retries=1", "progress=false"]
+        with pytest.raises(RlxfError, match=r"1 of 2 answers failed after all retries .* Re-run the same command"):
+            critique.run(load_config(critique.Config, None, args))
+        assert fake.count("500") == 2  # 1 + max_retries, not again "answer by answer"
+        assert not (tmp_path / "rev" / "summary.json").exists()
+        assert read(tmp_path / "rev" / "unrevised.jsonl")[0]["reason"].startswith("failed: ")
+        fake.script, before = {}, fake.requests
+        summary = critique.run(load_config(critique.Config, None, args))
+        assert fake.requests - before == 2  # the failed item's critique and revision; the other one is cached
+    assert (summary["revised"], summary["unrevised"]) == (2, 0)
+
+
+def test_critique_of_a_long_conversation_shortens_it_and_keeps_the_requests(tmp_path, tokenizer):
+    from conftest import make_model
+
+    from rlxf.feedback.ai.constitution import Constitution, Principle
+    from rlxf.feedback.ai.hf_judge import HFJudge
+
+    class Recording(HFJudge):
+        def generate(self, prompts, **kw):
+            self.asked = getattr(self, "asked", []) + list(prompts)
+            return super().generate(prompts, **kw)
+
+    judge = Recording(make_model("gpt2", len(tokenizer)).eval(), tokenizer)
+    # words this tiny tokenizer knows: the bare critique prompt is 43 tokens, the revision request 29
+    c = Constitution(principles=[Principle(name="p", judge="x", critique="what is wrong ?",
+                                           revision="say it better .")])
+    cfg = critique.Config(out=str(tmp_path), data="-", judge=None, critique_max_tokens=8, revision_max_tokens=8)
+    context = " ".join(["question : what does the bear eat ? answer : the bear eats fish ."] * 10)  # ~160 tokens
+    item = critique.Revision(context, "the fox is red .", "the fox is red .", [], [], [])
+    critique.revise(judge, [item], c, cfg)
+    ask, revision_ask = judge.asked
+    principle = c.sample(cfg.seed, "round-0", context, item.original)
+    assert item.shortened == 1 and len(item.revisions) == 1
+    # the answer and the critique request are whole; the conversation lost its start, not its end
+    assert ask.endswith(f"\nAssistant: the fox is red .\n\nCritique request: {principle.critique}\nCritique:")
+    assert context.endswith(ask.split("\nAssistant: ")[0]) and len(ask) < len(context)
+    assert revision_ask.startswith(ask) and revision_ask.endswith("Revision:")
+    assert len(tokenizer(revision_ask)["input_ids"]) + 8 <= 128
+    # revision_max_tokens too large for the model: the error names the keys that were set
+    big = critique.Config(out=str(tmp_path), data="-", judge=None, revision_max_tokens=200)
+    with pytest.raises(ConfigError, match=r"critique_max_tokens \(128\) \+ revision_max_tokens \(200\) leave no room"):
+        critique.revise(judge, [critique.Revision("hi", "a", "a", [], [], [])], c, big)
 
 
 def test_tinyworld_judge_demonstrations_by_hand():

@@ -9,8 +9,9 @@
 Modules: :mod:`.templates` (labelling prompts), :mod:`.constitution` (principles),
 :mod:`.judge` (the backend interface), :mod:`.hf_judge` and :mod:`.http_judge`
 (backends), :mod:`.cache` (SQLite request cache), :mod:`.parse` (strict answer
-parsers), :mod:`.scoring` (the arithmetic), :mod:`.labeller` (pairs and direct scores),
-and the commands :mod:`.label`, :mod:`.label_eval`, :mod:`.critique`.
+parsers), :mod:`.fit` (shortening a sample to fit the judge's context), :mod:`.scoring`
+(the arithmetic), :mod:`.labeller` (pairs and direct scores), and the commands
+:mod:`.label`, :mod:`.label_eval`, :mod:`.critique`.
 
 Names are imported on first use, so ``import rlxf.feedback.ai`` stays light (no torch).
 """

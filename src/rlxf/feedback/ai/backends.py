@@ -52,11 +52,11 @@ class JudgeConfig:
     timeout: float = 60.0
     """openai: seconds before a request is abandoned (and retried)."""
     max_retries: int = 6
-    """openai: retries per request after timeouts, connection errors, 408/429/5xx, malformed JSON."""
+    """openai: retries per request after timeouts, connection errors, 408/429/5xx, malformed JSON (each logged)."""
     backoff: float = 0.5
     """openai: first retry waits about this many seconds; each further one doubles it (with jitter)."""
     max_backoff: float = 30.0
-    """openai: longest wait between retries, unless the server's Retry-After asks for more."""
+    """openai: longest wait between retries, unless the server's Retry-After asks for more (honoured up to 60 s)."""
     top_logprobs: int = 5
     """openai: alternatives per token to request; the answers "1"/"2" are looked up among them."""
     answer_max_tokens: int = 8

@@ -13,9 +13,17 @@ Output, in ``out``:
 - ``demonstrations.jsonl``: ``{prompt, completion}`` with the final revision as the
   completion, ready for ``rlxf sft``; extra fields keep ``original``, ``critiques``,
   ``revisions`` and ``principles``.
-- ``unrevised.jsonl``: items with no usable revision (the model wrote nothing, or a
-  request failed after all retries), with the ``reason``; never passed off as revised.
+- ``unrevised.jsonl``: items with no usable revision, with the ``reason``: "empty
+  revision" (the model wrote nothing in every round), "too long for the model" (the
+  prompt did not fit even with the conversation and answer shortened), "refused: ..."
+  or "failed: ..." (a request the server refused, or whose retries ran out); never
+  passed off as revised. An empty revision in a later round keeps the one before it.
 - ``summary.json`` and ``judge_cache.sqlite`` (re-running resumes from the cache).
+
+A prompt longer than the model's context has its sample shortened as in ``rlxf label``
+(:mod:`.fit`): the conversation from its start, then the answer from its end. A run
+where some answer *failed* is not complete: the two files are written, ``summary.json``
+is not, and the command fails saying how many; re-running it retries only those.
 """
 
 from __future__ import annotations
@@ -24,10 +32,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rlxf.errors import ConfigError, RlxfError
+from rlxf.errors import ConfigError, DataError, RlxfError
 from rlxf.feedback.ai.backends import JudgeConfig, make_judge
 from rlxf.feedback.ai.constitution import Constitution, load_constitution
-from rlxf.feedback.ai.judge import Judge, JudgeRequestError
+from rlxf.feedback.ai.fit import fit_sample
+from rlxf.feedback.ai.judge import Judge, JudgeRequestError, prompt_room
 from rlxf.runs import Run, Timer
 
 log = logging.getLogger("rlxf")
@@ -79,7 +88,8 @@ class Config:
 
 @dataclass
 class Revision:
-    """One answer's way through the rounds. ``answer`` is the latest revision."""
+    """One answer's way through the rounds. ``answer`` is the latest non-empty revision
+    (the original until there is one); ``revisions`` holds every round's, empty ones too."""
 
     context: str
     original: str
@@ -88,6 +98,10 @@ class Revision:
     revisions: list[str]
     principles: list[str]
     problem: str | None = None
+    shortened: int = 0
+    """Rounds whose prompt had its sample shortened to fit the model's context."""
+    too_long: bool = False
+    """A round's prompt did not fit even shortened: the item's rounds ended there."""
 
 
 def run(cfg: Config) -> dict:
@@ -98,8 +112,13 @@ def run(cfg: Config) -> dict:
     from rlxf.progress import progress
 
     timer = Timer()
-    demos = load_demonstrations(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows)
-    demos = list(demos)[:cfg.limit] if cfg.limit else list(demos)
+    try:
+        loaded = load_demonstrations(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows)
+    except DataError as err:
+        # the loader's hint names rlxf sft's key, data.skip_bad_rows; here it is skip_bad_rows
+        raise DataError(err.problem.replace("data.skip_bad_rows", "skip_bad_rows"), path=err.path, line=err.line,
+                        field=err.field) from None
+    demos = list(loaded)[:cfg.limit] if cfg.limit else list(loaded)
     if not demos:
         raise RlxfError(f"{cfg.data} holds no answers to revise")
     constitution = load_constitution(cfg.constitution)
@@ -121,9 +140,9 @@ def run(cfg: Config) -> dict:
             try:
                 revise(judge, [item], constitution, cfg)
             except JudgeRequestError as err:
-                item.problem, failed = f"failed: {err}", failed + 1
+                item.problem, failed = f"{'refused' if err.permanent else 'failed'}: {err}", failed + 1
                 if failed > cfg.max_failed:
-                    raise RlxfError(f"{failed} answers failed after all retries (last: {err}); re-run to "
+                    raise RlxfError(f"{failed} answers failed or were refused (last: {err}); re-run to "
                                     "resume from the cache") from None
 
     done, undone = [], []
@@ -136,9 +155,22 @@ def run(cfg: Config) -> dict:
             done.append({"prompt": plain_prompt(demo.prompt), "completion": item.answer, **extra})
     write_jsonl(run_dir.out / "demonstrations.jsonl", done)
     write_jsonl(run_dir.out / "unrevised.jsonl", undone)
-    summary = {"command": "critique", "input": cfg.data, "judge": judge.identity, "answers": len(items),
-               "revised": len(done), "unrevised": len(undone), "failed": failed,
+    shortened = sum(i.shortened for i in items)
+    if shortened:
+        log.warning("%d prompts were longer than the model's %d positions: their conversation and answer were "
+                    "shortened to fit (the conversation from its start, then the answer from its end)",
+                    shortened, prompt_room(judge).positions)
+    failures = [i.problem for i in items if i.problem and i.problem.startswith("failed")]
+    if failures:
+        raise RlxfError(f"{len(failures)} of {len(items)} answers failed after all retries (last: "
+                        f"{failures[-1].removeprefix('failed: ')}); the run is not complete. Re-run the same "
+                        "command to retry only those: the judge cache keeps the finished requests")
+    summary = {"command": "critique", "input": cfg.data, "skipped_rows": loaded.skipped, "judge": judge.identity,
+               "answers": len(items), "revised": len(done), "unrevised": len(undone),
+               "refused": sum(1 for i in items if i.problem and i.problem.startswith("refused")),
                "empty_revisions": sum(1 for i in items if i.problem == "empty revision"),
+               "too_long": sum(1 for i in items if i.problem == TOO_LONG),
+               "shortened_prompts": shortened,
                "changed": sum(1 for i in items if not i.problem and i.answer.strip() != i.original.strip()),
                "rounds": cfg.rounds, **judge_stats(judge), "seconds": timer.elapsed(),
                "demonstrations": str(run_dir.out / "demonstrations.jsonl")}
@@ -146,31 +178,66 @@ def run(cfg: Config) -> dict:
     return summary
 
 
+TOO_LONG = "too long for the model"
+
+
 def revise(judge: Judge, items: Sequence[Revision], constitution: Constitution, cfg: Config) -> None:
-    """Run ``cfg.rounds`` critique-revision rounds on ``items`` (in place). An empty
-    revision ends an item's rounds with ``problem = "empty revision"``."""
+    """Run ``cfg.rounds`` critique-revision rounds on ``items`` (in place), resuming each
+    item at its first unfinished round. An empty revision leaves the answer as it was
+    (the next round critiques it again); an item with no non-empty revision after all
+    rounds gets ``problem = "empty revision"``.
+
+    The revision prompt is the critique prompt, the critique and the revision request,
+    so the critique prompt is fitted to leave room for all of them and the revision."""
     c = constitution
+    room = prompt_room(judge, new_tokens=cfg.revision_max_tokens)  # the revision prompt and the revision
+    if room is not None and room.tokens - cfg.critique_max_tokens < 1:
+        raise ConfigError(f"critique_max_tokens ({cfg.critique_max_tokens}) + revision_max_tokens "
+                          f"({cfg.revision_max_tokens}) leave no room for a prompt in the model's "
+                          f"{room.positions} positions; lower them")
     for r in range(cfg.rounds):
-        live = [it for it in items if it.problem is None and len(it.revisions) == r]
+        live = [it for it in items if it.problem is None and not it.too_long and len(it.revisions) == r]
         if not live:
             continue
         principles = [c.sample(cfg.seed, f"round-{r}", it.context, it.original) for it in live]
-        asks = [c.critique_format.format(
-            conversation=c.conversation_format.format(context=it.context, response=it.answer.strip()),
-            critique=p.critique) for it, p in zip(live, principles)]
-        critiques = [s[0].strip() for s in judge.generate(asks, max_tokens=cfg.critique_max_tokens,
+        asks = []
+        for it, p in zip(live, principles):
+            def render(context: str, answer: list[str], p=p) -> str:
+                conversation = c.conversation_format.format(context=context, response=answer[0].strip())
+                return c.critique_format.format(conversation=conversation, critique=p.critique)
+
+            ask_room = None
+            if room is not None:  # room for the critique, then the revision request (+ 1: the boundary)
+                after = room.length(c.revision_format.format(critique_prompt="", critique="", revision=p.revision))
+                ask_room = room.less(cfg.critique_max_tokens + after + 1)
+            fitted = fit_sample(render, ask_room, it.context, [it.answer])
+            it.shortened += fitted.shortened
+            it.too_long = fitted.prompt is None
+            asks.append(fitted.prompt)
+        ready = [(it, p, ask) for it, p, ask in zip(live, principles, asks) if ask is not None]
+        if not ready:
+            continue
+        critiques = [s[0].strip() for s in judge.generate([ask for _, _, ask in ready],
+                                                          max_tokens=cfg.critique_max_tokens,
                                                           temperature=cfg.temperature, stop=c.critique_stop,
                                                           seed=cfg.seed)]
         revision_asks = [c.revision_format.format(critique_prompt=ask, critique=crit, revision=p.revision)
-                         for ask, crit, p in zip(asks, critiques, principles)]
-        revisions = [s[0].strip() for s in judge.generate(revision_asks, max_tokens=cfg.revision_max_tokens,
-                                                          temperature=cfg.temperature, stop=c.revision_stop,
-                                                          seed=cfg.seed)]
-        for it, p, crit, rev in zip(live, principles, critiques, revisions):
+                         for (_, p, ask), crit in zip(ready, critiques)]
+        fits = [room is None or room.fits(text) for text in revision_asks]
+        for (it, _, _), ok in zip(ready, fits):
+            it.too_long = not ok  # the critique re-tokenized longer than written: rare
+        asked = [text for text, ok in zip(revision_asks, fits) if ok]
+        written = iter(judge.generate(asked, max_tokens=cfg.revision_max_tokens, temperature=cfg.temperature,
+                                      stop=c.revision_stop, seed=cfg.seed) if asked else [])
+        for (it, p, _), crit, ok in zip(ready, critiques, fits):
+            if not ok:
+                continue
+            rev = next(written)[0].strip()
             it.principles.append(p.name)
             it.critiques.append(crit)
             it.revisions.append(rev)
             if rev:
                 it.answer = rev
-            else:
-                it.problem = "empty revision"
+    for it in items:
+        if it.problem is None and not any(it.revisions):
+            it.problem = TOO_LONG if it.too_long else "empty revision"

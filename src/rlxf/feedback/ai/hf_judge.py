@@ -2,9 +2,10 @@
 
 Any model ``transformers`` loads (a local folder or a hub id) works. Log-probs come
 from one forward pass per batch of (prompt, continuation) rows, right-padded so
-positions need no adjusting; a row too long for the model's context loses tokens
-from the *start* of the prompt (the end, next to the answer, matters most), and
-``stats()["truncated"]`` counts them.
+positions need no adjusting. :meth:`HFJudge.room` tells callers how long a prompt may
+be; they shorten the sample in it to fit (:mod:`.fit`). A prompt that still does not
+fit raises :class:`~rlxf.feedback.ai.judge.PromptTooLong`: the judge never cuts one
+itself, as that would drop the template's instructions at its start.
 
 With a :class:`~rlxf.feedback.ai.cache.ResponseCache`, every finished item is stored
 under the model's fingerprint (path + weight files' sizes and times), so a crashed
@@ -22,7 +23,8 @@ from pathlib import Path
 import torch
 
 from rlxf.feedback.ai.cache import ResponseCache, cached_batch, request_key
-from rlxf.feedback.ai.judge import AnswerScores, cut_at_stop
+from rlxf.feedback.ai.fit import Room
+from rlxf.feedback.ai.judge import AnswerScores, PromptTooLong, cut_at_stop
 from rlxf.feedback.ai.scoring import ChoiceScore, logsumexp
 from rlxf.models.loading import ModelConfig
 
@@ -40,7 +42,7 @@ class HFJudge:
         cfg = model.config
         self.max_positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
         self._variants: dict[str, list[tuple[int, ...]]] = {}
-        self._counts = {"forward_rows": 0, "generated": 0, "truncated": 0}
+        self._counts = {"forward_rows": 0, "generated": 0}
 
     @classmethod
     def load(cls, cfg: ModelConfig, *, device: str = "auto", batch_size: int = 8,
@@ -54,6 +56,15 @@ class HFJudge:
         model = load_causal_lm(cfg).to(resolve_device(device))
         return cls(model, tokenizer, batch_size=batch_size, cache=cache,
                    identity=f"{cfg.name_or_path}@{_fingerprint(cfg)}")
+
+    def room(self, *, new_tokens: int = 0, answers: Sequence[str] = ()) -> Room | None:
+        """The room a prompt has when the judge is then to write ``new_tokens`` tokens, or to
+        score ``answers`` after it (each as long as its longest spelling: the tokenizer's
+        ``answer`` or ``" " + answer``); ``None`` when the model's config names no length."""
+        if not self.max_positions:
+            return None
+        longest = max((len(self._encode(text)) for a in answers for text in (a, " " + a.lstrip())), default=0)
+        return Room(self.max_positions, max(new_tokens, longest), self.tokenizer)
 
     def stats(self) -> dict[str, int]:
         cached = {"cache_hits": self.cache.hits, "cache_misses": self.cache.misses} if self.cache else {}
@@ -117,7 +128,9 @@ class HFJudge:
                             temperature=temperature, n=n, stop=list(stop), seed=seed) for p in prompts]
 
         def compute(idx: list[int]) -> list[dict]:
-            repeated = [self._fit(prompts[i], max_tokens) for i in idx for _ in range(n)]
+            for i in idx:
+                self._check_length(len(self._encode(prompts[i])), max_tokens)
+            repeated = [prompts[i] for i in idx for _ in range(n)]
             gens = generate(self.model, self.tokenizer, repeated, max_new_tokens=max_tokens,
                             temperature=max(temperature, 1e-5), greedy=temperature == 0,
                             batch_size=self.batch_size, separator="", seed=seed)
@@ -145,16 +158,12 @@ class HFJudge:
             self._variants[answer] = sorted(seqs)
         return self._variants[answer]
 
-    def _fit(self, prompt: str, max_tokens: int) -> str:
-        """``prompt``, cut at the start so that it and ``max_tokens`` new tokens fit the context."""
-        if not self.max_positions:
-            return prompt
-        ids = self._encode(prompt)
-        room = self.max_positions - max_tokens - 4  # 4: slack for re-tokenizing the cut text
-        if len(ids) <= room:
-            return prompt
-        self._counts["truncated"] += 1
-        return self.tokenizer.decode(ids[len(ids) - max(room, 1):])
+    def _check_length(self, prompt_tokens: int, after: int) -> None:
+        """Refuse a prompt that, with ``after`` tokens after it, exceeds the model's positions."""
+        if self.max_positions and prompt_tokens + after > self.max_positions:
+            raise PromptTooLong(f"a judge prompt of {prompt_tokens} tokens, with {after} more after it, exceeds "
+                                f"the judge's {self.max_positions} positions; shorten its sample first "
+                                "(rlxf.feedback.ai.fit.fit_sample with HFJudge.room)")
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -178,10 +187,7 @@ class HFJudge:
             seqs, splits = [], []
             for r in batch:
                 prefix, cont = rows[r]
-                room = (self.max_positions or 10**9) - len(cont)
-                if len(prefix) > room:
-                    self._counts["truncated"] += 1
-                    prefix = prefix[len(prefix) - room:]
+                self._check_length(len(prefix), len(cont))
                 seqs.append(prefix + cont)
                 splits.append(len(prefix))
             width = max(len(s) for s in seqs)

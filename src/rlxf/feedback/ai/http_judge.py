@@ -9,7 +9,12 @@ Requests go to ``{base_url}/completions`` (or ``/chat/completions`` with
 - **Retries**: timeouts, connection errors, HTTP 408/429/5xx and malformed JSON are
   retried up to ``max_retries`` times, waiting ``backoff * 2**attempt`` seconds with
   jitter (half fixed, half random, capped at ``max_backoff``), or at least the server's
-  ``Retry-After``. Other 4xx answers are the request's fault and fail at once.
+  ``Retry-After`` (honoured up to :data:`RETRY_AFTER_CAP` = 60 s: a server asking for
+  an hour is asked again sooner, and the wait never hangs a run unannounced). Each wait
+  is logged (INFO) with its cause and the attempt it leads to. Other 4xx answers are
+  the request's fault and fail at once (``JudgeRequestError.permanent``). A request
+  that failed for good is not sent again by the same judge: a caller redoing a failed
+  batch item by item pays only once for it (a new run tries it afresh).
 - **Concurrency**: at most ``concurrency`` requests in flight (a thread pool).
 - **No log-probs, no guessing**: when the server returns no usable log-probs, the
   generated text goes through the strict parser (:mod:`.parse`); text it cannot read
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import random
 import threading
 import time
@@ -40,6 +46,8 @@ from rlxf.feedback.ai.scoring import ChoiceScore, logsumexp
 log = logging.getLogger("rlxf")
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+RETRY_AFTER_CAP = 60.0  # seconds: the longest wait a server's Retry-After header gets
+TINY_PROB = 1e-9  # the least probability an answer missing from the top log-probs is given
 _SKIP_CHARS = " \t\n*_`\"'"  # leading tokens of these chars only are skipped before the answer
 _TOKEN_MARKS = "Ġ▁"  # byte-level and sentencepiece space markers some servers leave in tokens
 
@@ -62,6 +70,7 @@ class OpenAIJudge:
         self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport,
                                     limits=httpx.Limits(max_connections=concurrency))
         self._counts: Counter = Counter()
+        self._failed: dict[str, JudgeRequestError] = {}  # request key -> how it failed for good
         self._lock = threading.Lock()
         self._jitter = random.Random()
 
@@ -74,6 +83,10 @@ class OpenAIJudge:
 
     def close(self) -> None:
         self._client.close()
+
+    def room(self, *, new_tokens: int = 0, answers: Sequence[str] = ()) -> None:
+        """``None``: the server's context length is unknown here; it refuses a prompt that does not fit."""
+        return None
 
     # -- the three judge methods ------------------------------------------------------------
 
@@ -153,8 +166,25 @@ class OpenAIJudge:
         key = request_key(model=self.model, endpoint=self.endpoint, params=body)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return hit
+        with self._lock:
+            failed = self._failed.get(key)
+        if failed is not None:
+            raise failed
+        try:
+            data = self._fetch(body)
+        except JudgeRequestError as err:
+            with self._lock:
+                self._failed[key] = err
+            raise
+        if self.cache is not None:
+            self.cache.put(key, data)
+        return data
+
+    def _fetch(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body``, retrying up to ``max_retries`` times; raises :class:`JudgeRequestError`."""
+        attempts = self.max_retries + 1
         problem = ""
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(attempts):
             if attempt:
                 self._count("retries")
             wait = None
@@ -177,21 +207,25 @@ class OpenAIJudge:
                         self._count("malformed")
                         problem = f"malformed answer ({err})"
                     else:
-                        if self.cache is not None:
-                            self.cache.put(key, data)
                         return data
                 elif response.status_code in RETRY_STATUS:
                     self._count(f"http_{response.status_code}")
                     problem = f"HTTP {response.status_code}"
                     wait = _retry_after(response.headers.get("retry-after"))
                 else:
+                    self._count("refused")
                     raise JudgeRequestError(f"{self.url} refused the request: HTTP {response.status_code}: "
-                                            f"{response.text[:300]}")
-            if attempt < self.max_retries:
+                                            f"{response.text[:300]}", permanent=True)
+            if attempt + 1 < attempts:
                 delay = self._delay(attempt)
-                time.sleep(max(delay, wait) if wait is not None else delay)
+                if wait is not None:
+                    delay = max(delay, min(wait, RETRY_AFTER_CAP))
+                log.info("judge request: %s; retrying in %.1f s (attempt %d of %d)", problem, delay, attempt + 2,
+                         attempts)
+                time.sleep(delay)
         self._count("failed")
-        raise JudgeRequestError(f"{self.url}: gave up after {self.max_retries + 1} attempts (last: {problem})")
+        log.warning("judge request: %s; gave up after %d attempts", problem, attempts)
+        raise JudgeRequestError(f"{self.url}: gave up after {attempts} attempts (last: {problem})")
 
     def _delay(self, attempt: int) -> float:
         """Exponential backoff with jitter: half of the step fixed, half uniformly random."""
@@ -245,10 +279,15 @@ def _first_answer_position(logprobs: dict | None) -> dict[str, float] | None:
 def _answer_logprobs(top: dict[str, float], answers: Sequence[str]) -> tuple[float, ...] | None:
     """Per answer, log-sum-exp over the top tokens that spell it (" 1", "1", "▁1").
 
-    An answer absent from the top-k has at most the smallest listed probability, and
-    gets that bound. ``None`` when no answer is listed at all.
+    An answer absent from the top-k has at most the smallest listed probability, and at
+    most the mass the listed tokens leave, ``1 - sum(exp(listed))``; it gets the smaller
+    of the two bounds (at least :data:`TINY_PROB`). With ``top_logprobs=1`` the first bound
+    alone is the listed answer's own probability, which would make every verdict 0.5:
+    top-1 "1" at 0.9 gives "2" at most 0.1, so P(first) = 0.9 / (0.9 + 0.1) = 0.9.
+    ``None`` when no answer is listed at all.
     """
-    floor = min(top.values())
+    left = 1.0 - sum(math.exp(lp) for lp in top.values())
+    floor = min(min(top.values()), math.log(max(left, TINY_PROB)))
     found = []
     for answer in answers:
         terms = [lp for tok, lp in top.items() if tok.strip().strip(_TOKEN_MARKS).strip() == answer.strip()]

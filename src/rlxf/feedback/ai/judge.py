@@ -10,6 +10,10 @@ both orders, chain-of-thought, averaging -- is built on top, in :mod:`.labeller`
   continuations (the ratings "1".."10" of direct scoring, "10" possibly two tokens);
 - ``generate(prompts, ...)``: sampled text (rationales, critiques, revisions).
 
+A backend that knows its context length also has ``room(...)``: how many tokens a
+prompt may have (:class:`~rlxf.feedback.ai.fit.Room`), so that callers shorten the
+sample in a prompt to fit (:mod:`.fit`) instead of sending a prompt the judge would cut.
+
 Backends: :class:`~rlxf.feedback.ai.hf_judge.HFJudge` (a local transformers model,
 exact log-probs) and :class:`~rlxf.feedback.ai.http_judge.OpenAIJudge` (any
 OpenAI-compatible server, cached, with retries).
@@ -22,11 +26,23 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from rlxf.errors import RlxfError
+from rlxf.feedback.ai.fit import Room
 from rlxf.feedback.ai.scoring import ChoiceScore
 
 
 class JudgeRequestError(RlxfError):
-    """A judge request failed for good (retries exhausted, or a 4xx the server will repeat)."""
+    """A judge request failed for good: its retries ran out, or (``permanent``) the server
+    refused it with a 4xx it would repeat, so asking again later will not help."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class PromptTooLong(RlxfError):
+    """A prompt sent to a judge has more tokens than its model has positions. Callers
+    shorten prompts with :func:`~rlxf.feedback.ai.fit.fit_sample` first; a backend never
+    cuts one itself (that would drop the instructions at the prompt's start)."""
 
 
 class NoLogprobs(RlxfError):
@@ -42,16 +58,18 @@ class AnswerScores:
     - ``"logprobs"``: ``logprobs[i]`` is log P(next token spells ``answers[i]``);
     - ``"text"``: the server gave no usable log-probs, and the strict parser read
       answer ``choice`` from the generated ``text`` (a hard, one-hot verdict);
-    - ``"unparseable"``: neither worked; ``text`` holds what the judge wrote.
+    - ``"unparseable"``: neither worked; ``text`` holds what the judge wrote;
+    - ``"too_long"``: the prompt could not fit the judge's context even with its sample
+      shortened (:mod:`.fit`), so it was never asked.
     """
 
-    method: Literal["logprobs", "text", "unparseable"]
+    method: Literal["logprobs", "text", "unparseable", "too_long"]
     logprobs: tuple[float, ...] = ()
     choice: int | None = None
     text: str = ""
 
     def distribution(self, n: int) -> list[float] | None:
-        """P(answer i) over the ``n`` answers, or ``None`` when unparseable."""
+        """P(answer i) over the ``n`` answers, or ``None`` when unparseable or too long."""
         if self.method == "logprobs":
             from rlxf.feedback.ai.scoring import softmax
 
@@ -63,7 +81,8 @@ class AnswerScores:
 
 class Judge(Protocol):
     """What :mod:`.labeller` needs from a backend. ``identity`` names the model for
-    summaries; ``stats()`` returns counters (requests, cache hits, retries, ...)."""
+    summaries; ``stats()`` returns counters (requests, cache hits, retries, ...).
+    ``room`` is optional (see :func:`prompt_room`)."""
 
     identity: str
 
@@ -82,6 +101,14 @@ class Judge(Protocol):
 
     def stats(self) -> dict[str, int]:
         ...
+
+
+def prompt_room(judge: Judge, *, new_tokens: int = 0, answers: Sequence[str] = ()) -> Room | None:
+    """How many tokens a prompt may have when the judge is then to write ``new_tokens``
+    tokens or to score ``answers`` after it; ``None`` when the judge does not know its
+    context length (an HTTP server, which refuses what does not fit) or has no ``room``."""
+    room = getattr(judge, "room", None)
+    return room(new_tokens=new_tokens, answers=answers) if room is not None else None
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

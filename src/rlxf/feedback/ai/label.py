@@ -15,13 +15,19 @@ Output, in the run directory ``out``:
   came about: ``p_first_ab``/``p_first_ba`` (the judge's P(position 1) in each order),
   ``flipped``, ``principle``, ``rationales`` (chain-of-thought), ``source``.
 - ``unlabelled.jsonl``: the pairs that got no label, with ``reason`` "unparseable"
-  (no answer could be read from the judge; see ``unparsed`` for what it wrote) or
-  "failed: ..." (a request failed after all retries). They are never guessed and never
-  written to ``preferences.jsonl``.
+  (no answer could be read from the judge; see ``unparsed`` for what it wrote), "too
+  long for the judge" (the prompt did not fit the judge's context even with its sample
+  shortened, see :mod:`.fit`), "refused: ..." (the server refused a request with a 4xx
+  it would repeat) or "failed: ..." (a request failed after all retries). They are
+  never guessed and never written to ``preferences.jsonl``.
 - ``summary.json``: counts, order-flip rate and position bias, label methods,
-  unparseable count, requests, retries, cache hits, seconds.
+  unparseable count, shortened prompts, requests, retries, cache hits, seconds.
 - ``judge_cache.sqlite``: every finished judge request. Re-running the same command
   after a crash or Ctrl-C resumes: finished judgements come from the cache, free.
+
+A run where some pair *failed* is not complete: the command writes the two files,
+leaves out ``summary.json`` and exits with an error saying how many failed; running
+the same command again asks the judge only for those (the cache holds the rest).
 """
 
 from __future__ import annotations
@@ -122,16 +128,21 @@ def run(cfg: Config) -> dict:
         log.info("%s is already complete; delete it to label again", run_dir.out)
         return run_dir.summary()
     judge = make_judge(cfg.judge, cfg.cache or run_dir.out / "judge_cache.sqlite")
-    results = label_all(judge, pairs, settings, chunk_size=cfg.chunk_size,
-                        max_failed=cfg.max_failed_pairs, progress=cfg.progress)
+    try:
+        results = label_all(judge, pairs, settings, chunk_size=cfg.chunk_size,
+                            max_failed=cfg.max_failed_pairs, progress=cfg.progress)
+    except IncompleteJudging as err:  # what did finish is written; no summary: the run is not complete
+        write_results(run_dir.out, pairs, err.results)
+        raise
     write_results(run_dir.out, pairs, results)
     summary = {"command": "label", "input": cfg.data, "skipped_rows": skipped, "judge": judge.identity,
                "template": cfg.template, **label_summary(results), **judge_stats(judge),
                "seconds": timer.elapsed(), "preferences": str(run_dir.out / "preferences.jsonl")}
     run_dir.write_summary(summary)
-    log.info("labelled %d of %d pairs (%d unparseable, %d failed); order flips %.1f%%", summary["labelled"],
-             summary["pairs"], summary["unparseable_pairs"], summary["failed_pairs"],
-             100 * (summary["flip_rate"] or 0.0))
+    flips = "not measured" if summary["flip_rate"] is None else f"{summary['flip_rate']:.1%}"
+    log.info("labelled %d of %d pairs (%d unparseable, %d too long for the judge, %d refused); order flips %s",
+             summary["labelled"], summary["pairs"], summary["unparseable_pairs"], summary["too_long_pairs"],
+             summary["refused_pairs"], flips)
     return summary
 
 
@@ -151,24 +162,53 @@ def settings_of(cfg: Config) -> JudgeSettings:
 
 def read_pairs(path: str, *, split: str | None = None, skip_bad: bool = False,
                limit: int | None = None) -> tuple[list[Pair], int]:
-    """The pairs to label and the number of skipped bad rows (see the module docstring)."""
+    """The pairs to label and the number of skipped bad rows (see the module docstring).
+
+    A pair with an empty answer is a bad row, as ``rlxf reward`` would refuse its label
+    (Anthropic HH has a few: the labeller preferred saying nothing)."""
     from rlxf.data.readers import iter_rows
 
-    # the first readable row decides the file's shape
-    first = next((row for _, row in iter_rows(path, split=split) if isinstance(row, dict)), None)
+    # the first readable row decides the file's shape; bad rows before it are reported as the loaders would
+    first, first_error = None, None
+    for _, row in iter_rows(path, split=split):  # a dict, or the DataError of a row that is not one
+        if isinstance(row, dict):
+            first = row
+            break
+        if not skip_bad:
+            raise row
+        first_error = first_error or row
     if first is None:
-        raise DataError("holds no rows", path=str(path))
+        raise first_error or DataError("holds no rows", path=str(path))
     if "answers" in first:
         pairs, skipped = _answer_lists(path, split, skip_bad)
     else:
-        from rlxf.data.formats import load_preferences
-
-        loaded = load_preferences(path, split=split, skip_bad=skip_bad)
-        pairs = [Pair(p.prompt, p.chosen, p.rejected, p.source) for p in loaded]
-        skipped = loaded.skipped
+        pairs, skipped = _preference_pairs(path, split, skip_bad)
     if not pairs:
         raise DataError("holds no pairs to label", path=str(path))
     return pairs[:limit] if limit else pairs, skipped
+
+
+def _preference_pairs(path: str, split: str | None, skip_bad: bool) -> tuple[list[Pair], int]:
+    """Any :func:`rlxf.data.load_preferences` file's pairs, as unlabelled (A, B)."""
+    from rlxf.data.formats import load_preferences
+
+    loaded = load_preferences(path, split=split, skip_bad=skip_bad)
+    pairs, skipped, first = [], loaded.skipped, None
+    for p in loaded:
+        empty = [field for field, answer in (("chosen", p.chosen), ("rejected", p.rejected)) if not answer.strip()]
+        if empty:
+            # the words of rlxf.data.formats for an empty answer; only HH dialogue rows can have one
+            name, _, line = p.source.rpartition(":")
+            err = DataError("is empty; an answer needs some text", path=name, line=int(line), field=empty[0])
+            if not skip_bad:
+                raise err
+            skipped += 1
+            first = first or err
+            continue
+        pairs.append(Pair(p.prompt, p.chosen, p.rejected, p.source))
+    if first is not None:
+        log.warning("%s: skipped %d pair(s) with an empty answer; first: %s", path, skipped - loaded.skipped, first)
+    return pairs, skipped
 
 
 def _answer_lists(path: str, split: str | None, skip_bad: bool) -> tuple[list[Pair], int]:
@@ -194,9 +234,13 @@ def _row_pairs(row: dict, source: str, path: str, line: int) -> list[Pair]:
         raise DataError("must be text or a list of {role, content} messages", path=path, line=line, field="prompt")
     if isinstance(prompt, list):
         prompt = tuple(prompt)
-    if not isinstance(answers, list) or len(answers) < 2 or not all(isinstance(a, str) and a.strip()
-                                                                     for a in answers):
-        raise DataError("must be a list of at least two non-empty answers", path=path, line=line, field="answers")
+    if not isinstance(answers, list) or len(answers) < 2:
+        raise DataError("must be a list of at least two answers", path=path, line=line, field="answers")
+    for i, a in enumerate(answers):
+        if not isinstance(a, str):
+            raise DataError(f"must be text, got {type(a).__name__}", path=path, line=line, field=f"answers[{i}]")
+        if not a.strip():
+            raise DataError("is empty; an answer needs some text", path=path, line=line, field=f"answers[{i}]")
     if len({a.strip() for a in answers}) != len(answers):
         raise DataError("has identical answers; each answer must appear once", path=path, line=line,
                         field="answers")
@@ -205,13 +249,29 @@ def _row_pairs(row: dict, source: str, path: str, line: int) -> list[Pair]:
 
 # --- judging ------------------------------------------------------------------------------
 
+class IncompleteJudging(RlxfError):
+    """Some pairs failed after all retries. ``results`` holds every pair's outcome (as
+    :func:`label_all` returns them), so what did finish can still be written out."""
+
+    def __init__(self, results: list, failed: int, last: str) -> None:
+        super().__init__(f"{failed} of {len(results)} pairs failed after all retries (last: {last}); the run is "
+                         "not complete. Re-run the same command to retry only those: the judge cache keeps the "
+                         "finished judgements")
+        self.results = results
+
+
 def label_all(judge: Judge, pairs: Sequence[Pair], settings: JudgeSettings, *, chunk_size: int,
               max_failed: int, progress: bool) -> list[PairJudgement | str]:
-    """A :class:`PairJudgement` per pair, or the error message of a pair whose requests failed.
+    """A :class:`PairJudgement` per pair, or the error of a pair whose requests did not succeed:
+    ``"refused: ..."`` (the server will repeat its 4xx; the pair stays unlabelled) or
+    ``"failed: ..."`` (retries ran out). Raises :class:`IncompleteJudging` at the end when
+    any pair failed, and stops early when more than ``max_failed`` were refused or failed.
 
-    Chunks go to the judge whole; when a chunk fails, its pairs are redone one by one
-    (the cache serves what already finished), so one bad pair costs only itself.
+    Chunks go to the judge whole; when a chunk fails, its pairs are redone one by one, so
+    one bad pair costs only itself: the cache serves what already finished, and the
+    backend does not send again a request that already failed for good in this run.
     """
+    from rlxf.feedback.ai.judge import prompt_room
     from rlxf.feedback.ai.templates import context_text
     from rlxf.progress import progress as bar
 
@@ -230,10 +290,20 @@ def label_all(judge: Judge, pairs: Sequence[Pair], settings: JudgeSettings, *, c
                 results += judge_pairs(judge, [triple], settings)
             except JudgeRequestError as err:
                 failed += 1
-                results.append(f"failed: {err}")
+                results.append(f"{'refused' if err.permanent else 'failed'}: {err}")
                 if failed > max_failed:
-                    raise RlxfError(f"{failed} pairs failed after all retries (last: {err}); is the judge "
+                    raise RlxfError(f"{failed} pairs failed or were refused (last: {err}); is the judge "
                                     "server up? Finished judgements are cached: re-run to resume") from None
+    judged = [r for r in results if isinstance(r, PairJudgement)]
+    shortened = sum(r.shortened for r in judged)
+    if shortened:  # only a judge that knows its context length shortens, so it has a room
+        log.warning("%d judge prompts were longer than the judge's %d positions: their sample was shortened "
+                    "to fit (the conversation from its start, then the answers from their end); %d pairs could "
+                    "not fit even so and stay unlabelled", shortened, prompt_room(judge).positions,
+                    sum(r.too_long for r in judged))
+    failures = [r for r in results if isinstance(r, str) and r.startswith("failed")]
+    if failures:
+        raise IncompleteJudging(results, len(failures), failures[-1].removeprefix("failed: "))
     return results
 
 
@@ -246,13 +316,17 @@ def label_summary(results: Sequence[PairJudgement | str]) -> dict:
     flips = [r for r in checked if r.flipped]
     p_first = [p for r in judged for p in (r.p_first_ab, r.p_first_ba) if p is not None]
     mean_first = mean(p_first) if p_first else None
+    too_long = sum(r.prob_a is None and r.too_long for r in judged)
     return {
         "pairs": len(results),
         "labelled": len(labelled),
-        "unparseable_pairs": len(judged) - len(labelled),
-        "failed_pairs": len(results) - len(judged),
+        "unparseable_pairs": len(judged) - len(labelled) - too_long,
+        "too_long_pairs": too_long,
+        "refused_pairs": sum(isinstance(r, str) and r.startswith("refused") for r in results),
+        "failed_pairs": sum(isinstance(r, str) and r.startswith("failed") for r in results),
         "judgements": sum(methods.values()),
         "unparseable_judgements": methods["unparseable"],
+        "shortened_prompts": sum(r.shortened for r in judged),
         "label_methods": dict(methods),
         "flip_rate": len(flips) / len(checked) if checked else None,
         "flips_to_first": sum(r.p_first_ab > 0.5 for r in flips),
@@ -296,7 +370,7 @@ def write_results(out: Path, pairs: Sequence[Pair], results: Sequence[PairJudgem
         if isinstance(r, PairJudgement) and r.prob_a is not None:
             labelled.append(preference_row(pair, r))
         else:
-            reason = r if isinstance(r, str) else "unparseable"
+            reason = r if isinstance(r, str) else r.problem
             unlabelled.append({"prompt": plain_prompt(pair.prompt), "answer_a": pair.a, "answer_b": pair.b,
                                "reason": reason, "source": pair.source,
                                "unparsed": list(r.unparsed) if isinstance(r, PairJudgement) else []})

@@ -99,6 +99,11 @@ def run(cfg: Config) -> dict:
         "seconds": timer.elapsed(),
     }
     run_dir.write_summary(summary)
-    log.info("judge vs humans on %d pairs: accuracy %s, kappa %s (%s)", len(truth), report["accuracy"],
-             report["cohen_kappa"], report["kappa_interpretation"])
+    log.info("judge vs humans on %d pairs: accuracy %s, kappa %s (%s)", len(truth), _three(report["accuracy"]),
+             _three(report["cohen_kappa"]), report["kappa_interpretation"])
     return summary
+
+
+def _three(value: float | None) -> str:
+    """A statistic for a log line: 3 decimal places (summary.json keeps every digit)."""
+    return "undefined" if value is None else f"{round(value, 3):g}"

@@ -3,7 +3,9 @@
 :func:`judge_pairs` turns (context, A, B) triples into :class:`PairJudgement` objects:
 
 1. a principle is sampled per pair when a constitution is given (Bai et al. 2022);
-2. the labelling prompt is rendered in order AB and, with ``both_orders``, in BA;
+2. the labelling prompt is rendered in order AB and, with ``both_orders``, in BA; when
+   it is too long for the judge, its sample is shortened to fit (:mod:`.fit`), and a
+   prompt that cannot fit at all is not asked (method ``"too_long"``);
 3. with chain-of-thought, the judge first writes ``samples`` rationales per prompt
    (at ``temperature``; self-consistency when ``samples > 1``), and "1"/"2" are scored
    after each (RLAIF §2.1.2, two-step);
@@ -16,6 +18,10 @@ A pair gets no label (``prob_a is None``) when nothing about it parsed, or, with
 ``require_both_orders``, when either order has no parsed judgement: a label from one
 order only would bring back the position bias the swap removes.
 
+With chain-of-thought the prompt is fitted so that it, the longest rationale
+(``rationale_max_tokens``) and the ending after it all fit; a rationale that still
+overflows (re-tokenized longer than it was written) makes that sample too long.
+
 :class:`DirectScoreReward` rates single answers 1-10 and returns the expected rating,
 a reward function PPO can call.
 """
@@ -26,8 +32,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rlxf.errors import ConfigError
 from rlxf.feedback.ai.constitution import Constitution
-from rlxf.feedback.ai.judge import Judge, NoLogprobs
+from rlxf.feedback.ai.fit import Room, fit_sample
+from rlxf.feedback.ai.judge import AnswerScores, Judge, NoLogprobs, prompt_room
 from rlxf.feedback.ai.parse import parse_rating
 from rlxf.feedback.ai.scoring import expected_rating, mean, order_flipped, rating_distribution, swap_average
 from rlxf.feedback.ai.templates import (LABELS, RATINGS, Template, after_rationale, load_template,
@@ -67,6 +75,8 @@ class PairJudgement:
     principle: str | None = None
     unparsed: tuple[str, ...] = ()
     """What the judge wrote where no answer could be read (for debugging templates)."""
+    shortened: int = 0
+    """How many of its prompts had their sample shortened to fit the judge's context."""
 
     @property
     def flipped(self) -> bool | None:
@@ -79,29 +89,57 @@ class PairJudgement:
     def unparseable(self) -> int:
         return self.methods.count("unparseable")
 
+    @property
+    def too_long(self) -> bool:
+        """Whether a prompt of the pair could not fit the judge's context at all."""
+        return "too_long" in self.methods
+
+    @property
+    def problem(self) -> str | None:
+        """Why the pair has no label: "too long for the judge" or "unparseable"; ``None`` if labelled."""
+        if self.prob_a is not None:
+            return None
+        return "too long for the judge" if self.too_long else "unparseable"
+
 
 def judge_pairs(judge: Judge, pairs: Sequence[tuple[str, str, str]], s: JudgeSettings) -> list[PairJudgement]:
     """Judge every ``(context, answer_a, answer_b)``; see the module docstring for the steps."""
+    t = s.template
     principles = [s.constitution.sample(s.seed, *pair) if s.constitution else None for pair in pairs]
     orders = (False, True) if s.both_orders else (False,)
-    prompts = []  # pair-major: for pair i, order o, the prompt at i * len(orders) + o
+    score_room = prompt_room(judge, answers=LABELS)  # the room of the prompt "1"/"2" is scored after
+    ask_room = _cot_room(score_room, s) if s.cot else score_room
+    _check_template_fits(ask_room, s)
+    prompts: list[str | None] = []  # pair-major: for pair i, order o, the prompt at i * len(orders) + o
+    shortened: list[bool] = []
     for (context, a, b), principle in zip(pairs, principles):
         for swapped in orders:
-            first, second = (b, a) if swapped else (a, b)
-            prompts.append(pairwise_prompt(s.template, context, first, second,
-                                           principle=principle.judge if principle else None, cot=s.cot))
-    if s.cot:
-        rationales = judge.generate(prompts, max_tokens=s.rationale_max_tokens, temperature=s.temperature,
-                                    n=s.samples, stop=s.template.rationale_stop, seed=s.seed)
-        scored = [after_rationale(s.template, p, r) for p, rs in zip(prompts, rationales) for r in rs]
-        owner = [k for k, rs in enumerate(rationales) for _ in rs]  # which prompt each scored text extends
+            def render(ctx: str, answers: list[str], principle=principle) -> str:
+                return pairwise_prompt(t, ctx, answers[0], answers[1],
+                                       principle=principle.judge if principle else None, cot=s.cot)
+
+            fitted = fit_sample(render, ask_room, context, (b, a) if swapped else (a, b))
+            prompts.append(fitted.prompt)
+            shortened.append(fitted.shortened)
+    asked = [k for k, p in enumerate(prompts) if p is not None]
+    rationales: list[list[str]] = [[] for _ in prompts]
+    if s.cot and asked:
+        written = judge.generate([prompts[k] for k in asked], max_tokens=s.rationale_max_tokens,
+                                 temperature=s.temperature, n=s.samples, stop=t.rationale_stop, seed=s.seed)
+        for k, texts in zip(asked, written):
+            rationales[k] = texts
+        scored = [(k, after_rationale(t, prompts[k], r)) for k in asked for r in rationales[k]]
     else:
-        rationales = [[] for _ in prompts]
-        scored, owner = prompts, list(range(len(prompts)))
-    verdicts = judge.answer_logprobs(scored, LABELS)
-    by_prompt: list[list] = [[] for _ in prompts]
-    for k, verdict in zip(owner, verdicts):
-        by_prompt[k].append(verdict)
+        scored = [(k, prompts[k]) for k in asked]
+    fits = [score_room is None or score_room.fits(text) for _, text in scored]
+    sent = [text for (_, text), ok in zip(scored, fits) if ok]
+    verdicts = iter(judge.answer_logprobs(sent, LABELS) if sent else [])
+    by_prompt: list[list[AnswerScores]] = [[] for _ in prompts]
+    for (k, _), ok in zip(scored, fits):
+        by_prompt[k].append(next(verdicts) if ok else AnswerScores("too_long"))
+    for k, prompt in enumerate(prompts):
+        if prompt is None:
+            by_prompt[k] = [AnswerScores("too_long")] * (s.samples if s.cot else 1)
 
     out = []
     for i, principle in enumerate(principles):
@@ -117,9 +155,37 @@ def judge_pairs(judge: Judge, pairs: Sequence[tuple[str, str, str]], s: JudgeSet
             p_first.append(mean(parsed) if parsed else None)
         p_ab = p_first[0]
         p_ba = p_first[1] if s.both_orders else None
+        n_short = sum(shortened[i * len(orders):(i + 1) * len(orders)])
         out.append(PairJudgement(_combine(p_ab, p_ba, s), p_ab, p_ba, tuple(methods), tuple(reasons),
-                                 principle.name if principle else None, tuple(unparsed)))
+                                 principle.name if principle else None, tuple(unparsed), n_short))
     return out
+
+
+def _check_template_fits(room: Room | None, s: JudgeSettings) -> None:
+    """Fail before any judging when the template alone, with an empty sample, is too long:
+    then no pair could be judged, whatever is shortened."""
+    if room is None:
+        return
+    bare = room.length(pairwise_prompt(s.template, "", "", "", cot=s.cot))
+    if bare > room.tokens:
+        kept = f" ({room.reserved} kept for the answer" + (" and the rationale)" if s.cot else ")")
+        raise ConfigError(f"the labelling template alone (no conversation, no answers) is {bare} tokens, more than "
+                          f"the {room.tokens} the judge's {room.positions} positions leave for a prompt{kept}; use "
+                          "a judge with a longer context, or a shorter template (fewer exemplars, a shorter preamble)")
+
+
+def _cot_room(score_room: Room | None, s: JudgeSettings) -> Room | None:
+    """The room of a chain-of-thought prompt: the rationale, then " " + rationale_end +
+    ending (:func:`after_rationale`) and the answer must still fit after it; one more
+    token for the boundary between the rationale and what follows, re-tokenized."""
+    if score_room is None:
+        return None
+    after = score_room.length(after_rationale(s.template, "", ""))
+    room = score_room.less(s.rationale_max_tokens + after + 1)
+    if room.tokens < 1:
+        raise ConfigError(f"rationale_max_tokens ({s.rationale_max_tokens}) leaves no room for a labelling prompt "
+                          f"in the judge's {room.positions} positions; lower it")
+    return room
 
 
 def _combine(p_ab: float | None, p_ba: float | None, s: JudgeSettings) -> float | None:
@@ -143,7 +209,9 @@ class DirectScoreReward:
     ``normalize=True`` maps the expected rating from [1, 10] onto [-1, 1]. When the
     backend has no log-probs, the judge's greedy text is parsed (:func:`parse_rating`);
     an unparseable rating gives NaN (never a made-up value) and is counted in
-    ``self.unparseable``, so the caller can mask or drop it.
+    ``self.unparseable``, so the caller can mask or drop it. A prompt too long for the
+    judge has its sample shortened (:mod:`.fit`; counted in ``self.shortened``), or, when
+    even that cannot fit, gives NaN too (counted in ``self.too_long``).
 
         reward = DirectScoreReward(HFJudge.load(ModelConfig(name_or_path="judge")), "helpful")
         reward(["User: hi"], ["Hello! How can I help?"])  # -> [8.7]
@@ -155,7 +223,7 @@ class DirectScoreReward:
         self.template = load_template(template) if isinstance(template, str) else template
         self.batch_size, self.normalize = batch_size, normalize
         self.constitution, self.seed = constitution, seed
-        self.unparseable = 0
+        self.unparseable = self.too_long = self.shortened = 0
 
     def __call__(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
         values = [float(r) for r in RATINGS]
@@ -166,20 +234,32 @@ class DirectScoreReward:
         return scores
 
     def distributions(self, prompts: Sequence[str], answers: Sequence[str]) -> list[list[float] | None]:
-        """P(rating = 1..10) per answer; ``None`` where the rating could not be read."""
+        """P(rating = 1..10) per answer; ``None`` where the rating could not be read, or where
+        the prompt could not fit the judge's context even with its sample shortened."""
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+        choices = rating_choices(self.template)
+        room = prompt_room(self.judge, answers=choices)
         out: list[list[float] | None] = []
         for start in range(0, len(prompts), self.batch_size):
-            texts = []
+            texts: list[str | None] = []
             for p, a in zip(prompts[start:start + self.batch_size], answers[start:start + self.batch_size]):
                 principle = self.constitution.sample(self.seed, p, a).judge if self.constitution else None
-                texts.append(rating_prompt(self.template, p, a, principle=principle))
+
+                def render(ctx: str, response: list[str], principle=principle) -> str:
+                    return rating_prompt(self.template, ctx, response[0], principle=principle)
+
+                fitted = fit_sample(render, room, p, [a])
+                self.shortened += fitted.shortened
+                self.too_long += fitted.prompt is None
+                texts.append(fitted.prompt)
+            asked = [t for t in texts if t is not None]
             try:
-                scored = self.judge.score_choices(texts, rating_choices(self.template))
-                out += [rating_distribution(s) for s in scored]
+                dists = [rating_distribution(s) for s in self.judge.score_choices(asked, choices)] if asked else []
             except NoLogprobs:
-                out += [self._from_text(t) for t in self.judge.generate(texts, max_tokens=8, temperature=0.0)]
+                dists = [self._from_text(t) for t in self.judge.generate(asked, max_tokens=8, temperature=0.0)]
+            found = iter(dists)
+            out += [next(found) if t is not None else None for t in texts]
         return out
 
     def _from_text(self, samples: list[str]) -> list[float] | None:
