@@ -166,3 +166,88 @@ def test_evaluation_does_not_change_training(setup, tmp_path):
     drop = lambda r: {k: v for k, v in r.items() if not k.startswith("eval_")}  # noqa: E731
     assert [drop(r) for r in rows["1"]] == [drop(r) for r in rows["null"]]
     assert all("eval_score" in r for r in rows["1"])
+
+
+def _summary_without_timings(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("seconds", "memory", "resumed_from_step")}
+
+
+def test_run_resumed_after_its_last_checkpoint_keeps_the_final_evaluation(setup, tmp_path):
+    """Killed after the last checkpoint, before final/ and summary.json: the re-run has no step
+    left to evaluate at, and its summary still holds the uninterrupted run's eval numbers."""
+    import shutil
+
+    root, model_dir = setup
+    cfg = _config(root, model_dir, "max_steps=2", "eval_every=1", f"out={tmp_path / 'run'}",
+                  f"eval.prompts={root / 'prompts.jsonl'}", "eval.n=4", f"eval.lm_data={root / 'pretrain.jsonl'}")
+    whole = ppo.run(cfg)
+    assert {"eval_score", "eval_lm_loss"} <= set(whole)
+    (tmp_path / "run" / "summary.json").unlink()
+    shutil.rmtree(tmp_path / "run" / "final")
+    resumed = ppo.run(cfg)
+    assert resumed["resumed_from_step"] == 2
+    assert _summary_without_timings(resumed) == _summary_without_timings(whole)
+
+
+def test_grad_accum_runs_each_minibatch_in_micro_batches_with_the_same_update(setup):
+    """grad_accum=2: each minibatch of 4 answers (and its 4 pre-training sequences) goes
+    through the policy as 2 micro-batches of 2, each loss weighed by its share of the
+    minibatch's tokens, so two updates move the models as grad_accum=1 does (float
+    rounding apart) and the logged statistics are the same minibatch means."""
+    from rlxf.data.formats import load_prompts
+    from rlxf.training import make_optimizer
+
+    root, model_dir = setup
+    ptx = [f"ptx.data={root / 'pretrain.jsonl'}", "ptx.coef=0.5", "ptx.batch_size=4"]
+    prompts = list(load_prompts(root / "prompts.jsonl"))[:8]
+    stats, weights, rows = {}, {}, {}
+    for g in (1, 2):
+        cfg = _config(root, model_dir, f"grad_accum={g}", *ptx)
+        trainer = ppo.PPO(cfg, torch.device("cpu"))
+        optimizer, scheduler = make_optimizer(trainer.parameter_groups(cfg), cfg, 2 * 8)
+        optimizer = trainer.prepare(optimizer)
+        torch.manual_seed(0)
+        ro = trainer.rollout(prompts)  # the same rollout: the models start the same
+        seen = rows[g] = []
+        trainer.policy.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]),
+                                                 with_kwargs=True)
+        stats[g] = [trainer.update(ro, optimizer, scheduler) for _ in range(2)]
+        weights[g] = [p.detach().clone() for p in (*trainer.policy.parameters(), *trainer.value.parameters())]
+    # 2 updates × 4 epochs × 2 minibatches, each a policy pass and a ptx pass per micro-batch
+    assert rows[1] == [4] * 32 and rows[2] == [2] * 64
+    for one, two in zip(stats[1], stats[2]):
+        assert one.keys() == two.keys() and "ptx_loss" in one
+        assert two == pytest.approx(one, rel=1e-5, abs=1e-6)
+    # Adam divides by √v: where a gradient entry is near 0 its rounding moves the weight by up
+    # to ~1e-3 of an lr=1e-3 step; the 16 steps moved weights by up to 1.6e-2
+    for a, b in zip(weights[1], weights[2]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(weights[1], weights[2]))  # the sums did run in other orders
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["grad_accum=3"], r"batch_size \(4\) must be a multiple of grad_accum × processes \(3 × 1\)"),
+    (["grad_accum=4", "ptx.coef=0.5", "ptx.data=x.jsonl", "ptx.batch_size=6"],
+     r"ptx.batch_size \(6\) must be a multiple of grad_accum × processes \(4 × 1\)"),
+])
+def test_grad_accum_must_split_the_minibatches_evenly(setup, overrides, message):
+    root, model_dir = setup
+    with pytest.raises(ConfigError, match=message):
+        _config(root, model_dir, *overrides)
+
+
+@pytest.mark.parametrize("key, file, message", [
+    ("eval.lm_data", "nowhere.jsonl", r"eval.lm_data: .*nowhere.jsonl: no such file .*leave eval.lm_data out"),
+    ("eval.lm_data", "empty.jsonl", r"eval.lm_data \(.*empty.jsonl\) holds no text"),
+    ("eval.prompts", "chat.jsonl", r"eval.prompts: .* has no chat template; .*model.tokenizer="),
+])
+def test_evaluation_inputs_are_checked_before_training(setup, tmp_path, key, file, message):
+    """Held-out text and prompts that would fail only at the first evaluation (or after
+    training; an empty file would log eval_lm_loss 0.0) stop the run before its first step."""
+    root, model_dir = setup
+    write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "what color is the fox ?"}]}])
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ConfigError, match=message):
+        ppo.run(_config(root, model_dir, f"{key}={tmp_path / file}", f"out={tmp_path / 'run'}"))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not list(tmp_path.glob("run/checkpoints/step-*"))

@@ -149,14 +149,15 @@ def test_left_and_right_padding_and_pad_equal_to_eos_give_the_same_score(tmp_pat
         alone = torch.cat([score(model, **reward_inputs([p], [a], tok)) for p, a in zip(prompts, answers)])
         right = reward_inputs(prompts, answers, tok)
         ids, mask = right["input_ids"], right["attention_mask"]
-        assert (ids[:, -1] == tok.eos_token_id).all()  # every row ends in EOS or EOS-as-pad
+        last = mask.sum(1) - 1
+        assert (ids[torch.arange(3), last] != tok.eos_token_id).all()  # pad is EOS: inputs end at the answer
         left_ids, left_mask = torch.full_like(ids, tok.pad_token_id), torch.zeros_like(mask)
         for i, n in enumerate(mask.sum(1).tolist()):
             left_ids[i, -n:], left_mask[i, -n:] = ids[i, :n], 1
         torch.testing.assert_close(score(model, ids, mask), alone, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(score(model, left_ids, left_mask), alone, atol=1e-5, rtol=1e-5)
-        # HF's pooling looks for the last token != pad, i.e. the one before the final EOS: a different reward
-        assert not torch.allclose(model(ids, attention_mask=mask).logits[:, 0], alone, atol=1e-3)
+        # HF's pooling reads the last token != pad: the same token, so plain transformers agrees
+        torch.testing.assert_close(model(ids, attention_mask=mask).logits[:, 0], alone, atol=1e-5, rtol=1e-5)
 
 
 def test_an_answer_that_never_ended_gets_no_eos(tokenizer):
@@ -459,3 +460,20 @@ def test_lm_regulariser_keeps_the_backbone_predicting_text(tmp_path, reward_base
 def test_lm_coef_must_be_non_negative(tmp_path, reward_base):
     with pytest.raises(ConfigError, match="lm_coef must be ≥ 0"):
         _config(tmp_path, reward_base, pair_rows(), "lm_coef=-1")
+
+
+@pytest.mark.parametrize("file, message", [
+    ("chat.jsonl", r"normalize.reference: .* has no chat template; .*model.tokenizer="),
+    ("one.jsonl", r"at least 2 reference answers; demonstrations in .*one.jsonl has 1 \(set normalize.reference"),
+])
+def test_normalisation_reference_is_checked_before_training(tmp_path, reward_base, file, message):
+    """A reference that could only fail after training (conversations for a tokenizer without
+    a chat template, fewer than 2 answers) stops the run before its first step, naming the key."""
+    write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": f"what color is the {a} ?"},
+                      {"role": "assistant", "content": f"the {a} is red ."}]} for a in ANIMALS])
+    write_jsonl(tmp_path / "one.jsonl", [{"prompt": "what color is the fox ?", "completion": "red ."}])
+    with pytest.raises(ConfigError, match=message):
+        reward.run(_config(tmp_path, reward_base, pair_rows(), f"normalize.reference={tmp_path / file}"))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not list(tmp_path.glob("run/checkpoints/step-*"))

@@ -128,3 +128,73 @@ def test_loss_from_answer_positions_only_equals_the_full_logits_loss(tokenizer, 
                                                  ignore_index=IGNORE, reduction="sum")
         assert n == int((labels[:, 1:] != IGNORE).sum()) > 0
         torch.testing.assert_close(fast, full, atol=1e-4, rtol=1e-5)
+
+
+def test_run_resumed_after_its_last_checkpoint_keeps_the_final_eval_loss(tmp_path, tiny_model_dir):
+    """Killed after the last checkpoint, before final/ and summary.json: the re-run has no step
+    left to evaluate at, and its summary is still the uninterrupted run's."""
+    import shutil
+
+    cfg = _config(tmp_path, tiny_model_dir, "max_steps=4", "eval_every=2", "save_every=2")
+    whole = sft.run(cfg)
+    assert whole["final_eval_loss"] is not None
+    (tmp_path / "run" / "summary.json").unlink()
+    shutil.rmtree(tmp_path / "run" / "final")
+    resumed = sft.run(cfg)
+    assert resumed["resumed_from_step"] == 4
+    drop = lambda s: {k: v for k, v in s.items() if k not in ("seconds", "resumed_from_step")}  # noqa: E731
+    assert drop(resumed) == drop(whole)
+
+
+def test_n_targets_counts_the_tokens_the_loss_predicts():
+    from rlxf.data.tokenize import IGNORE, Example
+
+    # a text chunk: its first token has nothing before it, so 4 tokens are 3 targets
+    assert sft._n_targets(Example([5, 6, 7, 8], [5, 6, 7, 8])) == 3
+    # a demonstration: 2 prompt tokens (IGNORE), 3 answer tokens, all 3 predicted
+    assert sft._n_targets(Example([5, 6, 7, 8, 9], [IGNORE, IGNORE, 7, 8, 9])) == 3
+
+
+def test_loss_on_plain_text_is_the_mean_over_predicted_tokens(tmp_path, tokenizer):
+    """One text chunk of n tokens holds n - 1 targets; the logged loss is their mean NLL."""
+    from conftest import make_model
+
+    model = make_model("llama", len(tokenizer)).eval()  # no dropout: training and eval forwards agree
+    model.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    text = "the fox is red . the owl lives in the forest ."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # 14 tokens
+    data = write_jsonl(tmp_path / "text.jsonl", [{"text": text}])
+    sft.run(_config(tmp_path, tmp_path / "llama", f"data.train={data}", f"data.max_length={len(ids)}",
+                    "max_steps=1", "batch_size=1", "data.eval_fraction=0", "log_every=1"))
+    [row] = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], -1)  # (13, V): predicts tokens 1..13
+    nll = -logp.gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1)  # (13,)
+    assert row["tokens"] == len(ids) - 1 == 13
+    assert row["loss"] == pytest.approx(nll.mean().item(), rel=1e-5)  # not nll.sum() / 14, 1/14 lower
+
+
+def test_skipped_rows_are_counted_in_the_summary(tmp_path, tiny_model_dir):
+    rows = demo_rows(16)
+    rows[3] = {"prompt": "question : what ?", "completion": ""}
+    rows[7] = {"prompt": "question : what ?"}
+    data = write_jsonl(tmp_path / "bad.jsonl", rows)
+    summary = sft.run(_config(tmp_path, tiny_model_dir, f"data.train={data}", "data.skip_bad_rows=true",
+                              "max_steps=1"))
+    assert summary["skipped_rows"] == 2
+    assert summary["train_examples"] + summary["eval_examples"] == 14
+
+
+def test_data_split_picks_the_training_split_and_the_eval_file_is_read_as_given(tmp_path, tiny_model_dir):
+    import datasets
+
+    rows = demo_rows(16)
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:12]),
+                          "test": datasets.Dataset.from_list(rows[12:])}).save_to_disk(str(tmp_path / "dd"))
+    held = write_jsonl(tmp_path / "held.jsonl", rows[12:])
+    for i, evals in enumerate((held, f"{tmp_path / 'dd'}:test")):  # a plain file, or the folder's other split
+        out = tmp_path / f"run-{i}"
+        summary = sft.run(_config(tmp_path, tiny_model_dir, f"data.train={tmp_path / 'dd'}", "data.split=train",
+                                  f"data.eval={evals}", "max_steps=2", "eval_every=2", "save_every=2", f"out={out}"))
+        assert summary["final_eval_loss"] is not None

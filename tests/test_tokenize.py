@@ -61,3 +61,14 @@ def test_packing_keeps_examples_whole_and_isolated(tokenizer):
     unpacked = nll(collate(exs, tokenizer.pad_token_id))
     packed_loss = nll(collate(packed, tokenizer.pad_token_id, packed=True))
     torch.testing.assert_close(packed_loss, unpacked, atol=1e-4, rtol=1e-5)
+
+
+def test_a_text_chunk_without_a_target_is_left_out(tokenizer):
+    """A chunk's first token is predicted by nothing: a text one token longer than a chunk
+    would leave its EOS alone in a chunk with no target, which is not made."""
+    text = "the fox is red . the owl lives in the forest ."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # 14 tokens
+    exs = tokenize_demonstrations([Demonstration("", text)], tokenizer, max_length=13)
+    assert [e.input_ids for e in exs] == [ids[:13]]  # not [ids[:13], ids[13:]] with ids[13:] == [EOS]
+    exs = tokenize_demonstrations([Demonstration("", text)], tokenizer, max_length=12)
+    assert [e.input_ids for e in exs] == [ids[:12], ids[12:]]  # the last chunk, 2 tokens, predicts its EOS

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from rlxf.data.records import Demonstration, Prompt
+from rlxf.errors import ConfigError
 
 log = logging.getLogger("rlxf")
 
@@ -27,6 +28,18 @@ def prompt_text(prompt: Prompt, tokenizer, separator: str) -> tuple[str, str]:
     from rlxf.data.formats import render_prompt
 
     return render_prompt(prompt, tokenizer), ""
+
+
+def check_prompts(prompts: list[Prompt], tokenizer, *, key: str) -> None:
+    """Render every conversation in ``prompts`` with ``tokenizer`` now, so that one it cannot
+    render (no chat template) stops a run before training, with the config ``key`` named."""
+    from rlxf.data.formats import render_prompt
+
+    try:
+        for prompt in prompts:
+            render_prompt(prompt, tokenizer)
+    except ConfigError as err:
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def encode_pair(prompt: Prompt, answer: str, tokenizer, separator: str) -> tuple[list[int], list[int]]:
@@ -77,7 +90,9 @@ def tokenize_demonstrations(demos: list[Demonstration], tokenizer, *, max_length
     Too long: the prompt loses tokens from its start (its end, next to the answer,
     matters most); an answer longer than ``max_length`` is cut at its end. A record
     with an empty prompt is plain text (pretraining): it is split into
-    ``max_length`` chunks with loss on every token, not truncated.
+    ``max_length`` chunks with loss on every token, not truncated. A chunk's first token
+    has nothing before it to be predicted from, so a last chunk of one token (the EOS
+    of a text one longer than a multiple of ``max_length``) holds no target and is left out.
     """
     stats = stats if stats is not None else TokenizeStats()
     out = []
@@ -86,6 +101,8 @@ def tokenize_demonstrations(demos: list[Demonstration], tokenizer, *, max_length
         if not prompt_ids:
             for start in range(0, len(answer_ids), max_length):
                 chunk = answer_ids[start:start + max_length]
+                if len(chunk) < 2:
+                    continue
                 out.append(Example(chunk, list(chunk)))
                 stats.examples += 1
                 stats.answer_tokens += len(chunk)

@@ -30,10 +30,10 @@ from typing import Literal
 import torch
 
 from rlxf.config import import_target
-from rlxf.data.tokenize import IGNORE, collate, prompt_text, tokenize_demonstrations
+from rlxf.data.tokenize import IGNORE, Example, check_prompts, collate, prompt_text, tokenize_demonstrations
 from rlxf.distributed import (TokenValues, check_divisible, gather_lists, gather_rows, global_masked_whiten, is_sharded,
                               make_accelerator, save_final, share, start_stage, sum_over_processes)
-from rlxf.errors import ConfigError
+from rlxf.errors import ConfigError, DataError
 from rlxf.models import reward as rm
 from rlxf.models.loading import (ModelConfig, add_lora, attention_kernel, auto_eager, fit_length, keeps_logits,
                                  load_causal_lm, load_model_tokenizer, load_tokenizer, max_positions, settle_attention,
@@ -181,7 +181,10 @@ class Config(TrainConfig):
     warmup_steps: int = 0
     """PPO steps of linear learning-rate warm-up (each step is ppo_epochs × minibatches updates)."""
     batch_size: int = 16
-    """Answers per PPO minibatch (one forward/backward)."""
+    """Answers per PPO minibatch (one optimiser step per model)."""
+    grad_accum: int = 1
+    """Micro-batches each minibatch is run in (batch_size / grad_accum answers per forward/backward; their
+    gradients add up before the step): less memory, the same update."""
     ppo_epochs: int = 4
     """Passes over each rollout batch."""
     clip_range: float = 0.2
@@ -210,6 +213,7 @@ class Config(TrainConfig):
         if self.batch_size > self.rollout.batch_size:
             raise ConfigError(f"batch_size ({self.batch_size}) is a minibatch of one rollout and cannot exceed "
                               f"rollout.batch_size ({self.rollout.batch_size})")
+        _check_micro_batches(self, processes=1)
         for name, target in self.track.items():
             if ":" not in target:
                 raise ConfigError(f"track.{name} must be 'module:function', got {target!r}")
@@ -291,7 +295,13 @@ class PPO:
                        else FixedKLController(cfg.kl.coef))
         self.kl_estimator = kl_k3 if cfg.kl.estimator == "k3" else kl_k1
         self.track = {name: import_target(target) for name, target in cfg.track.items()}
-        self.ptx = _ptx_examples(cfg, self.tokenizer) if cfg.ptx.coef > 0 else []
+        self.ptx = (_text_examples("ptx.data", cfg.ptx.data, self.tokenizer, cfg.ptx.max_length,
+                                   separator=cfg.rollout.separator, unset="set ptx.coef=0")
+                    if cfg.ptx.coef > 0 else [])
+        # held-out text for eval_lm_loss, read now: a bad file must not wait for the end of training
+        self.lm_eval = (_text_examples("eval.lm_data", cfg.eval.lm_data, self.tokenizer, cfg.ptx.max_length,
+                                       unset="leave eval.lm_data out")
+                        if cfg.eval.lm_data else [])
         self.ptx_used = 0  # pre-training batches consumed: where the ptx stream resumes
         self.ptx_batches = full_batch_indices(len(self.ptx), cfg.ptx.batch_size, cfg.seed + 1) if self.ptx else None
         # sampling (one query token against a growing key length) keeps SDPA where rlxf chose
@@ -451,7 +461,10 @@ class PPO:
         With N processes each shuffles its own rows into minibatches of ``batch_size / N``;
         together they make minibatches of ``batch_size`` (a different random partition of
         the rollout than one process would draw). Losses are token means over the whole
-        minibatch: a process weighs its mean by its share of the minibatch's tokens.
+        minibatch: a process weighs its mean by its share of the minibatch's tokens. With
+        ``grad_accum`` = G a process runs its rows as G micro-batches, each weighed by its
+        own share in the same way, whose gradients add up before each model's one clip and
+        step: the update of G = 1 (up to float rounding) with a G-th of the activations.
         """
         cfg, n_proc = self.cfg, self.acc.num_processes
         self.policy.train()
@@ -461,38 +474,24 @@ class PPO:
         n = ro.query.shape[0]
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(n).split(cfg.batch_size // n_proc):
-                query, response, mask = ro.query[idx], ro.response[idx], ro.mask[idx]
-                attention_mask = ro.attention_mask[idx]
-                n_mine = float(mask.sum())
-                part = n_mine / sum_over_processes([n_mine], self.acc)[0]  # 1.0 with one process
-                scale = part * n_proc  # × N: DDP averages the processes' gradients, the loss is their sum
+                n_tokens = sum_over_processes([float(ro.mask[idx].sum())], self.acc)[0]  # the minibatch's
+                micro = idx.split(cfg.batch_size // (n_proc * cfg.grad_accum))
+                ptx = self._ptx_micro_batches(len(micro)) if self.ptx else [None] * len(micro)
+                mb: dict[str, float] = {}  # this process's part of this minibatch's statistics
                 # the two models share no weights: each one's loss goes backward, is clipped and
                 # steps on its own, so only one model's activations and gradients are held at a
                 # time (PPO-S peak memory −17 MB, then −8 to −10 MB)
-                with self.autocast():  # logits and values come out float32
-                    logits = self._logits(self.policy_fwd, query, response, attention_mask)  # (b, R, V)
-                    ptx_loss, ptx_part = self._ptx_loss() if self.ptx else (None, 0.0)
-                logp = logprobs_from_logits(logits, response)  # (b, R)
-                with torch.no_grad():
-                    entropy = masked_mean(entropy_from_logits(logits), mask)
-                del logits  # the graph keeps what backward needs
-                pg = policy_loss(logp, ro.logp[idx], ro.advantages[idx], mask, cfg.clip_range)
-                loss = pg.loss * scale
-                if self.ptx:
-                    loss = loss + cfg.ptx.coef * (ptx_loss * (ptx_part * n_proc))
-                    _add(stats, "ptx_loss", ptx_loss.item() * ptx_part)
-                self.acc.backward(loss)
+                for rows, ptx_rows in zip(micro, ptx):
+                    self._policy_backward(ro, rows, n_tokens, ptx_rows, mb)
                 grad_norms["policy_grad_norm"].append(_clip_and_step(optimizer, cfg.max_grad_norm))
-                with self.autocast():
-                    values = self._values(query, response, attention_mask)  # (b, R)
-                vf = value_loss(values, ro.values[idx], ro.returns[idx], mask, cfg.value_clip_range)
-                self.acc.backward(cfg.vf_coef * vf.loss * scale)
+                for rows in micro:
+                    self._value_backward(ro, rows, n_tokens, mb)
                 grad_norms["value_grad_norm"].append(_clip_and_step(optimizer, cfg.max_grad_norm))
                 scheduler.step()  # one learning-rate step per minibatch: both steps above used the same rate
-                for key, value in (("policy_loss", pg.loss), ("value_loss", vf.loss), ("clip_frac", pg.clip_frac),
-                                   ("value_clip_frac", vf.clip_frac), ("approx_kl", pg.approx_kl),
-                                   ("entropy", entropy)):
-                    _add(stats, key, float(value.detach()) * part)
+                for key in ("ptx_loss", "policy_loss", "value_loss", "clip_frac", "value_clip_frac", "approx_kl",
+                            "entropy"):
+                    if key in mb:
+                        _add(stats, key, mb[key])
         keys = list(stats)
         totals = sum_over_processes([v for k in keys for v in stats[k]], self.acc)  # each minibatch's value
         per_key = len(totals) // max(len(keys), 1)
@@ -500,19 +499,63 @@ class PPO:
         out.update(grad_norms)  # the same on every process (gradients are all-reduced)
         return {k: sum(v) / len(v) for k, v in out.items()}
 
-    def _ptx_loss(self) -> tuple[torch.Tensor, float]:
-        """Mean next-token NLL on this process's share of one batch of pre-training text
-        (the γ term of eq. 2), and that share's part of the batch's target tokens."""
+    def _policy_backward(self, ro: Rollout, rows: torch.Tensor, n_tokens: float, ptx: tuple | None,
+                         mb: dict[str, float]) -> None:
+        """Backward of the clipped policy loss on ``rows`` of ``ro`` (plus γ × the LM loss on
+        ``ptx``, a :meth:`_ptx_micro_batches` part), weighed by the rows' share of the
+        minibatch's ``n_tokens`` answer tokens; adds their part of the statistics to ``mb``."""
+        cfg = self.cfg
+        query, response, mask = ro.query[rows], ro.response[rows], ro.mask[rows]
+        part = float(mask.sum()) / n_tokens  # 1.0 with one process and grad_accum=1
+        scale = part * self.acc.num_processes  # × N: DDP averages the processes' gradients, the loss is their sum
+        with self.autocast():  # logits come out float32
+            logits = self._logits(self.policy_fwd, query, response, ro.attention_mask[rows])  # (b, R, V)
+            ptx_loss, ptx_part = self._ptx_loss(*ptx) if ptx is not None else (None, 0.0)
+        logp = logprobs_from_logits(logits, response)  # (b, R)
+        with torch.no_grad():
+            entropy = masked_mean(entropy_from_logits(logits), mask)
+        del logits  # the graph keeps what backward needs
+        pg = policy_loss(logp, ro.logp[rows], ro.advantages[rows], mask, cfg.clip_range)
+        loss = pg.loss * scale
+        if ptx is not None:
+            loss = loss + cfg.ptx.coef * (ptx_loss * (ptx_part * self.acc.num_processes))
+            mb["ptx_loss"] = mb.get("ptx_loss", 0.0) + ptx_loss.item() * ptx_part
+        self.acc.backward(loss)
+        for key, value in (("policy_loss", pg.loss), ("clip_frac", pg.clip_frac), ("approx_kl", pg.approx_kl),
+                           ("entropy", entropy)):
+            mb[key] = mb.get(key, 0.0) + float(value.detach()) * part
+
+    def _value_backward(self, ro: Rollout, rows: torch.Tensor, n_tokens: float, mb: dict[str, float]) -> None:
+        """Backward of the clipped value loss on ``rows`` of ``ro``, weighed as in :meth:`_policy_backward`."""
+        cfg = self.cfg
+        mask = ro.mask[rows]
+        part = float(mask.sum()) / n_tokens
+        with self.autocast():  # values come out float32
+            values = self._values(ro.query[rows], ro.response[rows], ro.attention_mask[rows])  # (b, R)
+        vf = value_loss(values, ro.values[rows], ro.returns[rows], mask, cfg.value_clip_range)
+        self.acc.backward(cfg.vf_coef * vf.loss * (part * self.acc.num_processes))
+        for key, value in (("value_loss", vf.loss), ("value_clip_frac", vf.clip_frac)):
+            mb[key] = mb.get(key, 0.0) + float(value.detach()) * part
+
+    def _ptx_micro_batches(self, n_micro: int) -> list[tuple[list, int]]:
+        """This process's share of the next batch of pre-training text, dealt into
+        ``n_micro`` parts, each with the target tokens of the whole (global) batch."""
         examples = [self.ptx[i] for i in next(self.ptx_batches)]  # the global batch
         self.ptx_used += 1
         mine, _ = share(examples, self.acc)
-        batch = collate(mine, self.tokenizer.pad_token_id)
+        n_targets = max(_n_ptx_targets(examples), 1)
+        return [(mine[i::n_micro], n_targets) for i in range(n_micro)]
+
+    def _ptx_loss(self, examples: list, n_targets: int) -> tuple[torch.Tensor, float]:
+        """Mean next-token NLL on ``examples`` of pre-training text (the γ term of eq. 2),
+        and their part of the ``n_targets`` target tokens of the batch they come from."""
+        batch = collate(examples, self.tokenizer.pad_token_id)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         labels = batch.pop("labels")
         logits = self.policy_fwd(**batch, use_cache=False).logits[:, :-1]  # (b, T-1, V)
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
                                                  labels[:, 1:].reshape(-1), ignore_index=IGNORE)
-        return loss, _n_ptx_targets(mine) / max(_n_ptx_targets(examples), 1)
+        return loss, _n_ptx_targets(examples) / n_targets
 
     # -- bookkeeping --------------------------------------------------------------------
 
@@ -559,6 +602,7 @@ def run(cfg: Config) -> dict:
                           "for a policy too large for one GPU use model.lora.enabled=true")
     check_divisible(acc, **{"rollout.batch_size": cfg.rollout.batch_size, "batch_size": cfg.batch_size},
                     **({"ptx.batch_size": cfg.ptx.batch_size} if cfg.ptx.coef > 0 else {}))
+    _check_micro_batches(cfg, acc.num_processes)
     run_dir, device = start_stage(cfg, acc)
     if run_dir.complete:
         return run_dir.summary()
@@ -568,6 +612,10 @@ def run(cfg: Config) -> dict:
     eval_prompts = list(load_prompts(cfg.eval.prompts))[:cfg.eval.n] if cfg.eval.prompts else []
     ppo = PPO(cfg, device, acc)
     cfg = ppo.cfg  # its lengths fitted to the models
+    # what the evaluation reads is checked now: it would first fail after training had run
+    check_prompts(eval_prompts, ppo.tokenizer, key="eval.prompts")  # sampled from
+    if ppo.rm_tokenizer is not ppo.tokenizer:
+        check_prompts(eval_prompts, ppo.rm_tokenizer, key="eval.prompts")  # scored
     n_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(prompts) / cfg.rollout.batch_size))
     updates_per_step = cfg.ppo_epochs * math.ceil(cfg.rollout.batch_size / cfg.batch_size)
     # the scheduler steps once per minibatch update; warm-up is given in PPO steps
@@ -577,8 +625,11 @@ def run(cfg: Config) -> dict:
 
     start, extra = resume(run_dir, accelerator=acc, modules=ppo.trainable_modules(), optimizer=optimizer,
                           scheduler=scheduler)
+    last: dict[str, float] = {}  # the newest step's statistics
     if extra:
         ppo.kl_ctl.load_state_dict(extra["kl_controller"])
+        # a run resumed from its last checkpoint has no step left to evaluate at
+        last = dict(extra.get("eval", {}))
         if ppo.ptx:
             ppo.ptx_used = extra["ptx_batches_used"]
             ppo.ptx_batches = full_batch_indices(len(ppo.ptx), cfg.ptx.batch_size, cfg.seed + 1, start=ppo.ptx_used)
@@ -589,7 +640,6 @@ def run(cfg: Config) -> dict:
     timer = Timer()
     bar = progress(range(start, n_steps), desc="ppo", initial=start, total=n_steps,
                    enabled=cfg.progress and acc.is_main_process)
-    last: dict[str, float] = {}
     for step in bar:
         mine, _ = share(next(batches), acc)  # this process's rollout.batch_size / N prompts
         ro = ppo.rollout([prompts[i] for i in mine])
@@ -611,11 +661,12 @@ def run(cfg: Config) -> dict:
         if (cfg.save_every and done % cfg.save_every == 0) or done == n_steps:
             save_checkpoint(run_dir, done, accelerator=acc, modules=ppo.trainable_modules(), optimizer=optimizer,
                             scheduler=scheduler, keep=cfg.keep_checkpoints,
-                            extra={"kl_controller": ppo.kl_ctl.state_dict(), "ptx_batches_used": ppo.ptx_used})
+                            extra={"kl_controller": ppo.kl_ctl.state_dict(), "ptx_batches_used": ppo.ptx_used,
+                                   "eval": {k: v for k, v in stats.items() if k.startswith("eval_")}})
     bar.close()
 
     save_final(ppo.policy_fwd, _plain_tokenizer(ppo.tokenizer), run_dir.final, acc)
-    if cfg.eval.lm_data and "eval_lm_loss" not in last and acc.is_main_process:
+    if ppo.lm_eval and "eval_lm_loss" not in last and acc.is_main_process:
         with ppo.autocast():
             last.update(evaluate(ppo, [], cfg))
     rows = run_dir.metrics()
@@ -660,13 +711,18 @@ def evaluate(ppo: PPO, prompts: list, cfg: Config) -> dict[str, float]:
         for name, fn in ppo.track.items():
             values = fn(prompts, texts, ended)
             out[f"eval_{name}"] = sum(values) / len(values)
-    if cfg.eval.lm_data:
-        out["eval_lm_loss"] = lm_loss(ppo.policy, ppo.tokenizer, cfg.eval.lm_data, cfg.ptx.max_length, ppo.device)
+    if ppo.lm_eval:
+        from rlxf.stages.sft import evaluate as sft_evaluate
+
+        # as lm_loss, on the examples read before training
+        out["eval_lm_loss"] = sft_evaluate(ppo.policy, ppo.lm_eval, ppo.tokenizer.pad_token_id, ppo.device,
+                                           batch_size=16)
     return out
 
 
 def lm_loss(model, tokenizer, path: str, max_length: int, device) -> float:
-    """Mean NLL per token of ``model`` on the text (or demonstrations) at ``path``."""
+    """Mean NLL per token of ``model`` on the text (or demonstrations) at ``path``: PPO's
+    ``eval_lm_loss``, for any model."""
     from rlxf.data.formats import load_demonstrations
     from rlxf.stages.sft import evaluate as sft_evaluate
 
@@ -709,14 +765,32 @@ def _normalization_at(path: str) -> tuple[float, float]:
     return float(norm.get("shift", 0.0)), float(norm.get("scale", 1.0))
 
 
-def _ptx_examples(cfg: Config, tokenizer):
+def _text_examples(key: str, path: str, tokenizer, max_length: int, *, separator: str = " ",
+                   unset: str) -> list[Example]:
+    """Pre-training text (or demonstrations) at ``path``, read for the LM loss of config key
+    ``key``: a missing or empty file is an error naming the key and the fixes (``unset``:
+    how to do without it), raised before training."""
     from rlxf.data.formats import load_demonstrations
 
-    examples = tokenize_demonstrations(list(load_demonstrations(cfg.ptx.data)), tokenizer,
-                                       max_length=cfg.ptx.max_length, separator=cfg.rollout.separator)
+    try:
+        demonstrations = list(load_demonstrations(path))
+    except DataError as err:
+        raise ConfigError(f"{key}: {err} (point {key} at a file of {{text}} rows or demonstrations, or "
+                          f"{unset})") from None
+    examples = tokenize_demonstrations(demonstrations, tokenizer, max_length=max_length, separator=separator)
     if not examples:
-        raise ConfigError(f"ptx.data ({cfg.ptx.data}) holds no text")
+        raise ConfigError(f"{key} ({path}) holds no text; give it {{text}} rows or demonstrations, or {unset}")
     return examples
+
+
+def _check_micro_batches(cfg: Config, processes: int) -> None:
+    """Refuse minibatches that ``grad_accum`` micro-batches on each of ``processes`` cannot split evenly."""
+    sizes = {"batch_size": cfg.batch_size, **({"ptx.batch_size": cfg.ptx.batch_size} if cfg.ptx.coef > 0 else {})}
+    for key, size in sizes.items():
+        if size % (cfg.grad_accum * processes):
+            raise ConfigError(f"{key} ({size}) must be a multiple of grad_accum × processes ({cfg.grad_accum} × "
+                              f"{processes}): each forward/backward takes {key} / (grad_accum × processes); "
+                              f"change {key} or grad_accum")
 
 
 def _plain_tokenizer(tokenizer):

@@ -33,6 +33,7 @@ from typing import Literal
 
 import torch
 
+from rlxf.data.tokenize import check_prompts
 from rlxf.distributed import (TokenValues, configure_deepspeed, gather_lists, make_accelerator, refuse_sharded_lora,
                               save_final, share, start_stage, sum_over_processes)
 from rlxf.errors import ConfigError, DataError
@@ -61,7 +62,7 @@ class DataConfig:
     eval_fraction: float = 0.1
     """Share of train prompts held out when eval is null (all rows of a prompt go to one side; 0 disables)."""
     split: str | None = None
-    """Split to read from a saved HF DatasetDict."""
+    """Split of data.train to read from a saved HF DatasetDict (data.eval names its own: FOLDER:test)."""
     max_length: int = 512
     """Maximum tokens of prompt + answer; longer ones lose prompt tokens from the start first."""
     separator: str = " "
@@ -430,7 +431,7 @@ def _load_data(cfg: Config, tokenizer) -> dict:
     loaded = load_comparisons(d.train, split=d.split, skip_bad=d.skip_bad_rows)
     skipped = loaded.skipped
     if d.eval is not None:
-        held = load_comparisons(d.eval, split=d.split, skip_bad=d.skip_bad_rows)
+        held = load_comparisons(d.eval, skip_bad=d.skip_bad_rows)  # its split in its path
         skipped += held.skipped
         train = list(loaded)
     else:
@@ -462,13 +463,11 @@ def _load_data(cfg: Config, tokenizer) -> dict:
     if truncated:
         log.warning("%d answers were longer than data.max_length=%d with their prompt and were cut",
                     truncated, d.max_length)
-    reference_side, reference_name = (held, "held-out") if held else (train, "train")
-    reference = _chosen_answers(reference_side)
     log.info("reward data: %d train and %d eval comparisons; loss: rankings %s, pairs %s%s",
              len(train_groups), len(eval_groups), plan.rankings, plan.pairs, " with margin" if plan.margin else "")
     return {"train": train_groups, "eval": eval_groups, "plan": plan, "skipped": skipped,
             "truncated": truncated,
-            "reference": (f"chosen answers of the {reference_name} split", reference)}
+            "reference": _reference_answers(cfg, tokenizer, train, held) if cfg.normalize.enabled else None}
 
 
 def _prompt_key(prompt) -> str:
@@ -521,17 +520,27 @@ def _chosen_answers(comparisons: list) -> list[tuple]:
     return list(seen.values())
 
 
-def _normalize(model, tokenizer, cfg: Config, chosen: tuple[str, list[tuple]]) -> dict:
-    """Shift (and scale) so the reference answers score mean 0 (std 1); InstructGPT §3.5."""
+def _reference_answers(cfg: Config, tokenizer, train: list, held: list) -> tuple[str, list[tuple]]:
+    """``(name, [(prompt, answer), ...])``: the answers normalisation scores after training,
+    read and checked now so that a bad reference stops the run before it trains."""
     from rlxf.data.formats import load_demonstrations
 
-    if cfg.normalize.reference == "chosen":
-        name, answers = chosen
+    path = cfg.normalize.reference
+    if path == "chosen":
+        name, answers = (("chosen answers of the held-out split", _chosen_answers(held)) if held
+                         else ("chosen answers of the train split", _chosen_answers(train)))
     else:
-        demos = load_demonstrations(cfg.normalize.reference)
-        name, answers = f"demonstrations in {cfg.normalize.reference}", [(x.prompt, x.completion) for x in demos]
+        name, answers = f"demonstrations in {path}", [(x.prompt, x.completion) for x in load_demonstrations(path)]
+        check_prompts([p for p, _ in answers], tokenizer, key="normalize.reference")
     if len(answers) < 2:
-        raise ConfigError(f"normalisation needs at least 2 reference answers; {name} has {len(answers)}")
+        raise ConfigError(f"normalisation needs at least 2 reference answers; {name} has {len(answers)} "
+                          "(set normalize.reference to a demonstrations file, or normalize.enabled=false)")
+    return name, answers
+
+
+def _normalize(model, tokenizer, cfg: Config, reference: tuple[str, list[tuple]]) -> dict:
+    """Shift (and scale) so the reference answers score mean 0 (std 1); InstructGPT §3.5."""
+    name, answers = reference
     raw = score_texts(model, tokenizer, [p for p, _ in answers], [a for _, a in answers],
                       batch_size=cfg.batch_size * 2, separator=cfg.data.separator,
                       max_length=cfg.data.max_length)

@@ -37,7 +37,7 @@ class DataConfig:
     eval_fraction: float = 0.05
     """Share of train held out for evaluation when eval is null (0 disables evaluation)."""
     split: str | None = None
-    """Split to read from a saved HF DatasetDict."""
+    """Split of data.train to read from a saved HF DatasetDict (data.eval names its own: FOLDER:test)."""
     max_length: int = 512
     """Maximum tokens per training sequence (prompt + answer, or a packed sequence)."""
     packing: bool = False
@@ -79,7 +79,7 @@ def run(cfg: Config) -> dict:
     tokenizer = load_model_tokenizer(cfg.model)
     model = settle_attention(load_causal_lm(cfg.model), cfg.model.attn_implementation, device, cfg.mixed_precision)
     cfg = replace(cfg, data=replace(cfg.data, max_length=fit_length("data.max_length", cfg.data.max_length, model)))
-    train_set, eval_set, stats = _load_data(cfg, tokenizer)
+    train_set, eval_set, stats, skipped = _load_data(cfg, tokenizer)
     if cfg.model.lora.enabled:
         model = add_lora(model, cfg.model.lora)
     model.to(device).train()
@@ -90,12 +90,12 @@ def run(cfg: Config) -> dict:
     configure_deepspeed(acc, cfg.batch_size, cfg.grad_accum)
     wrapped, optimizer = acc.prepare(model, optimizer)
     start, extra = resume(run_dir, accelerator=acc, modules=(model,), optimizer=optimizer, scheduler=scheduler)
-    window = extra["loss_window"] if extra else []
+    # the eval loss rides in the checkpoint: a run resumed from its last one has no step left to evaluate at
+    window, eval_loss = (extra["loss_window"], extra.get("eval_loss")) if extra else ([], None)
 
     batches = micro_batch_indices(len(train_set), cfg.batch_size, cfg.seed, start=start * cfg.grad_accum)
     pad_id = tokenizer.pad_token_id
     timer = Timer()
-    eval_loss = None
     bar = progress(range(start, n_steps), desc="sft", initial=start, total=n_steps,
                    enabled=cfg.progress and acc.is_main_process)
     for step in bar:
@@ -131,7 +131,8 @@ def run(cfg: Config) -> dict:
             run_dir.log(done, row)
         if (cfg.save_every and done % cfg.save_every == 0) or done == n_steps:
             save_checkpoint(run_dir, done, accelerator=acc, modules=(model,), optimizer=optimizer,
-                            scheduler=scheduler, keep=cfg.keep_checkpoints, extra={"loss_window": window})
+                            scheduler=scheduler, keep=cfg.keep_checkpoints,
+                            extra={"loss_window": window, "eval_loss": eval_loss})
     bar.close()
 
     save_final(wrapped, tokenizer, run_dir.final, acc)
@@ -142,6 +143,7 @@ def run(cfg: Config) -> dict:
         "resumed_from_step": start,
         "train_examples": len(train_set),
         "eval_examples": len(eval_set),
+        "skipped_rows": skipped,
         "truncated_examples": stats.truncated,
         "final_train_loss": last[-1]["loss"] if last else None,
         "final_eval_loss": eval_loss,
@@ -154,13 +156,16 @@ def run(cfg: Config) -> dict:
     return summary
 
 
-def _load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], TokenizeStats]:
+def _load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], TokenizeStats, int]:
+    """Train and eval sequences, the train set's tokenizer statistics and the bad rows skipped."""
     from rlxf.data.formats import load_demonstrations
 
     d = cfg.data
     train = load_demonstrations(d.train, split=d.split, skip_bad=d.skip_bad_rows)
+    skipped = train.skipped
     if d.eval is not None:
-        held = load_demonstrations(d.eval, split=d.split, skip_bad=d.skip_bad_rows)
+        held = load_demonstrations(d.eval, skip_bad=d.skip_bad_rows)  # its split in its path
+        skipped += held.skipped
     elif d.eval_fraction > 0 and len(train) > 1:
         g = torch.Generator().manual_seed(cfg.seed)
         order = torch.randperm(len(train), generator=g).tolist()
@@ -177,7 +182,7 @@ def _load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], To
         train_ex, eval_ex = pack(train_ex, d.max_length), pack(eval_ex, d.max_length)
     log.info("sft data: %d train and %d eval sequences (%d answer tokens)", len(train_ex), len(eval_ex),
              stats.answer_tokens)
-    return train_ex, eval_ex, stats
+    return train_ex, eval_ex, stats, skipped
 
 
 def _token_nll(model, batch: dict, device) -> tuple[torch.Tensor, int]:
@@ -228,8 +233,9 @@ def _evaluate_shared(model, examples: list[Example], pad_id: int, device, batch_
 
 
 def _n_targets(example: Example) -> int:
-    """Labelled tokens of one example, as ``collate`` lays them out (padding is IGNORE)."""
-    return sum(1 for t in example.labels if t != IGNORE)
+    """Tokens of one example that the loss predicts: labelled tokens after the first
+    (nothing precedes the first one; :func:`_token_nll` reads ``labels[:, 1:]``)."""
+    return sum(1 for t in example.labels[1:] if t != IGNORE)
 
 
 def _clip(acc, model, max_norm: float | None) -> float:
