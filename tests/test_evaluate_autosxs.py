@@ -99,6 +99,10 @@ def test_judgments_are_position_debiased_with_choice_and_confidence():
     assert (s["pairs"], s["decided"], s["no_answer"], s["wins_a"], s["wins_b"], s["ties"]) == (4, 3, 1, 1, 1, 1)
     assert s["win_rate_a"]["rate"] == pytest.approx(0.5) and s["win_rate_b"]["rate"] == pytest.approx(0.5)
     assert s["judging"]["flip_rate"] == pytest.approx(1 / 3)
+    assert {k: s["judging"][k] for k in ("unparseable_pairs", "too_long_pairs", "refused_pairs", "failed_pairs",
+                                          "shortened_prompts")} == {"unparseable_pairs": 1, "too_long_pairs": 0,
+                                                                    "refused_pairs": 0, "failed_pairs": 0,
+                                                                    "shortened_prompts": 0}
 
 
 def test_one_order_only_keeps_the_position_bias():

@@ -137,7 +137,7 @@ def judge_side_by_side(judge: Judge, prompts: Sequence, answers_a: Sequence[str]
             "p_first_ab": r.p_first_ab if judged else None, "p_first_ba": r.p_first_ba if judged else None,
             "flipped": r.flipped if judged else None,
             "explanation": explanation(r, settings) if judged else "",
-            "error": "" if prob_a is not None else (r if isinstance(r, str) else "unparseable"),
+            "error": "" if prob_a is not None else (r if isinstance(r, str) else r.problem),
         })
     frame = pd.DataFrame(rows)
     if human is not None:
@@ -145,7 +145,8 @@ def judge_side_by_side(judge: Judge, prompts: Sequence, answers_a: Sequence[str]
     summary = summarise(frame, level=level)
     stats = label.label_summary(results)
     summary["judging"] = {k: stats[k] for k in ("flip_rate", "favoured_position", "mean_prob_first_position",
-                                                "unparseable_pairs", "failed_pairs", "label_methods")}
+                                                "unparseable_pairs", "too_long_pairs", "refused_pairs",
+                                                "failed_pairs", "shortened_prompts", "label_methods")}
     summary["judging"].update(label.judge_stats(judge))
     return AutoSxS(frame, summary)
 
@@ -165,6 +166,8 @@ def explanation(r: PairJudgement, settings: JudgeSettings) -> str:
     if not r.rationales:
         return ""
     orders = ["A shown first", "B shown first"] if settings.both_orders else ["A shown first"]
+    if len(orders) == 2 and len(r.rationales) < 2 * settings.samples:  # one order was too long to ask
+        orders = ["B shown first"] if r.p_first_ab is None and r.p_first_ba is not None else ["A shown first"]
     per_order = len(r.rationales) // len(orders)
     parts = []
     for i, name in enumerate(orders):
@@ -229,5 +232,9 @@ def _print_summary(summary: dict) -> None:
                   f"{w['ties']} ties counted half)", highlight=False)
     if "human" in summary:
         a = summary["human"]["agreement"]
-        console.print(f"judge vs humans on {a['n']} pairs: accuracy {a['accuracy']}, Cohen's kappa "
-                      f"{a['cohen_kappa']} ({a['kappa_interpretation']})", highlight=False)
+        console.print(f"judge vs humans on {a['n']} pairs: accuracy {_three(a['accuracy'])}, Cohen's kappa "
+                      f"{_three(a['cohen_kappa'])} ({a['kappa_interpretation']})", highlight=False)
+
+
+def _three(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
