@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from rlxf.config import dump_yaml, field_docs, help_text, load_config
@@ -125,7 +127,7 @@ def test_a_resumed_run_may_change_only_what_cannot_change_its_results(tmp_path, 
     Run.open(cfg().out, cfg())
     Run.open(cfg().out, cfg("template=harmless"))  # nothing saved yet: a new config is taken
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["template"] == "harmless"
-    (tmp_path / "run" / "judge_cache.sqlite").write_bytes(b"")  # now it has begun
+    (tmp_path / "run" / "preferences.jsonl").write_bytes(b"")  # now it has begun
     relaxed = cfg("template=harmless", "progress=false", "judge.concurrency=2", "judge.max_retries=9",
                   "judge.timeout=5")
     Run.open(relaxed.out, relaxed)
@@ -136,6 +138,48 @@ def test_a_resumed_run_may_change_only_what_cannot_change_its_results(tmp_path, 
     Run.open(relative.out, relative)  # the same run, its folder written another way
     with pytest.raises(ConfigError, match=r"different config \(template changed\)"):
         Run.open(cfg().out, cfg())
+
+
+def test_a_run_directory_is_locked_while_a_process_uses_it(tmp_path):
+    import subprocess
+    import sys
+
+    from rlxf.runs import Run
+
+    cfg = load_config(sft.Config, overrides=[f"out={tmp_path / 'run'}", "model.name_or_path=m", "data.train=t.jsonl"])
+    Run.open(cfg.out, cfg)
+    Run.open(cfg.out, cfg)  # this process already holds it
+    other = subprocess.run([sys.executable, "-c", "import sys; from rlxf.config import load_config; "
+                            "from rlxf.runs import Run; from rlxf.stages import sft; "
+                            "cfg = load_config(sft.Config, overrides=sys.argv[1:]); Run.open(cfg.out, cfg)",
+                            f"out={tmp_path / 'run'}", "model.name_or_path=m", "data.train=t.jsonl"],
+                           capture_output=True, text=True)
+    assert other.returncode != 0 and f"is in use by another rlxf process (pid {os.getpid()})" in other.stderr
+
+
+def test_an_empty_out_or_a_folder_that_is_no_run_is_refused(tmp_path):
+    from rlxf.runs import Run
+
+    cfg = load_config(sft.Config, overrides=["out=", "model.name_or_path=m", "data.train=t.jsonl"])
+    with pytest.raises(ConfigError, match="out is empty"):
+        Run.open(cfg.out, cfg)
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "summary.json").write_text('{"x": 1}')
+    with pytest.raises(ConfigError, match="holds a summary.json but no config.yaml: it is not an rlxf run"):
+        Run.open(tmp_path / "proj", cfg)
+
+
+def test_a_cache_alone_does_not_make_a_run_begun(tmp_path):
+    from rlxf.feedback.ai import label
+    from rlxf.runs import Run
+
+    def cfg(*more):
+        return load_config(label.Config, overrides=[f"out={tmp_path / 'run'}", "data=pairs.jsonl", "judge.model=m",
+                                                    *more])
+
+    Run.open(cfg().out, cfg())
+    (tmp_path / "run" / "judge_cache.sqlite").write_bytes(b"SQLite format 3")  # made before a check failed
+    Run.open(cfg().out, cfg("judge.model=n"))  # the corrected command is taken
 
 
 def test_metrics_rows_leave_out_a_last_line_cut_short_and_name_a_bad_line(tmp_path, caplog):

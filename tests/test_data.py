@@ -290,6 +290,10 @@ def test_ultrafeedback_rows_take_the_shared_messages_as_the_prompt(tmp_path):
            "rejected": [user, {"role": "assistant", "content": "No idea."}]}
     [pair] = load_preferences(write_raw_jsonl(tmp_path / "uf.jsonl", [row]))
     assert (pair.prompt, pair.chosen, pair.rejected) == ((user,), "Boil water first.", "No idea.")
+    # as a prompt set (PPO, sxs) the row gives the same conversation, not its prompt text
+    assert list(load_prompts(tmp_path / "uf.jsonl")) == [(user,)]
+    [demo] = load_demonstrations(tmp_path / "uf.jsonl")
+    assert (demo.prompt, demo.completion) == ((user,), "Boil water first.")
 
 
 def test_demonstrations_given_as_comparisons_say_so(tmp_path):

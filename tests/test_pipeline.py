@@ -62,3 +62,21 @@ def test_a_mistake_in_a_later_stage_section_stops_the_pipeline_before_any_stage_
     assert ran == []
     with pytest.raises(ConfigError, match="reinforcement_learning_rate_multiplier must be > 0, got -1"):
         _config(tmp_path, "reinforcement_learning_rate_multiplier=-1")
+
+
+def test_the_stages_see_the_same_paths_however_out_is_written(tmp_path, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def sft(cfg, demonstrations, out):
+        seen.append((demonstrations, str(out)))
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "_sft", sft)
+    monkeypatch.chdir(tmp_path)
+    for out in ("other", str(tmp_path / "other"), "./other/"):
+        with pytest.raises(Stop):
+            pipeline.run_stages(_config(tmp_path, f"out={out}", "instruction=Be kind."))
+    assert len(set(seen)) == 1 and seen[0][1] == str(tmp_path / "other" / "sft")

@@ -121,7 +121,7 @@ def run(cfg: Config) -> dict:
 
 def run_stages(cfg: Config) -> dict:
     """Run (or reuse) every stage; returns summaries, the evaluation and the output dir."""
-    out = Path(cfg.out)
+    out = Path(cfg.out).resolve()  # the stages' paths read the same however out is written
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.yaml").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     _check_stage_configs(cfg, out)

@@ -35,7 +35,7 @@ log = logging.getLogger("rlxf")
 _STEP_DIR = "step-{:06d}"
 
 NO_EFFECT = frozenset({"out", "progress", "save_every", "keep_checkpoints", "concurrency", "timeout", "max_retries",
-                       "api_key_env"})
+                       "backoff", "max_backoff", "api_key_env"})
 """Config keys (the last part of a dotted key) that change how a run goes, never what
 it computes (resuming is exact wherever the checkpoints fall; ``out`` may be written
 relative or absolute): a resumed run may set them differently."""
@@ -53,10 +53,21 @@ class Run:
 
     @classmethod
     def open(cls, out: str | Path, config: Any) -> "Run":
-        """Create ``out`` for ``config``, or reopen it if it holds a run of the same config."""
+        """Create ``out`` for ``config``, or reopen it if it holds a run of the same config.
+
+        The directory is locked for as long as this process lives: a second process given
+        the same ``out`` (the same command started twice, or orphaned workers of a killed
+        launch still training) is refused instead of interleaving its writes."""
+        if not str(out).strip():
+            raise ConfigError("out is empty; name the folder the run writes to (out=runs/NAME)")
         run = cls(Path(out))
-        resolved = to_dict(config)
         config_path = run.out / "config.yaml"
+        if run.summary_path.exists() and not config_path.exists():
+            raise ConfigError(f"{run.out} holds a summary.json but no config.yaml: it is not an rlxf run directory; "
+                              "pass a new out=DIR")
+        run.out.mkdir(parents=True, exist_ok=True)
+        _lock(run.out)
+        resolved = to_dict(config)
         if config_path.exists() and run.started:
             previous = yaml.safe_load(config_path.read_text()) or {}
             changed = [k for k in _diff(previous, resolved, _defaults(config)) if k.rpartition(".")[2] not in NO_EFFECT]
@@ -72,18 +83,24 @@ class Run:
 
     @property
     def started(self) -> bool:
-        """Whether the run saved anything beside its config: metrics, a checkpoint, or a
-        file of its own (a cache, outputs)."""
+        """Whether the run saved anything beside its config: metrics, a checkpoint, or an
+        output. A cache does not count: it is keyed by what it holds (a judge's prompt), so
+        it serves a changed config rightly."""
         if self.checkpoints.exists() and any(self.checkpoints.iterdir()):
             return True
-        return any(p.name not in ("config.yaml", "checkpoints") for p in self.out.iterdir())
+        return any(p.name not in ("config.yaml", "checkpoints", _LOCK) and ".sqlite" not in p.name
+                   for p in self.out.iterdir())
 
     @property
     def complete(self) -> bool:
         return self.summary_path.exists()
 
     def summary(self) -> dict[str, Any]:
-        return json.loads(self.summary_path.read_text())
+        try:
+            return json.loads(self.summary_path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"not valid JSON ({err}); delete it to finish the run again",
+                            path=str(self.summary_path)) from None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         _atomic_write(self.summary_path, json.dumps(summary, indent=2, default=float) + "\n")
@@ -126,6 +143,33 @@ class Run:
         for old in done[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+
+_LOCK = ".rlxf.lock"
+_held: dict[Path, Any] = {}  # the lock files this process holds open, by run directory
+
+
+def _lock(out: Path) -> None:
+    """Hold an exclusive lock on ``out`` until this process exits (see :meth:`Run.open`)."""
+    import fcntl
+
+    key = out.resolve()
+    if key in _held:
+        return
+    handle = open(out / _LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "?"
+        handle.close()
+        raise ConfigError(f"{out} is in use by another rlxf process (pid {owner}); wait for it to end or stop it "
+                          "(after a killed accelerate launch, its workers may still run), or pass a new out=DIR"
+                          ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held[key] = handle
 
 
 def read_metrics_rows(path: str | Path) -> list[dict[str, Any]]:

@@ -486,9 +486,16 @@ def _parse_vertex_prompt(row: dict, where: _Where) -> str:
     return row["input_text"]
 
 
+def _parse_prompt(row: dict, where: _Where) -> Prompt:
+    """A row's ``prompt``; for an UltraFeedback comparison, the messages its answers share
+    (what the reward model and SFT read from the same row), not the prompt text."""
+    if _whole_conversation(row.get("chosen")) and _whole_conversation(row.get("rejected")):
+        return _split_conversations(row["chosen"], row["rejected"], where)[0]
+    return _prompt(row["prompt"], "prompt", where)
+
+
 _PROMPT_SHAPES = [
-    _Shape("prompt", ("prompt",), ("prompt",),
-           lambda row, where: _prompt(row["prompt"], "prompt", where)),
+    _Shape("prompt", ("prompt",), ("prompt",), _parse_prompt),
     _Shape("Vertex AI", ("input_text",), ("input_text",), _parse_vertex_prompt),
     _Shape("chat", ("messages",), ("messages",), _parse_chat_prompt),
     _Shape("implicit prompt / Anthropic HH", ("chosen", "rejected"), ("chosen", "rejected"),

@@ -78,7 +78,7 @@ def run(cfg: Config) -> dict:
     from rlxf.tinyworld import build
 
     size = {k: v[1] if cfg.quick else v[0] for k, v in PROFILE.items()}
-    out = Path(cfg.out)
+    out = Path(cfg.out).resolve()  # the stages' paths read the same however out is written
     timer = Timer()
     if cfg.world:
         files = build.paths(cfg.world)
