@@ -78,19 +78,26 @@ class AutoSxS:
 
 def run(cfg: Config) -> dict:
     from rlxf.feedback.ai.backends import make_judge
+    from rlxf.feedback.ai.labeller import check_template_fits
+    from rlxf.models.loading import checkpoint
 
+    settings = label.settings_of(cfg)  # templates and constitution load (and fail) before any work
     run_dir = Run.open(cfg.out, cfg)
     if run_dir.complete:
         log.info("%s is already complete; delete it to judge again", run_dir.out)
         return run_dir.summary()
     timer = Timer()
+    for path in (cfg.model_a, cfg.model_b) if cfg.data is None else ():
+        checkpoint(path, "model")  # both exist before the judge loads
+    # the judge loads, and its template is checked to fit it, before any answer is sampled
+    judge = make_judge(cfg.judge, cfg.cache or run_dir.out / "judge_cache.sqlite")
+    check_template_fits(judge, settings)
     answers = collect_answers(cfg, extra_columns=[cfg.human_column] if cfg.human_column else [])
     human = None
     if cfg.human_column:
         human = [parse_human(v, cfg.name_a, cfg.name_b, where=(answers.source, line, cfg.human_column))
                  for v, line in zip(answers.extra[cfg.human_column], answers.lines)]
-    judge = make_judge(cfg.judge, cfg.cache or run_dir.out / "judge_cache.sqlite")
-    result = judge_side_by_side(judge, answers.prompts, answers.a, answers.b, label.settings_of(cfg), human=human,
+    result = judge_side_by_side(judge, answers.prompts, answers.a, answers.b, settings, human=human,
                                 tie_margin=cfg.tie_margin, level=cfg.confidence_level, chunk_size=cfg.chunk_size,
                                 max_failed=cfg.max_failed_pairs, progress=cfg.progress)
     frame = result.judgments

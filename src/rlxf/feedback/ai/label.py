@@ -27,7 +27,9 @@ Output, in the run directory ``out``:
 
 A run where some pair *failed* is not complete: the command writes the two files,
 leaves out ``summary.json`` and exits with an error saying how many failed; running
-the same command again asks the judge only for those (the cache holds the rest).
+the same command again asks the judge only for those (the cache holds the rest). So
+is a run where the judge was asked but labelled no pair at all (unparseable or too
+long): it writes the two files and fails with what to change.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 from rlxf.errors import ConfigError, DataError, RlxfError
 from rlxf.feedback.ai.backends import JudgeConfig, make_judge
 from rlxf.feedback.ai.judge import Judge, JudgeRequestError
-from rlxf.feedback.ai.labeller import JudgeSettings, PairJudgement, judge_pairs
+from rlxf.feedback.ai.labeller import JudgeSettings, PairJudgement, check_template_fits, judge_pairs
 from rlxf.feedback.ai.scoring import mean
 from rlxf.runs import Run, Timer
 
@@ -135,6 +137,7 @@ def run(cfg: Config) -> dict:
         write_results(run_dir.out, pairs, err.results)
         raise
     write_results(run_dir.out, pairs, results)
+    check_some_labelled(results, f"{run_dir.out / 'unlabelled.jsonl'} holds what it wrote (field 'unparsed')")
     summary = {"command": "label", "input": cfg.data, "skipped_rows": skipped, "judge": judge.identity,
                "template": cfg.template, **label_summary(results), **judge_stats(judge),
                "seconds": timer.elapsed(), "preferences": str(run_dir.out / "preferences.jsonl")}
@@ -275,6 +278,7 @@ def label_all(judge: Judge, pairs: Sequence[Pair], settings: JudgeSettings, *, c
     from rlxf.feedback.ai.templates import context_text
     from rlxf.progress import progress as bar
 
+    check_template_fits(judge, settings)  # before the progress bar: a template too long fails every pair
     results: list[PairJudgement | str] = []
     failed = 0
     for start in bar(range(0, len(pairs), chunk_size), desc="label", total=-(-len(pairs) // chunk_size),
@@ -305,6 +309,35 @@ def label_all(judge: Judge, pairs: Sequence[Pair], settings: JudgeSettings, *, c
     if failures:
         raise IncompleteJudging(results, len(failures), failures[-1].removeprefix("failed: "))
     return results
+
+
+class NothingLabelled(RlxfError):
+    """The judge was asked about pairs but labelled none of them: it does not follow the
+    template, or no prompt fit its context. A summary would mark the run complete, and the
+    next stage would find no labels; the command fails instead."""
+
+
+def check_some_labelled(results: Sequence[PairJudgement | str], where_unparsed: str) -> None:
+    """Raise :class:`NothingLabelled` when pairs were judged but none got a label;
+    ``where_unparsed`` says which file holds what the judge wrote."""
+    s = label_summary(results)
+    judged = [r for r in results if isinstance(r, PairJudgement)]
+    if s["labelled"] or not judged:
+        return
+    why = []
+    if s["unparseable_pairs"]:
+        one_order = sum(r.p_first_ab is not None or r.p_first_ba is not None for r in judged)
+        why.append(f"{s['unparseable_pairs']} unparseable: no answer \"1\" or \"2\" could be read from the judge; "
+                   f"{where_unparsed}. Try another template, chain-of-thought the other way (cot=true or "
+                   "cot=false), or a judge model that follows the template (an instruction-tuned one)"
+                   + (f"; {one_order} pairs were read in one order only (require_both_orders=false would keep "
+                      "them, with that order's position bias)" if one_order else ""))
+    if s["too_long_pairs"]:
+        why.append(f"{s['too_long_pairs']} too long for the judge even shortened: use a judge with a longer "
+                   "context, or a shorter template or constitution")
+    raise NothingLabelled(f"the judge labelled none of the {len(judged)} pairs it was asked about: "
+                          + "; ".join(why) + ". The run is not complete (no summary.json); run again with "
+                          "a new out=DIR after changing the settings")
 
 
 def label_summary(results: Sequence[PairJudgement | str]) -> dict:

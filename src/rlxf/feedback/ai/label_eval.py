@@ -14,9 +14,10 @@ choice and are left out (``human_ties``); pairs the judge left unlabelled (unpar
 failed) are left out (``unlabelled``); pairs where the judge's P(A) is exactly 0.5 --
 e.g. a text-only judge that picked the same position in both orders -- have no judge
 choice and are left out (``judge_ties``); ``coverage`` is the share that remains.
+When the judge labelled no pair at all, the run fails (no ``summary.json``), as ``rlxf label`` does.
 
 Output: ``judged.jsonl`` (per pair: both answers, the human and the judge choice,
-P(A)) and ``summary.json`` (the agreement report under ``agreement``, plus the
+P(A), and ``unparsed``: what the judge wrote where no answer could be read) and ``summary.json`` (the agreement report under ``agreement``, plus the
 labelling statistics of ``rlxf label``).
 """
 
@@ -75,7 +76,8 @@ def run(cfg: Config) -> dict:
         rows.append({"prompt": label.plain_prompt(pair.prompt), "answer_a": pair.a, "answer_b": pair.b,
                      "human_prefers": "a" if human else "b", "judge_prob_a": prob_a,
                      "judge_prefers": None if prob_a is None or prob_a == 0.5 else "a" if prob_a > 0.5 else "b",
-                     "source": pair.source})
+                     "source": pair.source,
+                     "unparsed": list(r.unparsed) if isinstance(r, PairJudgement) else []})
         if prob_a is None:
             unlabelled += 1
             continue
@@ -86,6 +88,7 @@ def run(cfg: Config) -> dict:
         truth.append(human)
         predicted.append(prob_a > 0.5)
     write_jsonl(run_dir.out / "judged.jsonl", rows)
+    label.check_some_labelled(results, f"{run_dir.out / 'judged.jsonl'} holds what it wrote (field 'unparsed')")
     report = binary_report(truth, predicted)
     summary = {
         "command": "label-eval", "input": cfg.data, "judge": judge.identity, "template": cfg.template,

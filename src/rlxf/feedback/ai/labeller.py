@@ -107,9 +107,7 @@ def judge_pairs(judge: Judge, pairs: Sequence[tuple[str, str, str]], s: JudgeSet
     t = s.template
     principles = [s.constitution.sample(s.seed, *pair) if s.constitution else None for pair in pairs]
     orders = (False, True) if s.both_orders else (False,)
-    score_room = prompt_room(judge, answers=LABELS)  # the room of the prompt "1"/"2" is scored after
-    ask_room = _cot_room(score_room, s) if s.cot else score_room
-    _check_template_fits(ask_room, s)
+    score_room, ask_room = _rooms(judge, s)
     prompts: list[str | None] = []  # pair-major: for pair i, order o, the prompt at i * len(orders) + o
     shortened: list[bool] = []
     for (context, a, b), principle in zip(pairs, principles):
@@ -159,6 +157,22 @@ def judge_pairs(judge: Judge, pairs: Sequence[tuple[str, str, str]], s: JudgeSet
         out.append(PairJudgement(_combine(p_ab, p_ba, s), p_ab, p_ba, tuple(methods), tuple(reasons),
                                  principle.name if principle else None, tuple(unparsed), n_short))
     return out
+
+
+def check_template_fits(judge: Judge, s: JudgeSettings) -> None:
+    """Raise :class:`ConfigError` when no pair could be judged with these settings: the template
+    alone is too long for the judge, or the rationale leaves no room. :func:`judge_pairs` checks
+    this itself; commands call it first, before any slow work (loading data, sampling answers)."""
+    _rooms(judge, s)
+
+
+def _rooms(judge: Judge, s: JudgeSettings) -> tuple[Room | None, Room | None]:
+    """The room of the prompt "1"/"2" is scored after, and of the prompt first asked (with
+    chain-of-thought, the rationale comes between them); checked to fit the bare template."""
+    score_room = prompt_room(judge, answers=LABELS)
+    ask_room = _cot_room(score_room, s) if s.cot else score_room
+    _check_template_fits(ask_room, s)
+    return score_room, ask_room
 
 
 def _check_template_fits(room: Room | None, s: JudgeSettings) -> None:
