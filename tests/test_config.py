@@ -33,6 +33,9 @@ def test_unknown_key_suggests_the_closest(tmp_path):
         _cfg(tmp_path, BASE, "data.max_lenght=3")
     with pytest.raises(ConfigError, match=r"unknown config key 'nonsense'"):
         _cfg(tmp_path, BASE + "nonsense: 1\n")
+    # a misspelt key is named even while required keys are missing (they would hide it)
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.lora.rr'; did you mean 'model.lora.r'"):
+        load_config(sft.Config, None, ["model.lora.rr=4"])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -222,3 +225,12 @@ def test_nested_sections_name_their_keys_in_full():
     with pytest.raises(ConfigError, match=r"^model.lora.dropout must be in \[0, 1\), got 1.5$"):
         load_config(ppo.Config, None, ["model.name_or_path=m", "rollout.prompts=p.jsonl", "out=o",
                                        "reward.model=rm", "model.lora.dropout=1.5"])
+
+
+def test_help_lists_a_sections_own_keys_before_its_subsections():
+    from rlxf.stages import ppo
+
+    text = help_text(ppo.Config)
+    assert text.index("  ppo_epochs (") < text.index("\nmodel: ") < text.index("\neval: ")
+    assert text.index("\neval: ") < text.index("  eval.lm_data (")
+    assert "PPO steps to run" in text.split("  max_steps (")[1].split("\n  ")[0]

@@ -105,19 +105,19 @@ def _keyed(message: str, where: str) -> str:
 
 
 def help_text(cls: type, prefix: str = "") -> str:
-    """One line per key: ``dotted.key (type, default): docstring``."""
-    lines = []
+    """One line per key: ``dotted.key (type, default): docstring``; a section's own keys
+    first, then its sections, each under its heading (so no key reads as a section's)."""
+    lines, sections = [], []
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         tp = _resolved_types(cls)[f.name]
         if dataclasses.is_dataclass(tp):
-            lines.append(f"{prefix}{f.name}: {docs.get(f.name, '')}".rstrip(": "))
-            lines.append(help_text(tp, f"{prefix}{f.name}."))
+            sections += [f"{prefix}{f.name}: {docs.get(f.name, '')}".rstrip(": "), help_text(tp, f"{prefix}{f.name}.")]
             continue
         default = _default_of(f)
         shown = "required" if default is dataclasses.MISSING else f"default {default!r}"
         lines.append(f"  {prefix}{f.name} ({_type_name(tp)}, {shown})\n      {docs.get(f.name, '')}")
-    return "\n".join(lines)
+    return "\n".join(lines + sections)
 
 
 @cache
@@ -177,12 +177,7 @@ def _default_of(f: dataclasses.Field) -> Any:
 def _build(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean '{where}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"unknown config key '{where}{key}'{hint}")
+    _check_keys(cls, raw, where)
     kwargs = {}
     hints = _resolved_types(cls)
     for f in dataclasses.fields(cls):
@@ -195,6 +190,21 @@ def _build(cls: type, raw: Any, where: str) -> Any:
             raise ConfigError(f"missing required config key '{where}{f.name}' "
                               f"({field_docs(cls).get(f.name, 'no description')})")
     return cls(**kwargs)
+
+
+def _check_keys(cls: type, raw: dict, where: str) -> None:
+    """Refuse a key ``cls`` lacks, here or in any nested section of ``raw``: a misspelt key
+    is named (with the key it may have meant) before a missing one is asked for."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{where}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{where}{key}'{hint}")
+    hints = _resolved_types(cls)
+    for name, value in raw.items():
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            _check_keys(hints[name], value, f"{where}{name}.")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

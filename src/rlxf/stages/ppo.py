@@ -182,6 +182,9 @@ class Config(TrainConfig):
     """PPO steps of linear learning-rate warm-up (each step is ppo_epochs × minibatches updates)."""
     batch_size: int = 16
     """Answers per PPO minibatch (one optimiser step per model)."""
+    max_steps: int | None = None
+    """PPO steps to run (each a rollout batch and its ppo_epochs × minibatches updates); null derives them
+    from epochs over the prompts."""
     grad_accum: int = 1
     """Micro-batches each minibatch is run in (batch_size / grad_accum answers per forward/backward; their
     gradients add up before the step): less memory, the same update."""
