@@ -294,3 +294,58 @@ def test_tinyworld_judge_starts_from_the_shipped_base_by_default(tmp_path, monke
         judge.run(cfg)
     assert seen == [build.SHIPPED] and (build.SHIPPED / "model.safetensors").exists()
     assert not (tmp_path / "j" / "build").exists()  # no base model was pre-trained for it
+
+
+def test_a_label_run_that_could_read_no_answer_fails_and_stays_incomplete(tmp_path):
+    # the judge answers every prompt of case-garbage with text no "1"/"2" can be read from
+    rows = [{"prompt": f"User: case-garbage {i}", "chosen": "a good one", "rejected": "meh"} for i in range(4)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    with FakeOpenAI({"case-garbage": ["text:Both replies have merit.*"]}) as fake:
+        args = [f"out={tmp_path / 'run'}", f"data={data}", "judge.backend=openai", "judge.model=fake",
+                f"judge.base_url={fake.url}", "progress=false"]
+        for _ in range(2):  # a re-run is not "already complete": it fails the same way
+            with pytest.raises(label.NothingLabelled, match=r"none of the 4 pairs it was asked about: 4 unparseable"
+                               r".*unlabelled\.jsonl holds what it wrote \(field 'unparsed'\).*another template.*cot="):
+                label.run(load_config(label.Config, None, args))
+            assert not (tmp_path / "run" / "summary.json").exists()
+            assert read(tmp_path / "run" / "preferences.jsonl") == []
+            unlabelled = read(tmp_path / "run" / "unlabelled.jsonl")
+            assert [r["reason"] for r in unlabelled] == ["unparseable"] * 4
+            assert all(r["unparsed"] == ["Both replies have merit."] * 2 for r in unlabelled)  # both orders
+        # one pair the judge can read: a label, so the run completes with the rest counted
+        rows[0]["prompt"] = "User: q"
+        data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+        summary = label.run(load_config(label.Config, None, args[:1] + [f"out={tmp_path / 'run2'}"] + args[2:]
+                                        + [f"data={data}"]))
+    assert (summary["labelled"], summary["unparseable_pairs"]) == (1, 3)
+
+
+def test_a_label_eval_run_that_could_read_no_answer_fails_and_stays_incomplete(tmp_path):
+    rows = [{"prompt": f"User: case-garbage {i}", "chosen": "a good one", "rejected": "meh"} for i in range(3)]
+    data = write_jsonl(tmp_path / "human.jsonl", rows)
+    with FakeOpenAI({"case-garbage": ["text:Hard to say.*"]}) as fake:
+        with pytest.raises(label.NothingLabelled, match=r"none of the 3 pairs .* 3 unparseable.*judged\.jsonl holds"):
+            label_eval.run(load_config(label_eval.Config, None, [
+                f"out={tmp_path / 'eval'}", f"data={data}", "judge.backend=openai", "judge.model=fake",
+                f"judge.base_url={fake.url}", "progress=false"]))
+    assert not (tmp_path / "eval" / "summary.json").exists()
+    assert [r["unparsed"] for r in read(tmp_path / "eval" / "judged.jsonl")] == [["Hard to say."] * 2] * 3
+
+
+def test_a_critique_prompt_that_cannot_fit_fails_before_any_request(tmp_path, tiny_model_dir, monkeypatch):
+    from rlxf.feedback.ai.hf_judge import HFJudge
+
+    asked = []
+    monkeypatch.setattr(HFJudge, "generate", lambda self, prompts, **kw: asked.append(prompts))
+    data = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": "say hello to tom .", "completion": "go away ."}])
+    principles = tmp_path / "c.yaml"
+    principles.write_text('principles:\n  - {name: p, judge: x, critique: "what is wrong ?", revision: "say it better ."}\n')
+    # words this tiny tokenizer knows: the critique prompt with an empty conversation and answer is 39 tokens,
+    # the revision request 29; of the 128 positions, 8 go to the revision, 60 to the critique and 29 + 1 to the
+    # request (and its boundary): 30 are left, fewer than 39, so no answer could ever be revised
+    with pytest.raises(ConfigError, match=r"critique prompt alone \(no conversation, no answer\) is 39 tokens "
+                                          r".* more than the 30 the model's 128 positions"):
+        critique.run(load_config(critique.Config, None, [
+            f"out={tmp_path / 'rev'}", f"data={data}", f"judge.model={tiny_model_dir}", "judge.device=cpu",
+            f"constitution={principles}", "critique_max_tokens=60", "revision_max_tokens=8", "progress=false"]))
+    assert asked == [] and not (tmp_path / "rev" / "summary.json").exists()

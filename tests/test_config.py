@@ -233,4 +233,4 @@ def test_help_lists_a_sections_own_keys_before_its_subsections():
     text = help_text(ppo.Config)
     assert text.index("  ppo_epochs (") < text.index("\nmodel: ") < text.index("\neval: ")
     assert text.index("\neval: ") < text.index("  eval.lm_data (")
-    assert "PPO steps to run" in text.split("  max_steps (")[1].split("\n  ")[0]
+    assert "PPO steps to run" in text.split("  max_steps (")[1].split("\n  ")[1]

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 from rlxf.errors import ConfigError, DataError, RlxfError
 from rlxf.feedback.ai.backends import JudgeConfig, make_judge
-from rlxf.feedback.ai.constitution import Constitution, load_constitution
-from rlxf.feedback.ai.fit import fit_sample
+from rlxf.feedback.ai.constitution import Constitution, Principle, load_constitution
+from rlxf.feedback.ai.fit import Room, fit_sample
 from rlxf.feedback.ai.judge import Judge, JudgeRequestError, prompt_room
 from rlxf.runs import Run, Timer
 
@@ -126,6 +126,7 @@ def run(cfg: Config) -> dict:
     if run_dir.complete:
         return run_dir.summary()
     judge = make_judge(cfg.judge, cfg.cache or run_dir.out / "judge_cache.sqlite")
+    check_fits(judge, constitution, cfg)  # before the progress bar: a prompt that cannot fit fails every answer
     items = [Revision(context_text(d.prompt), d.completion, d.completion, [], [], []) for d in demos]
     failed = 0
     for start in progress(range(0, len(items), cfg.chunk_size), desc="critique",
@@ -181,6 +182,41 @@ def run(cfg: Config) -> dict:
 TOO_LONG = "too long for the model"
 
 
+def check_fits(judge: Judge, c: Constitution, cfg: Config) -> Room | None:
+    """The room of a revision prompt and its revision on ``judge`` (``None``: no known context
+    length). Raises :class:`ConfigError` when no answer could be revised: the token limits leave
+    no room for a prompt, or the critique prompt with an empty conversation and answer does not
+    fit under any principle. :func:`revise` checks this itself; ``run`` checks it before any work."""
+    room = prompt_room(judge, new_tokens=cfg.revision_max_tokens)
+    if room is None:
+        return None
+    if room.tokens - cfg.critique_max_tokens < 1:
+        raise ConfigError(f"critique_max_tokens ({cfg.critique_max_tokens}) + revision_max_tokens "
+                          f"({cfg.revision_max_tokens}) leave no room for a prompt in the model's "
+                          f"{room.positions} positions; lower them")
+    conversation = c.conversation_format.format(context="", response="")
+    # (tokens of the bare critique prompt, tokens it may have) under each principle
+    sizes = [(room.length(c.critique_format.format(conversation=conversation, critique=p.critique)),
+              _ask_room(room, c, p, cfg).tokens) for p in c.principles]
+    if all(bare > tokens for bare, tokens in sizes):
+        bare, tokens = min(sizes, key=lambda size: size[0] - size[1])
+        raise ConfigError(f"the critique prompt alone (no conversation, no answer) is {bare} tokens even under "
+                          f"the principle that comes closest, more than the {tokens} the model's {room.positions} "
+                          "positions leave for it (the rest is kept for the critique, the revision request and "
+                          "the revision); lower critique_max_tokens or revision_max_tokens, use a model with a "
+                          "longer context, or shorter principles")
+    return room
+
+
+def _ask_room(room: Room | None, c: Constitution, p: Principle, cfg: Config) -> Room | None:
+    """The room of the critique prompt under principle ``p``: the critique, then the revision
+    request (+ 1 token: the boundary, re-tokenized) and the revision must still fit after it."""
+    if room is None:
+        return None
+    after = room.length(c.revision_format.format(critique_prompt="", critique="", revision=p.revision))
+    return room.less(cfg.critique_max_tokens + after + 1)
+
+
 def revise(judge: Judge, items: Sequence[Revision], constitution: Constitution, cfg: Config) -> None:
     """Run ``cfg.rounds`` critique-revision rounds on ``items`` (in place), resuming each
     item at its first unfinished round. An empty revision leaves the answer as it was
@@ -190,11 +226,7 @@ def revise(judge: Judge, items: Sequence[Revision], constitution: Constitution, 
     The revision prompt is the critique prompt, the critique and the revision request,
     so the critique prompt is fitted to leave room for all of them and the revision."""
     c = constitution
-    room = prompt_room(judge, new_tokens=cfg.revision_max_tokens)  # the revision prompt and the revision
-    if room is not None and room.tokens - cfg.critique_max_tokens < 1:
-        raise ConfigError(f"critique_max_tokens ({cfg.critique_max_tokens}) + revision_max_tokens "
-                          f"({cfg.revision_max_tokens}) leave no room for a prompt in the model's "
-                          f"{room.positions} positions; lower them")
+    room = check_fits(judge, c, cfg)  # the revision prompt and the revision
     for r in range(cfg.rounds):
         live = [it for it in items if it.problem is None and not it.too_long and len(it.revisions) == r]
         if not live:
@@ -206,11 +238,7 @@ def revise(judge: Judge, items: Sequence[Revision], constitution: Constitution, 
                 conversation = c.conversation_format.format(context=context, response=answer[0].strip())
                 return c.critique_format.format(conversation=conversation, critique=p.critique)
 
-            ask_room = None
-            if room is not None:  # room for the critique, then the revision request (+ 1: the boundary)
-                after = room.length(c.revision_format.format(critique_prompt="", critique="", revision=p.revision))
-                ask_room = room.less(cfg.critique_max_tokens + after + 1)
-            fitted = fit_sample(render, ask_room, it.context, [it.answer])
+            fitted = fit_sample(render, _ask_room(room, c, p, cfg), it.context, [it.answer])
             it.shortened += fitted.shortened
             it.too_long = fitted.prompt is None
             asks.append(fitted.prompt)

@@ -17,7 +17,8 @@ choice and are left out (``judge_ties``); ``coverage`` is the share that remains
 When the judge labelled no pair at all, the run fails (no ``summary.json``), as ``rlxf label`` does.
 
 Output: ``judged.jsonl`` (per pair: both answers, the human and the judge choice,
-P(A), and ``unparsed``: what the judge wrote where no answer could be read) and ``summary.json`` (the agreement report under ``agreement``, plus the
+P(A), and ``unparsed``: what the judge wrote where no answer could be read) and
+``summary.json`` (the agreement report under ``agreement``, plus the
 labelling statistics of ``rlxf label``).
 """
 
