@@ -12,7 +12,7 @@ from rlxf.feedback.ai.cache import ResponseCache
 from rlxf.feedback.ai.fit import Room, fit_sample
 from rlxf.feedback.ai.hf_judge import HFJudge
 from rlxf.feedback.ai.judge import PromptTooLong
-from rlxf.feedback.ai.labeller import DirectScoreReward, JudgeSettings, judge_pairs
+from rlxf.feedback.ai.labeller import DirectScoreReward, JudgeSettings, check_template_fits, judge_pairs
 from rlxf.feedback.ai.scoring import logsumexp
 from rlxf.feedback.ai.templates import Template, load_template, pairwise_prompt, rating_choices, rating_prompt
 
@@ -218,9 +218,13 @@ def test_a_pair_that_cannot_fit_is_counted_too_long_and_a_template_that_cannot_f
     assert verdict.problem == "too long for the judge" and judge.stats()["forward_rows"] == 0
     summary = label_summary([verdict])
     assert (summary["too_long_pairs"], summary["unparseable_pairs"], summary["shortened_prompts"]) == (1, 0, 2)
-    # a template too long by itself: no pair could be judged, so it fails before any is
-    with pytest.raises(ConfigError, match=r"template alone .* more than the 126 the judge's 128 positions"):
-        judge_pairs(judge, [pair], JudgeSettings(template=Template(preamble=long, sample=SHORT.sample)))
+    # a template too long by itself: no pair could be judged, so it fails before any is; the commands
+    # run the same check alone, before any slow work (check_template_fits)
+    too_long = JudgeSettings(template=Template(preamble=long, sample=SHORT.sample))
+    for check in (lambda: judge_pairs(judge, [pair], too_long), lambda: check_template_fits(judge, too_long)):
+        with pytest.raises(ConfigError, match=r"template alone .* more than the 126 the judge's 128 positions"):
+            check()
+    assert judge.stats()["forward_rows"] == 0
     # a rationale longer than the context: the error names the key that was set
     with pytest.raises(ConfigError, match=r"rationale_max_tokens \(200\) leaves no room"):
         judge_pairs(judge, [pair], JudgeSettings(template=SHORT, cot=True, rationale_max_tokens=200))

@@ -180,3 +180,20 @@ def test_autosxs_with_a_tiny_local_judge_writes_judgments_and_agreement(tmp_path
     assert summary["judging"]["cache_misses"] > 0 and (run / "judge_cache.sqlite").is_file()
     assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert autosxs.run(load_config(autosxs.Config, None, args)) == json.loads(json.dumps(summary))  # done
+
+
+def test_judge_mistakes_are_found_before_any_answer_is_sampled(tmp_path, tiny_model_dir, monkeypatch):
+    from rlxf.evaluate import sxs
+
+    sampled = []
+    monkeypatch.setattr(sxs, "sample_answers", lambda path, *a, **k: sampled.append(path))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "say hello to tom ."}])
+    base = [f"model_a={tiny_model_dir}", f"model_b={tiny_model_dir}", f"prompts={prompts}", "judge.device=cpu",
+            "progress=false"]
+    # no judge there; then a template that alone is longer than the tiny judge's 128 positions
+    for i, (more, error) in enumerate([([f"judge.model={tmp_path / 'nojudge'}"], "no folder .*nojudge"),
+                                       ([f"judge.model={tiny_model_dir}", "template=harmless"],
+                                        r"template alone .* tokens, more than the \d+ the judge's 128 positions")]):
+        with pytest.raises(ConfigError, match=error):
+            autosxs.run(load_config(autosxs.Config, None, [f"out={tmp_path / str(i)}", *base, *more]))
+    assert sampled == []

@@ -76,6 +76,9 @@ def test_report_of_a_pipeline_folder_is_complete_self_contained_and_escaped(tmp_
     assert "http://" not in page and "https://" not in page
     # model output and summary values are escaped text
     assert page.count("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;") == 2
+    # the side-by-side run named on its own brings its win rates too
+    alone = report.run(load_config(report.Config, None, ["runs=[]", f"sxs={root / 'sxs'}", f"out={tmp_path / 'o'}"]))
+    assert alone["win_rates"] == 1 and alone["sxs_rows"] == 2
 
 
 def test_write_report_takes_plain_structures(tmp_path):

@@ -80,9 +80,10 @@ class Stage:
 def run(cfg: Config) -> dict:
     found = discover(cfg.runs)
     sxs = found.sxs
+    win_rates = dict(found.win_rates)
     if cfg.sxs:
         sxs = read_sxs(cfg.sxs)
-    win_rates = dict(found.win_rates)
+        win_rates.update(sxs_win_rates(_read_json(Path(cfg.sxs) / "summary.json")))
     for path in cfg.autosxs:
         summary = _read_json(Path(path) / "summary.json")
         if summary.get("command") != "autosxs":
