@@ -297,7 +297,7 @@ def _evaluate(cfg: Config, sft_model: str, ppo_model: str, reward_model: str, ev
     for name, path in (("sft", sft_model), ("ppo", ppo_model)):
         model = load_causal_lm(ModelConfig(name_or_path=path))
         gens = generate(model, load_tokenizer(path), prompts, max_new_tokens=cfg.target_sequence_length,
-                        seed=cfg.seed + 11, progress=cfg.progress)
+                        key="target_sequence_length", seed=cfg.seed + 11, progress=cfg.progress)
         answers[name] = gens
     scorers = {"reward": reward_scorer(reward_model)}
     if cfg.gold:

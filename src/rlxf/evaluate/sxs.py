@@ -268,7 +268,7 @@ def sample_answers(model_path: str, prompts: list[Prompt], gen: GenerationConfig
     model.to(resolve_device(gen.device))
     tokenizer = load_tokenizer(model_path)
     log.info("sampling %d answers from %s", len(prompts), model_path)
-    gens = generate(model, tokenizer, prompts, max_new_tokens=gen.max_new_tokens,
+    gens = generate(model, tokenizer, prompts, max_new_tokens=gen.max_new_tokens, key="generation.max_new_tokens",
                     temperature=max(gen.temperature, 1e-5), top_p=gen.top_p, greedy=gen.temperature == 0,
                     batch_size=gen.batch_size, separator=gen.separator, seed=gen.seed, progress=progress)
     del model

@@ -39,9 +39,11 @@ def encode_prompts(prompts: list[Prompt], tokenizer, separator: str) -> list[lis
             for p in prompts]
 
 
-def fit_prompts(encoded: list[list[int]], model, max_new_tokens: int) -> list[list[int]]:
+def fit_prompts(encoded: list[list[int]], model, max_new_tokens: int, key: str = "max_new_tokens"
+                ) -> list[list[int]]:
     """``encoded`` prompts, each cut from its start (its end, next to the answer, matters
-    most) to what the model's positions leave beside a ``max_new_tokens`` answer."""
+    most) to what the model's positions leave beside a ``max_new_tokens`` answer; ``key``
+    is the config key that set it, for the error when it leaves no room."""
     from rlxf.models.loading import max_positions
 
     limit = max_positions(model)
@@ -49,8 +51,8 @@ def fit_prompts(encoded: list[list[int]], model, max_new_tokens: int) -> list[li
         return encoded
     room = limit - max_new_tokens
     if room < 1:
-        raise ConfigError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's {limit} "
-                          "positions; lower it")
+        raise ConfigError(f"{key} ({max_new_tokens}) leaves no room for a prompt in the model's {limit} "
+                          f"positions; set {key} below {limit}")
     cut = sum(len(e) > room for e in encoded)
     if cut:
         _warn_once(f"{cut} of {len(encoded)} prompts were longer than the {room} tokens the model's {limit} positions "
@@ -72,14 +74,15 @@ def _warn_once(message: str) -> None:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, greedy: bool = False, batch_size: int = 32, separator: str = " ",
-             seed: int | None = None, progress: bool = False) -> list[Generation]:
-    """One sampled (or greedy) answer per prompt, in the order of ``prompts``."""
+             seed: int | None = None, progress: bool = False, key: str = "max_new_tokens") -> list[Generation]:
+    """One sampled (or greedy) answer per prompt, in the order of ``prompts`` (``key``: the
+    config key of ``max_new_tokens``, named if it leaves no room for a prompt)."""
     from rlxf.progress import progress as bar
 
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
-    encoded = fit_prompts(encode_prompts(prompts, tokenizer, separator), model, max_new_tokens)
+    encoded = fit_prompts(encode_prompts(prompts, tokenizer, separator), model, max_new_tokens, key)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[Generation | None] = [None] * len(prompts)
     was_training = model.training

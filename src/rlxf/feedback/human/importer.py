@@ -151,7 +151,7 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int
                                            trust_remote_code=cfg.trust_remote_code))
         model.to(resolve_device(cfg.device))
         for turn in range(count):
-            out = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+            out = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, key="generate.max_new_tokens",
                            temperature=cfg.temperature, top_p=cfg.top_p,
                            batch_size=cfg.batch_size, separator=cfg.separator,
                            seed=seed + 1000 * m + turn)
