@@ -24,6 +24,9 @@ def test_argument_forms():
 def test_unknown_command_and_help(capsys):
     assert main(["nonsense"]) == 2
     assert "unknown command 'nonsense'" in capsys.readouterr().err
+    assert main(["annotate", "serv"]) == 2
+    assert "did you mean 'rlxf annotate serve'?" in capsys.readouterr().err
+    assert main([]) == 2 and "usage: rlxf <command>" in capsys.readouterr().err  # no command is a mistake too
     assert main(["--help"]) == 0
     assert "sft" in capsys.readouterr().out
     assert main(["sft", "--help"]) == 0

@@ -8,6 +8,7 @@ only finds the module, builds its config and reports errors on one line.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import os
@@ -40,7 +41,10 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:
+        print(_usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     if argv[0] == "--version":
@@ -50,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     words, module_name = _find_command(argv)
     if module_name is None:
-        print(f"rlxf: error: unknown command '{' '.join(argv[:2])}'\n\n{_usage()}", file=sys.stderr)
+        names = [" ".join(w) for w in COMMANDS]
+        close = difflib.get_close_matches(" ".join(argv[:2]), names, n=1) or difflib.get_close_matches(argv[0], names,
+                                                                                                       n=1)
+        hint = f"; did you mean 'rlxf {close[0]}'?" if close else ""
+        print(f"rlxf: error: unknown command '{' '.join(argv[:2])}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     rest = argv[len(words):]
     from rlxf.config import dump_yaml, help_text, load_config
