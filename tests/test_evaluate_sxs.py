@@ -98,6 +98,10 @@ def test_mistakes_are_found_before_any_answer_is_sampled_or_scored(tmp_path, tin
                                              f"prompts={prompts}", *more])
         with pytest.raises(ConfigError, match="no folder|cannot import 'os.path:nope'"):
             sxs.run(cfg)
+    cfg = load_config(sxs.Config, None, [f"out={tmp_path / 'out'}", f"model_a={tiny_model_dir}", f"prompts={prompts}",
+                                         f"model_b={tiny_model_dir}", f"reward_model={tiny_model_dir}"])
+    with pytest.raises(ConfigError, match="has 2 output labels; a reward model has 1"):  # a causal LM
+        sxs.run(cfg)
     assert sampled == []
     with pytest.raises(ConfigError, match=r"gold=os.path:join failed on these answers: TypeError"):
         sxs.run(load_config(sxs.Config, None, [f"out={tmp_path / 'out2'}", f"data={data}", "skip_bad_rows=true",

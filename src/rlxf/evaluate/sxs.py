@@ -166,7 +166,9 @@ def run(cfg: Config) -> dict:
     timer = Timer()
     gold = import_target(cfg.gold) if cfg.gold else None  # a mistake here stops the run before sampling
     if cfg.reward_model:
-        checkpoint(cfg.reward_model, "model")
+        from rlxf.models.reward import check_reward_model
+
+        check_reward_model(cfg.reward_model)
     answers = collect_answers(cfg)
     scorers: dict[str, Scorer] = {}
     if cfg.reward_model:

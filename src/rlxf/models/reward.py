@@ -86,6 +86,20 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_
     return fuse_gelu(model).eval()
 
 
+def check_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> None:
+    """Refuse, from its config alone (no weights loaded), a checkpoint that is no reward
+    model: what a command checks before hours of sampling would end in the error."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(checkpoint(str(path), "model"), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load a reward model from '{path}': {err}") from None
+    if config.num_labels != 1:
+        raise ConfigError(f"'{path}' has {config.num_labels} output labels; a reward model has 1 (a causal LM is no "
+                          "reward model: train one with rlxf reward)")
+
+
 def add_reward_lora(model, lora: LoraConfig):
     """Wrap ``model`` with a LoRA adapter; the ``score`` head stays fully trainable (and is saved)."""
     from peft import LoraConfig as PeftLoraConfig
