@@ -286,7 +286,8 @@ class PPO:
         self.rm_tokenizer = load_tokenizer(cfg.reward.model) if cfg.reward.model else self.tokenizer
         if load_tokenizer(value_path).get_vocab() != self.tokenizer.get_vocab():
             raise ConfigError(f"the value function starts from {value_path}, whose tokenizer differs from the "
-                              "policy's; it must read the policy's tokens")
+                              "policy's; it must read the policy's tokens: set reward.value_model to a model with "
+                              "the policy's tokenizer (the reward model may keep its own)")
         for m in (self.policy, self.value, self.ref, self.reward):
             if m is not None:
                 m.to(device)
