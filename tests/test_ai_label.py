@@ -315,8 +315,7 @@ def test_a_label_run_that_could_read_no_answer_fails_and_stays_incomplete(tmp_pa
         # one pair the judge can read: a label, so the run completes with the rest counted
         rows[0]["prompt"] = "User: q"
         data = write_jsonl(tmp_path / "pairs.jsonl", rows)
-        summary = label.run(load_config(label.Config, None, args[:1] + [f"out={tmp_path / 'run2'}"] + args[2:]
-                                        + [f"data={data}"]))
+        summary = label.run(load_config(label.Config, None, [f"out={tmp_path / 'run2'}", *args[1:]]))
     assert (summary["labelled"], summary["unparseable_pairs"]) == (1, 3)
 
 
@@ -339,7 +338,8 @@ def test_a_critique_prompt_that_cannot_fit_fails_before_any_request(tmp_path, ti
     monkeypatch.setattr(HFJudge, "generate", lambda self, prompts, **kw: asked.append(prompts))
     data = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": "say hello to tom .", "completion": "go away ."}])
     principles = tmp_path / "c.yaml"
-    principles.write_text('principles:\n  - {name: p, judge: x, critique: "what is wrong ?", revision: "say it better ."}\n')
+    principles.write_text('principles:\n'
+                          '  - {name: p, judge: x, critique: "what is wrong ?", revision: "say it better ."}\n')
     # words this tiny tokenizer knows: the critique prompt with an empty conversation and answer is 39 tokens,
     # the revision request 29; of the 128 positions, 8 go to the revision, 60 to the critique and 29 + 1 to the
     # request (and its boundary): 30 are left, fewer than 39, so no answer could ever be revised
