@@ -197,3 +197,16 @@ def test_judge_mistakes_are_found_before_any_answer_is_sampled(tmp_path, tiny_mo
         with pytest.raises(ConfigError, match=error):
             autosxs.run(load_config(autosxs.Config, None, [f"out={tmp_path / str(i)}", *base, *more]))
     assert sampled == []
+
+
+def test_a_judge_that_decided_no_pair_leaves_the_run_incomplete(tmp_path, monkeypatch):
+    from rlxf.feedback.ai import backends, label
+
+    monkeypatch.setattr(backends, "make_judge", lambda *a, **k: LengthJudge())
+    data = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": "q", "answer_a": "a ???", "answer_b": "b"},
+                                                    {"prompt": "r", "answer_a": "c", "answer_b": "d ???"}])
+    cfg = load_config(autosxs.Config, None, [f"out={tmp_path / 'run'}", f"data={data}", "judge.model=m",
+                                             "template=helpful", "progress=false"])
+    with pytest.raises(label.NothingLabelled, match="labelled none of the 2 pairs .*judgments.jsonl's error column"):
+        autosxs.run(cfg)
+    assert (tmp_path / "run" / "judgments.jsonl").is_file() and not (tmp_path / "run" / "summary.json").exists()

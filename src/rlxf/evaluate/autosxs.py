@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from rlxf.errors import ConfigError, DataError
 from rlxf.evaluate.sxs import AnswersConfig, collect_answers, win_rate
@@ -74,6 +74,8 @@ class AutoSxS:
 
     judgments: object
     summary: dict
+    results: list = field(default_factory=list)
+    """Each pair's :class:`PairJudgement`, or the error of a pair the judge was not asked about."""
 
 
 def run(cfg: Config) -> dict:
@@ -103,6 +105,8 @@ def run(cfg: Config) -> dict:
     frame = result.judgments
     frame.to_csv(run_dir.out / "judgments.csv", index=False)
     frame.to_json(run_dir.out / "judgments.jsonl", orient="records", lines=True, force_ascii=False)
+    # a judge that decided nothing leaves the run incomplete, as in rlxf label
+    label.check_some_labelled(result.results, f"{run_dir.out / 'judgments.jsonl'}'s error column says why")
     summary = {"command": "autosxs", "source": answers.source, "skipped_rows": answers.skipped,
                "judge": judge.identity, "template": cfg.template,
                "name_a": cfg.name_a, "name_b": cfg.name_b, **result.summary,
@@ -155,7 +159,7 @@ def judge_side_by_side(judge: Judge, prompts: Sequence, answers_a: Sequence[str]
                                                 "unparseable_pairs", "too_long_pairs", "refused_pairs",
                                                 "failed_pairs", "shortened_prompts", "label_methods")}
     summary["judging"].update(label.judge_stats(judge))
-    return AutoSxS(frame, summary)
+    return AutoSxS(frame, summary, list(results))
 
 
 def choice_of(prob_a: float | None, tie_margin: float = 0.0) -> str | None:
