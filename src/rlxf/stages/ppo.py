@@ -476,6 +476,7 @@ class PPO:
         stats: dict[str, list[float]] = {}  # this process's part of each minibatch's value
         grad_norms: dict[str, list[float]] = {"policy_grad_norm": [], "value_grad_norm": []}
         n = ro.query.shape[0]
+        held: list[torch.Tensor] = []  # the last minibatch's policy losses (see below)
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(n).split(cfg.batch_size // n_proc):
                 n_tokens = sum_over_processes([float(ro.mask[idx].sum())], self.acc)[0]  # the minibatch's
@@ -485,8 +486,12 @@ class PPO:
                 # the two models share no weights: each one's loss goes backward, is clipped and
                 # steps on its own, so only one model's activations and gradients are held at a
                 # time (PPO-S peak memory −17 MB, then −8 to −10 MB)
-                for rows, ptx_rows in zip(micro, ptx):
-                    self._policy_backward(ro, rows, n_tokens, ptx_rows, mb)
+                # the policy's losses (their graphs) stay referenced until the next minibatch's have
+                # gone backward: freed at once, they let glibc hand the heap's top back, and the
+                # next allocations fault it in again (PPO-S: 60k instead of 16k page faults per
+                # update, 12% slower)
+                held[:] = [self._policy_backward(ro, rows, n_tokens, ptx_rows, mb)
+                           for rows, ptx_rows in zip(micro, ptx)]
                 grad_norms["policy_grad_norm"].append(_clip_and_step(optimizer, cfg.max_grad_norm))
                 for rows in micro:
                     self._value_backward(ro, rows, n_tokens, mb)
@@ -504,10 +509,11 @@ class PPO:
         return {k: sum(v) / len(v) for k, v in out.items()}
 
     def _policy_backward(self, ro: Rollout, rows: torch.Tensor, n_tokens: float, ptx: tuple | None,
-                         mb: dict[str, float]) -> None:
+                         mb: dict[str, float]) -> torch.Tensor:
         """Backward of the clipped policy loss on ``rows`` of ``ro`` (plus γ × the LM loss on
         ``ptx``, a :meth:`_ptx_micro_batches` part), weighed by the rows' share of the
-        minibatch's ``n_tokens`` answer tokens; adds their part of the statistics to ``mb``."""
+        minibatch's ``n_tokens`` answer tokens; adds their part of the statistics to ``mb``
+        and returns the loss (gone backward)."""
         cfg = self.cfg
         query, response, mask = ro.query[rows], ro.response[rows], ro.mask[rows]
         part = float(mask.sum()) / n_tokens  # 1.0 with one process and grad_accum=1
@@ -528,6 +534,7 @@ class PPO:
         for key, value in (("policy_loss", pg.loss), ("clip_frac", pg.clip_frac), ("approx_kl", pg.approx_kl),
                            ("entropy", entropy)):
             mb[key] = mb.get(key, 0.0) + float(value.detach()) * part
+        return loss
 
     def _value_backward(self, ro: Rollout, rows: torch.Tensor, n_tokens: float, mb: dict[str, float]) -> None:
         """Backward of the clipped value loss on ``rows`` of ``ro``, weighed as in :meth:`_policy_backward`."""
