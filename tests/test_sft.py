@@ -147,12 +147,12 @@ def test_run_resumed_after_its_last_checkpoint_keeps_the_final_eval_loss(tmp_pat
 
 
 def test_n_targets_counts_the_tokens_the_loss_predicts():
-    from rlxf.data.tokenize import IGNORE, Example
+    from rlxf.data.tokenize import IGNORE, Example, n_targets
 
     # a text chunk: its first token has nothing before it, so 4 tokens are 3 targets
-    assert sft._n_targets(Example([5, 6, 7, 8], [5, 6, 7, 8])) == 3
+    assert n_targets(Example([5, 6, 7, 8], [5, 6, 7, 8])) == 3
     # a demonstration: 2 prompt tokens (IGNORE), 3 answer tokens, all 3 predicted
-    assert sft._n_targets(Example([5, 6, 7, 8, 9], [IGNORE, IGNORE, 7, 8, 9])) == 3
+    assert n_targets(Example([5, 6, 7, 8, 9], [IGNORE, IGNORE, 7, 8, 9])) == 3
 
 
 def test_loss_on_plain_text_is_the_mean_over_predicted_tokens(tmp_path, tokenizer):

@@ -76,6 +76,13 @@ class Example:
             self.position_ids = list(range(len(self.input_ids)))
 
 
+
+def n_targets(example: Example) -> int:
+    """Tokens of ``example`` a next-token loss predicts: labelled tokens after the first
+    (nothing precedes the first one; the loss reads ``labels[:, 1:]``)."""
+    return sum(1 for t in example.labels[1:] if t != IGNORE)
+
+
 @dataclass
 class TokenizeStats:
     examples: int = 0

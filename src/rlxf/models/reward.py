@@ -79,8 +79,7 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_
             checkpoint(str(path), "model"), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load a reward model from '{path}': {err}") from None
-    if model.config.num_labels != 1:
-        raise ConfigError(f"'{path}' has {model.config.num_labels} output labels; a reward model has 1")
+    _one_output(model.config, path)
     _head(model)
     disable_dropout(model)
     return fuse_gelu(model).eval()
@@ -95,6 +94,10 @@ def check_reward_model(path: str | Path, *, trust_remote_code: bool = False) -> 
         config = AutoConfig.from_pretrained(checkpoint(str(path), "model"), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load a reward model from '{path}': {err}") from None
+    _one_output(config, path)
+
+
+def _one_output(config, path) -> None:
     if config.num_labels != 1:
         raise ConfigError(f"'{path}' has {config.num_labels} output labels; a reward model has 1 (a causal LM is no "
                           "reward model: train one with rlxf reward)")

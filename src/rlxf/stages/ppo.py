@@ -30,7 +30,8 @@ from typing import Literal
 import torch
 
 from rlxf.config import import_target
-from rlxf.data.tokenize import IGNORE, Example, check_prompts, collate, prompt_text, tokenize_demonstrations
+from rlxf.data.tokenize import (IGNORE, Example, check_prompts, collate, n_targets, prompt_text,
+                                tokenize_demonstrations)
 from rlxf.distributed import (TokenValues, check_divisible, gather_lists, gather_rows, global_masked_whiten, is_sharded,
                               make_accelerator, save_final, share, start_stage, sum_over_processes)
 from rlxf.errors import ConfigError, DataError
@@ -554,19 +555,19 @@ class PPO:
         examples = [self.ptx[i] for i in next(self.ptx_batches)]  # the global batch
         self.ptx_used += 1
         mine, _ = share(examples, self.acc)
-        n_targets = max(_n_ptx_targets(examples), 1)
-        return [(mine[i::n_micro], n_targets) for i in range(n_micro)]
+        total = max(sum(map(n_targets, examples)), 1)
+        return [(mine[i::n_micro], total) for i in range(n_micro)]
 
-    def _ptx_loss(self, examples: list, n_targets: int) -> tuple[torch.Tensor, float]:
+    def _ptx_loss(self, examples: list, total: int) -> tuple[torch.Tensor, float]:
         """Mean next-token NLL on ``examples`` of pre-training text (the γ term of eq. 2),
-        and their part of the ``n_targets`` target tokens of the batch they come from."""
+        and their part of the ``total`` target tokens of the batch they come from."""
         batch = collate(examples, self.tokenizer.pad_token_id)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         labels = batch.pop("labels")
         logits = self.policy_fwd(**batch, use_cache=False).logits[:, :-1]  # (b, T-1, V)
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
                                                  labels[:, 1:].reshape(-1), ignore_index=IGNORE)
-        return loss, _n_ptx_targets(examples) / n_targets
+        return loss, sum(map(n_targets, examples)) / total
 
     # -- bookkeeping --------------------------------------------------------------------
 
@@ -822,11 +823,6 @@ def _clip_and_step(optimizer, max_norm: float | None) -> float:
     for p in params:  # the others hold none: cheaper than zero_grad's walk over every parameter
         p.grad = None
     return norm
-
-
-def _n_ptx_targets(examples) -> int:
-    """Target tokens of pre-training sequences: every labelled token but the first."""
-    return sum(sum(1 for t in e.labels[1:] if t != IGNORE) for e in examples)
 
 
 def _add(stats: dict[str, list[float]], key: str, value: float) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rlxf.data.tokenize import IGNORE, Example, TokenizeStats, collate, pack, tokenize_demonstrations
+from rlxf.data.tokenize import IGNORE, Example, TokenizeStats, collate, n_targets, pack, tokenize_demonstrations
 from rlxf.distributed import (configure_deepspeed, make_accelerator, refuse_sharded_lora, save_final, share,
                               start_stage, sum_over_processes)
 from rlxf.errors import ConfigError
@@ -100,7 +100,7 @@ def run(cfg: Config) -> dict:
                    enabled=cfg.progress and acc.is_main_process)
     for step in bar:
         micro = [[train_set[i] for i in next(batches)] for _ in range(cfg.grad_accum)]  # the global step
-        n_tokens = sum(_n_targets(e) for examples in micro for e in examples)
+        n_tokens = sum(n_targets(e) for examples in micro for e in examples)
         step_loss = 0.0
         for examples in micro:
             mine, weight = share(examples, acc)
@@ -230,12 +230,6 @@ def _evaluate_shared(model, examples: list[Example], pad_id: int, device, batch_
         total, count = total + weight * loss.item(), count + weight * n
     total, count = sum_over_processes([total, count], acc)
     return total / max(count, 1)
-
-
-def _n_targets(example: Example) -> int:
-    """Tokens of one example that the loss predicts: labelled tokens after the first
-    (nothing precedes the first one; :func:`_token_nll` reads ``labels[:, 1:]``)."""
-    return sum(1 for t in example.labels[1:] if t != IGNORE)
 
 
 def _clip(acc, model, max_norm: float | None) -> float:
