@@ -22,6 +22,9 @@ Actions: ``ok``; ``500``, ``503``; ``429`` (with ``Retry-After: retry_after``);
 client's timeout); ``badjson`` (200 with a broken body); ``drop`` (close the
 connection without answering); ``nologprobs`` (a text answer only); ``text:...``
 (that text, without log-probs). ``delay_s`` slows every answer (a busy server).
+With ``context_tokens`` and a ``tokenizer`` the server refuses, as vLLM does (HTTP 400,
+its wording), a request whose prompt and ``max_tokens`` need more tokens than that;
+``prompt_tokens`` keeps the length of every prompt it answered.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ BAD_RATINGS = {2: 0.3, 3: 0.5, 4: 0.2}
 class FakeOpenAI:
     def __init__(self, script: dict[str, list[str]] | None = None, *, position_bias: float = 0.0,
                  retry_after: str = "1", sleep_s: float = 1.5, api_key: str | None = None,
-                 delay_s: float = 0.0) -> None:
+                 delay_s: float = 0.0, context_tokens: int | None = None, tokenizer=None) -> None:
         self.script = script or {}
+        self.context_tokens, self.tokenizer = context_tokens, tokenizer
+        self.prompt_tokens: list[int] = []
         self.delay_s = delay_s
         self.position_bias, self.retry_after, self.sleep_s, self.api_key = position_bias, retry_after, sleep_s, api_key
         self.lock = threading.Lock()
@@ -184,6 +189,16 @@ class FakeOpenAI:
                     fake.auth_headers.append(self.headers.get("Authorization"))
                 if fake.api_key and self.headers.get("Authorization") != f"Bearer {fake.api_key}":
                     return self._send(401, b'{"error": "bad key"}')
+                if fake.context_tokens is not None:
+                    for p in prompts:
+                        n, asked = len(fake.tokenizer(p)["input_ids"]), body.get("max_tokens", 16)
+                        if n + asked > fake.context_tokens:
+                            message = (f"This model's maximum context length is {fake.context_tokens} tokens. "
+                                       f"However, you requested {n + asked} tokens ({n} in the messages, {asked} "
+                                       f"in the completion). Please reduce the length of the messages or completion.")
+                            return self._send(400, json.dumps({"object": "error", "message": message}).encode())
+                        with fake.lock:
+                            fake.prompt_tokens.append(n)
                 if action in ("500", "503", "400"):
                     return self._send(int(action), b'{"error": "scripted"}')
                 if action == "429":

@@ -294,3 +294,64 @@ def test_chat_endpoint_and_http_direct_scoring(tmp_path):
         # good: 7*.2 + 8*.5 + 9*.2 + 10*.1 = 8.2;  bad: 2*.3 + 3*.5 + 4*.2 = 2.9
         good, bad = DirectScoreReward(judge, t)(["User: q", "User: q"], ["a good answer", "a bad answer"])
         assert good == pytest.approx(8.2, abs=1e-4) and bad == pytest.approx(2.9, abs=1e-4)
+
+
+def test_a_known_context_length_shortens_samples_instead_of_being_refused(tmp_path):
+    from rlxf.models.loading import load_tokenizer
+    from rlxf.tinyworld.build import SHIPPED
+
+    tok = load_tokenizer(str(SHIPPED))
+    tok.model_max_length = 1024
+    story = " ".join(["the fox is red and the hill is green ."] * 40)  # 800 tokens of conversation
+    rows = [{"prompt": f"User: {story} question {i}", "chosen": "a good answer" if i % 2 else "a bad answer",
+             "rejected": "a bad answer" if i % 2 else "a good answer"} for i in range(4)]
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
+    with FakeOpenAI(context_tokens=512, tokenizer=tok) as fake:
+        # unknown to the client, the server refuses every over-long prompt; the refusal says how to fix it
+        with pytest.raises(RlxfError) as err:
+            label.run(label_config(tmp_path, fake.url, data, f"out={tmp_path / 'blind'}"))
+        assert "set judge.context_length" in str(err.value) and fake.prompt_tokens == []
+
+        # told the context length, the client shortens the conversation: every pair fits, in both
+        # orders, with no refusal, and the answers still decide
+        summary = label.run(label_config(tmp_path, fake.url, data, f"out={tmp_path / 'fits'}",
+                                         "judge.context_length=512", f"judge.tokenizer={SHIPPED}"))
+        assert (summary["labelled"], summary["refused_pairs"]) == (4, 0)
+        assert len(fake.prompt_tokens) == 8 and max(fake.prompt_tokens) <= 512 - 8  # 8: answer_max_tokens
+        assert max(fake.prompt_tokens) > 512 - 8 - 20  # shortened only as far as needed
+        prefs = read(tmp_path / "fits" / "preferences.jsonl")
+        assert all(("good" in r["chosen"]) for r in prefs)
+
+
+def test_the_room_on_a_server_keeps_what_the_server_adds_and_writes():
+    from rlxf.models.loading import load_tokenizer
+    from rlxf.tinyworld.build import SHIPPED
+
+    tok = load_tokenizer(str(SHIPPED))
+    assert OpenAIJudge("http://x/v1", "m").room(answers=["1", "2"]) is None  # no context_length: unknown
+    judge = OpenAIJudge("http://x/v1", "m", context_length=512, tokenizer=tok, answer_max_tokens=8)
+    bos = len(tok("")["input_ids"])  # what the tokenizer adds to a prompt on its own
+    assert judge.room(answers=["1", "2"]).reserved == 8 + bos  # the answer is generated: answer_max_tokens
+    assert judge.room(new_tokens=100).reserved == 100 + bos
+    long = "the fox is red and the hill is green ."
+    assert judge.room(answers=[long]).reserved == len(tok(long, add_special_tokens=False)["input_ids"]) + bos
+    # on the chat endpoint the template's tokens around the message are kept free too
+    tok.chat_template = "{% for m in messages %}User: {{ m.content }}\n{% endfor %}Assistant:"
+    chat = OpenAIJudge("http://x/v1", "m", endpoint="chat", context_length=512, tokenizer=tok, answer_max_tokens=8)
+    around = len(tok("User: \nAssistant:", add_special_tokens=False)["input_ids"])
+    assert around >= 3 and chat.room(answers=["1", "2"]).reserved == 8 + around
+    with pytest.raises(ValueError, match="tokenizer"):
+        OpenAIJudge("http://x/v1", "m", context_length=512)
+
+
+def test_context_length_is_for_server_judges(tmp_path):
+    data = pairs_file(tmp_path, ["p0"])
+    with pytest.raises(ConfigError, match=r"judge.context_length is set but judge.backend is 'hf'"):
+        load_config(label.Config, None, [f"out={tmp_path / 'run'}", f"data={data}", "judge.model=m",
+                                         "judge.context_length=512"])
+    with pytest.raises(ConfigError, match=r"judge.context_length must be ≥ 2"):
+        label_config(tmp_path, "http://x/v1", data, "judge.context_length=1")
+    # a tokenizer that cannot load fails before any request, naming the key to set
+    with pytest.raises(ConfigError, match=r"judge.tokenizer .null: judge.model., which did not load"):
+        label.run(label_config(tmp_path, "http://x/v1", data, "judge.context_length=512",
+                               f"judge.model={tmp_path / 'nothing'}"))

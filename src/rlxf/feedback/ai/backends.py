@@ -30,7 +30,7 @@ class JudgeConfig:
     backend: Literal["hf", "openai"] = "hf"
     """'hf' runs the model here with transformers; 'openai' calls an OpenAI-compatible server."""
     tokenizer: str | None = None
-    """hf: tokenizer path or id; null uses model."""
+    """Tokenizer path or id; null uses model. openai: only read with context_length, to count the server's tokens."""
     dtype: DType = "float32"
     """hf: weight dtype."""
     revision: str | None = None
@@ -61,6 +61,8 @@ class JudgeConfig:
     """openai: alternatives per token to request; the answers "1"/"2" are looked up among them."""
     answer_max_tokens: int = 8
     """openai: tokens generated for an answer (read by the strict parser when there are no log-probs)."""
+    context_length: int | None = None
+    """openai: the served model's context length; set, samples are shortened to fit (counted with judge.tokenizer)."""
 
     def validate(self) -> None:
         if self.backend == "openai":
@@ -68,8 +70,13 @@ class JudgeConfig:
                 raise ConfigError("judge.backend=openai needs judge.base_url (e.g. http://localhost:8000/v1)")
             if not self.base_url.startswith(("http://", "https://")):
                 raise ConfigError(f"judge.base_url must start with http:// or https://, got {self.base_url!r}")
-        elif self.base_url:
-            raise ConfigError("judge.base_url is set but judge.backend is 'hf'; set judge.backend=openai")
+        elif self.base_url or self.context_length is not None:
+            key = "base_url" if self.base_url else "context_length"
+            raise ConfigError(f"judge.{key} is set but judge.backend is 'hf' (whose context length is read from "
+                              f"the model); set judge.backend=openai or drop judge.{key}")
+        if self.context_length is not None and self.context_length < 2:
+            raise ConfigError(f"judge.context_length must be ≥ 2 (the served model's tokens), "
+                              f"got {self.context_length}")
         for name in ("concurrency", "batch_size", "top_logprobs", "answer_max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"judge.{name} must be ≥ 1, got {getattr(self, name)}")
@@ -89,10 +96,23 @@ def make_judge(cfg: JudgeConfig, cache_path: str | Path | None) -> Judge:
             if not api_key:
                 raise ConfigError(f"judge.api_key_env names ${cfg.api_key_env}, which is not set; "
                                   f"export {cfg.api_key_env}=... (the key is never written to the run)")
+        tokenizer = None
+        if cfg.context_length is not None:
+            from rlxf.models.loading import load_tokenizer
+
+            try:
+                tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, revision=cfg.revision,
+                                           trust_remote_code=cfg.trust_remote_code)
+            except ConfigError as err:
+                missing = "judge.tokenizer" if cfg.tokenizer else "judge.tokenizer (null: judge.model)"
+                raise ConfigError(f"judge.context_length counts tokens with {missing}, which did not load: {err}; "
+                                  f"set judge.tokenizer to a local copy of the served model's tokenizer") from None
+            tokenizer.model_max_length = cfg.context_length  # the server's, not the checkpoint's training length
         return OpenAIJudge(cfg.base_url, cfg.model, endpoint=cfg.endpoint, api_key=api_key,
                            concurrency=cfg.concurrency, timeout=cfg.timeout, max_retries=cfg.max_retries,
                            backoff=cfg.backoff, max_backoff=cfg.max_backoff, top_logprobs=cfg.top_logprobs,
-                           answer_max_tokens=cfg.answer_max_tokens, cache=cache)
+                           answer_max_tokens=cfg.answer_max_tokens, context_length=cfg.context_length,
+                           tokenizer=tokenizer, cache=cache)
     from rlxf.feedback.ai.hf_judge import HFJudge
     from rlxf.models.loading import ModelConfig
 

@@ -19,6 +19,11 @@ Requests go to ``{base_url}/completions`` (or ``/chat/completions`` with
 - **No log-probs, no guessing**: when the server returns no usable log-probs, the
   generated text goes through the strict parser (:mod:`.parse`); text it cannot read
   comes back as ``method="unparseable"``, for the caller to count.
+- **Context length**: the server's is unknown to a client, and a server refuses a prompt
+  longer than it (a 400 this client names as such). Given ``context_length`` and a
+  tokenizer that counts as the server does, :meth:`OpenAIJudge.room` makes callers
+  shorten the sample as for a local judge (:mod:`.fit`), leaving room for the special
+  tokens the server adds (a BOS; the chat template around a chat message).
 
 The API key is sent as a bearer token and never logged or stored.
 """
@@ -29,6 +34,7 @@ import email.utils
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -39,6 +45,7 @@ from typing import Any, Literal
 import httpx
 
 from rlxf.feedback.ai.cache import ResponseCache, request_key
+from rlxf.feedback.ai.fit import Room
 from rlxf.feedback.ai.judge import AnswerScores, JudgeRequestError, NoLogprobs, cut_at_stop
 from rlxf.feedback.ai.parse import parse_choice
 from rlxf.feedback.ai.scoring import ChoiceScore, logsumexp
@@ -50,6 +57,8 @@ RETRY_AFTER_CAP = 60.0  # seconds: the longest wait a server's Retry-After heade
 TINY_PROB = 1e-9  # the least probability an answer missing from the top log-probs is given
 _SKIP_CHARS = " \t\n*_`\"'"  # leading tokens of these chars only are skipped before the answer
 _TOKEN_MARKS = "Ġ▁"  # byte-level and sentencepiece space markers some servers leave in tokens
+_LENGTH_REFUSAL = re.compile(r"context.?(length|size|window)|too (long|many tokens)|maximum.*tokens|"
+                             r"exceeds?.*(context|limit|tokens)")
 
 
 class OpenAIJudge:
@@ -58,13 +67,16 @@ class OpenAIJudge:
     def __init__(self, base_url: str, model: str, *, endpoint: Literal["completions", "chat"] = "completions",
                  api_key: str | None = None, concurrency: int = 8, timeout: float = 60.0, max_retries: int = 6,
                  backoff: float = 0.5, max_backoff: float = 30.0, top_logprobs: int = 5,
-                 answer_max_tokens: int = 8, cache: ResponseCache | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 answer_max_tokens: int = 8, context_length: int | None = None, tokenizer: Any = None,
+                 cache: ResponseCache | None = None, transport: httpx.BaseTransport | None = None) -> None:
+        if context_length is not None and tokenizer is None:
+            raise ValueError("context_length needs the tokenizer that counts the server's tokens")
         self.url = base_url.rstrip("/") + ("/chat/completions" if endpoint == "chat" else "/completions")
         self.model, self.endpoint, self.identity = model, endpoint, f"{model} via {base_url}"
         self.concurrency, self.max_retries = concurrency, max_retries
         self.backoff, self.max_backoff = backoff, max_backoff
         self.top_logprobs, self.answer_max_tokens = top_logprobs, answer_max_tokens
+        self.context_length, self.tokenizer = context_length, tokenizer
         self.cache = cache
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport,
@@ -84,9 +96,29 @@ class OpenAIJudge:
     def close(self) -> None:
         self._client.close()
 
-    def room(self, *, new_tokens: int = 0, answers: Sequence[str] = ()) -> None:
-        """``None``: the server's context length is unknown here; it refuses a prompt that does not fit."""
-        return None
+    def room(self, *, new_tokens: int = 0, answers: Sequence[str] = ()) -> Room | None:
+        """The room a prompt has when the server is then to write ``new_tokens`` tokens, or to
+        judge between ``answers`` (it writes up to ``answer_max_tokens``; scored by echo, an
+        answer is part of the prompt); ``None`` without ``context_length``: the server
+        refuses a prompt that does not fit."""
+        if self.context_length is None:
+            return None
+        longest = max((len(self._encode(a)) for a in answers), default=0)
+        written = max(new_tokens, self.answer_max_tokens if answers else 0, longest)
+        return Room(self.context_length, written + self._added_tokens(), self.tokenizer)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _added_tokens(self) -> int:
+        """Tokens the server puts around a prompt: the chat template's (a user message and
+        the assistant's start) on the chat endpoint, the tokenizer's special tokens (BOS) on
+        completions."""
+        if self.endpoint == "chat" and getattr(self.tokenizer, "chat_template", None):
+            around = self.tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False,
+                                                        add_generation_prompt=True)
+            return len(self._encode(around))
+        return len(self.tokenizer("")["input_ids"])
 
     # -- the three judge methods ------------------------------------------------------------
 
@@ -215,7 +247,7 @@ class OpenAIJudge:
                 else:
                     self._count("refused")
                     raise JudgeRequestError(f"{self.url} refused the request: HTTP {response.status_code}: "
-                                            f"{response.text[:300]}", permanent=True)
+                                            f"{response.text[:300]}{self._refusal_hint(response)}", permanent=True)
             if attempt + 1 < attempts:
                 delay = self._delay(attempt)
                 if wait is not None:
@@ -226,6 +258,20 @@ class OpenAIJudge:
         self._count("failed")
         log.warning("judge request: %s; gave up after %d attempts", problem, attempts)
         raise JudgeRequestError(f"{self.url}: gave up after {attempts} attempts (last: {problem})")
+
+    def _refusal_hint(self, response: httpx.Response) -> str:
+        """How to fix a refusal for length, which servers word in many ways (vLLM: "maximum
+        context length", OpenAI: "context_length_exceeded", llama.cpp: "exceeds the
+        available context size")."""
+        text = response.text.lower()
+        if response.status_code not in (400, 413, 422) or not _LENGTH_REFUSAL.search(text):
+            return ""
+        if self.context_length is None:
+            return (" (the prompt is longer than the model's context: set judge.context_length to it, and "
+                    "judge.tokenizer to its tokenizer if judge.model is not one, and rlxf shortens samples to fit)")
+        return (f" (the prompt is longer than the model's context although fitted to judge.context_length="
+                f"{self.context_length}: is that the served length, and does judge.tokenizer count as the "
+                f"server does?)")
 
     def _delay(self, attempt: int) -> float:
         """Exponential backoff with jitter: half of the step fixed, half uniformly random."""

@@ -322,9 +322,12 @@ def check_some_labelled(results: Sequence[PairJudgement | str], where_unparsed: 
     ``where_unparsed`` says which file holds what the judge wrote."""
     s = label_summary(results)
     judged = [r for r in results if isinstance(r, PairJudgement)]
-    if s["labelled"] or not judged:
+    refused = [r for r in results if isinstance(r, str) and r.startswith("refused")]
+    if s["labelled"] or not (judged or refused):
         return
     why = []
+    if refused:
+        why.append(f"{len(refused)} refused by the judge server (last: {refused[-1].removeprefix('refused: ')})")
     if s["unparseable_pairs"]:
         one_order = sum(r.p_first_ab is not None or r.p_first_ba is not None for r in judged)
         why.append(f"{s['unparseable_pairs']} unparseable: no answer \"1\" or \"2\" could be read from the judge; "
@@ -335,7 +338,7 @@ def check_some_labelled(results: Sequence[PairJudgement | str], where_unparsed: 
     if s["too_long_pairs"]:
         why.append(f"{s['too_long_pairs']} too long for the judge even shortened: use a judge with a longer "
                    "context, or a shorter template or constitution")
-    raise NothingLabelled(f"the judge labelled none of the {len(judged)} pairs it was asked about: "
+    raise NothingLabelled(f"the judge labelled none of the {len(judged) + len(refused)} pairs it was asked about: "
                           + "; ".join(why) + ". The run is not complete (no summary.json); run again with "
                           "a new out=DIR after changing the settings")
 
