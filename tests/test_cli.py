@@ -44,3 +44,40 @@ def test_print_config_shows_resolved_values(capsys):
     assert main(["sft", "out=o", "model.name_or_path=m", "data.train=d", "--print-config"]) == 0
     out = capsys.readouterr().out
     assert "lr: 1.0e-05" in out and "max_length: 512" in out
+
+
+def test_a_misspelt_option_suggests_the_closest(capsys):
+    """As a misspelt command or config key does: --options are the CLI's own and the config's keys."""
+    for args, meant in ([["ppo", "--conifg", "x.yaml"], "--config"], [["sft", "--verbos"], "--verbose"],
+                        [["sft", "--print-confg"], "--print-config"], [["sft", "--max-step", "3"], "--max-steps"],
+                        [["sft", "--lrr=3"], "--lr"]):
+        assert main(args) == 2
+        assert capsys.readouterr().err.strip() == f"rlxf: error: unknown option '{args[1].split('=')[0]}'; " \
+                                                  f"did you mean '{meant}'?"
+    assert main(["sft", "--zzzz", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "rlxf: error: unknown option '--zzzz'; the options are --config, --print-config, --verbose, --help, and "
+        "--KEY for any config key ('rlxf sft --help' lists them)")
+    # spelt right, keys work as --options (with - or _), sections' keys too
+    assert main(["sft", "--max-steps", "3", "--model.name-or-path", "m", "--data.train=d", "--out", "o",
+                 "--print-config"]) == 0
+    assert "max_steps: 3" in capsys.readouterr().out
+
+
+def test_a_model_name_that_is_no_folder_fails_in_seconds_offline(tmp_path):
+    """`rlxf sft model.name_or_path=llamaa` (a typo of a folder) waited ~48 s for the hub's
+    retries without network; under HF_HUB_OFFLINE=1 and with nothing cached it fails at once."""
+    import os
+    import time
+
+    (tmp_path / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "rlxf.cli", "sft", "model.name_or_path=llamaa", "data.train=d.jsonl",
+                           "out=run", "device=cpu"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"rlxf: error: no folder 'llamaa' for the tokenizer here ({tmp_path}), nor a cached hub model of that name, "
+        "and HF_HUB_OFFLINE=1 forbids downloading one; give the folder save_pretrained wrote, or unset "
+        "HF_HUB_OFFLINE (with network) to download it")
+    assert time.perf_counter() - start < 30  # ~3 s: starting Python and importing torch

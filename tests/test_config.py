@@ -234,3 +234,24 @@ def test_help_lists_a_sections_own_keys_before_its_subsections():
     assert text.index("  ppo_epochs (") < text.index("\nmodel: ") < text.index("\neval: ")
     assert text.index("\neval: ") < text.index("  eval.lm_data (")
     assert "PPO steps to run" in text.split("  max_steps (")[1].split("\n  ")[1]
+
+
+def test_a_list_key_given_one_value_takes_it_as_a_one_item_list():
+    """`rlxf report runs=DIR` failed with "must be a list"; `runs=[DIR]` was needed."""
+    from dataclasses import dataclass, field
+
+    @dataclass(kw_only=True)
+    class Listed:
+        paths: list[str] = field(default_factory=list)
+        ids: list[int] | None = None
+        betas: tuple[float, float] = (0.9, 0.99)
+
+    cfg = load_config(Listed, None, ["paths=runs/a", "ids=7"])
+    assert (cfg.paths, cfg.ids) == (["runs/a"], [7])
+    assert load_config(Listed, None, ["paths=[a,b]"]).paths == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"'ids' must be list of int or null, got 'seven'"):
+        load_config(Listed, None, ["ids=seven"])
+    with pytest.raises(ConfigError, match="'betas' must be a list"):  # a tuple has a length: no one-item form
+        load_config(Listed, None, ["betas=0.9"])
+    with pytest.raises(ConfigError, match="'paths' must be a list"):
+        load_config(Listed, None, ["paths=true"])

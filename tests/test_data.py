@@ -127,7 +127,7 @@ def test_read_rows_dataset_dict_bad_split(dataset_dict_dir, split, fragment):
 
 
 def test_read_rows_split_in_path_contradicts_argument(dataset_dict_dir):
-    with pytest.raises(DataError, match="split 'train' in the path contradicts split='test'"):
+    with pytest.raises(DataError, match="split 'train' in the path contradicts the split 'test' also given"):
         read_rows(f"{dataset_dict_dir}:train", split="test")
 
 
@@ -472,7 +472,11 @@ def test_comparisons_are_demonstrations_of_their_preferred_answer(tmp_path):
 def test_hh_as_demonstrations_skips_only_the_empty_preferred_answers(hh_raw):
     with pytest.raises(DataError, match=r":87: field 'chosen': is empty: the labeller preferred no answer"):
         load_demonstrations(HH_TEST)
-    demos = load_demonstrations(HH_TEST, skip_bad=True)
+    # the hint names the caller's key, and only while skipping is off: the warning of a skip has none
+    with pytest.raises(DataError, match=r"no demonstration \(data.skip_bad_rows=true skips such rows\)$"):
+        load_demonstrations(HH_TEST, skip_key="data.skip_bad_rows")
+    demos = load_demonstrations(HH_TEST, skip_bad=True, skip_key="data.skip_bad_rows")
+    assert str(demos.errors[0]).endswith("which is no demonstration")  # what the warning of the skips shows
     prefs = load_preferences(HH_TEST)
     assert len(demos) == 2308 and demos.skipped == 4
     assert [(d.prompt, d.completion) for d in demos] == [(p.prompt, p.chosen) for p in prefs if p.chosen]

@@ -13,6 +13,10 @@ laptop to a GPU to several nodes"):
   they drift by up to ~1e-4 in *both* runs and carry no signal;
 - every logged metric: |m_2 - m_1| ≤ 1e-4 + 1e-4·|m_1|.
 
+Every stage runs with grad_accum=2, and each process counts its models' gradient
+all-reduces (tests/ddp_main.py): one synchronised backward pass per optimiser step,
+not one per micro-batch.
+
 The two runs differ only by floating-point summation order (padding to a shorter
 batch, summing two halves); anything wrong in the sharding, the loss scaling or the
 global statistics moves the weights by ~lr = 1e-3 per update, far beyond 1e-4.
@@ -76,11 +80,19 @@ def fx(tmp_path_factory):
     return root
 
 
-def _launch_two(tmp_path, target: list[str], args: list[str]) -> None:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CPU), *target, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _launch_two(tmp_path, stage: str, args: list[str]) -> list[dict[str, dict[str, int]]]:
+    """Run ``rlxf STAGE ARGS`` on 2 processes (``ppo`` with the seeded row backend); returns
+    each process's DDP counts by model (see tests/ddp_main.py)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CPU),
+           str(REPO / "tests" / "ddp_main.py"), stage, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLXF_DDP_COUNTS": str(tmp_path / "ddp-counts")}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
+    return [json.loads((tmp_path / "ddp-counts" / f"rank-{r}.json").read_text()) for r in range(2)]
+
+
+def _synced_backwards(counts: list[dict[str, dict[str, int]]]) -> list[dict[str, int]]:
+    return [{model: c["synced_backwards"] for model, c in rank.items()} for rank in counts]
 
 
 def _compare(one: Path, two: Path, skip: tuple[str, ...] = ()) -> tuple[float, float]:
@@ -103,8 +115,8 @@ def _compare(one: Path, two: Path, skip: tuple[str, ...] = ()) -> tuple[float, f
     return weight_gap, metric_gap
 
 
-def _report(stage: str, gaps: tuple[float, float]) -> None:
-    print(f"{stage}: max |weight diff| {gaps[0]:.2e}, max |metric diff| {gaps[1]:.2e}")
+def _report(stage: str, gaps: tuple[float, float], counts: list[dict[str, dict[str, int]]]) -> None:
+    print(f"{stage}: max |weight diff| {gaps[0]:.2e}, max |metric diff| {gaps[1]:.2e}, DDP on rank 0: {counts[0]}")
 
 
 def test_sft_two_processes_match_one(fx, tmp_path):
@@ -115,18 +127,22 @@ def test_sft_two_processes_match_one(fx, tmp_path):
     args = [f"model.name_or_path={fx / 'model'}", f"data.train={fx / 'demos.jsonl'}", "lr=3e-3", "max_steps=8",
             "batch_size=4", "grad_accum=2", "log_every=2", "eval_every=4", "progress=false", "device=cpu"]
     sft.run(load_config(sft.Config, None, args + [f"out={tmp_path / 'one'}"]))
-    _launch_two(tmp_path, ["-m", "rlxf.cli", "sft"], args + [f"out={tmp_path / 'two'}"])
-    _report("sft", _compare(tmp_path / "one", tmp_path / "two"))
+    counts = _launch_two(tmp_path, "sft", args + [f"out={tmp_path / 'two'}"])
+    _report("sft", _compare(tmp_path / "one", tmp_path / "two"), counts)
+    # 8 steps of 2 micro-batches: only each step's second backward all-reduces
+    assert _synced_backwards(counts) == [{"GPT2LMHeadModel": 8}] * 2
 
 
 def test_reward_two_processes_match_one(fx, tmp_path):
     from rlxf.stages import reward
 
     args = [f"model.name_or_path={fx / 'model'}", f"data.train={fx / 'prefs.jsonl'}", "data.eval_fraction=0.3",
-            "lr=3e-3", "max_steps=6", "batch_size=4", "log_every=2", "eval_every=3", "progress=false", "device=cpu"]
+            "lr=3e-3", "max_steps=6", "batch_size=2", "grad_accum=2", "log_every=2", "eval_every=3", "progress=false",
+            "device=cpu"]
     one = reward.run(load_config(reward.Config, None, args + [f"out={tmp_path / 'one'}"]))
-    _launch_two(tmp_path, ["-m", "rlxf.cli", "reward"], args + [f"out={tmp_path / 'two'}"])
-    _report("reward", _compare(tmp_path / "one", tmp_path / "two", skip=("ln_f.bias", "attn.c_attn.bias")))
+    counts = _launch_two(tmp_path, "reward", args + [f"out={tmp_path / 'two'}"])
+    _report("reward", _compare(tmp_path / "one", tmp_path / "two", skip=("ln_f.bias", "attn.c_attn.bias")), counts)
+    assert _synced_backwards(counts) == [{"TokenValues": 6}] * 2  # 6 steps of 2 micro-batches
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     # the metric tolerance: 1e-4 + 1e-4·|m|
     assert two["normalization"]["shift"] == pytest.approx(one["normalization"]["shift"], rel=1e-4, abs=1e-4)
@@ -141,7 +157,7 @@ def test_ppo_two_processes_match_one(fx, tmp_path):
     # whitening, adaptive KL and PPO-ptx: every global statistic is exercised
     args = [f"model.name_or_path={fx / 'model'}", f"reward.model={fx / 'rm'}",
             f"rollout.prompts={fx / 'prompts.jsonl'}", "rollout.batch_size=8", "rollout.max_new_tokens=8",
-            "batch_size=8", "ppo_epochs=2", "max_steps=2",
+            "batch_size=8", "grad_accum=2", "ppo_epochs=2", "max_steps=2",
             "lr=1e-3", "reward.whiten=true", "kl.adaptive=true", "kl.target=0.5", f"ptx.data={fx / 'pretrain.jsonl'}",
             "ptx.coef=0.5", "ptx.batch_size=4", "log_every=1", "progress=false", "device=cpu"]
     original = ppo.make_backend
@@ -151,8 +167,10 @@ def test_ppo_two_processes_match_one(fx, tmp_path):
     finally:
         ppo.make_backend = original
     assert backends[0].events == ["generate", "sync", "generate", "sync"]
-    _launch_two(tmp_path, [str(REPO / "tests" / "ppo_seeded_main.py")], args + [f"out={tmp_path / 'two'}"])
-    _report("ppo", _compare(tmp_path / "one", tmp_path / "two"))
+    counts = _launch_two(tmp_path, "ppo", args + [f"out={tmp_path / 'two'}"])
+    _report("ppo", _compare(tmp_path / "one", tmp_path / "two"), counts)
+    # 2 steps × 2 epochs × 1 minibatch = 4 updates of each model, each of 2 micro-batches
+    assert _synced_backwards(counts) == [{"GPT2LMHeadModel": 4, "TokenValues": 4}] * 2
 
 
 def test_ppo_refuses_batches_that_processes_cannot_split(fx, tmp_path):
@@ -167,3 +185,22 @@ def test_ppo_refuses_batches_that_processes_cannot_split(fx, tmp_path):
     assert done.returncode != 0
     assert "batch_size (3) must be a multiple of the number of processes (2)" in done.stderr
     assert not (tmp_path / "odd").exists()  # refused before the run directory was made
+
+
+@pytest.mark.parametrize("rank, shown", [(-1, "bad key on every process"), (1, "bad row on process 1 only"),
+                                         (0, "bad row on process 0 only")])
+def test_an_error_of_every_process_is_printed_once_and_one_of_a_single_process_too(tmp_path, rank, shown):
+    """A config or data error that every process raises is printed once (by process 0), not
+    once per process; an error of one process alone is printed too (by that process, after
+    rlxf.cli.ERROR_WAIT_S). The launcher's own report of the failed process follows."""
+    import time
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CPU),
+           str(REPO / "tests" / "ddp_error_main.py"), f"rank={rank}"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("rlxf: error:")]
+    assert errors == [f"rlxf: error: {shown}"], done.stderr[-3000:]
+    assert time.perf_counter() - start < 60  # the processes that waited were stopped, not left to sleep

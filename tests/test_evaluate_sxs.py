@@ -108,6 +108,33 @@ def test_mistakes_are_found_before_any_answer_is_sampled_or_scored(tmp_path, tin
                                                "gold=os.path:join"]))
 
 
+def test_a_tokenizer_without_chat_template_is_named_by_its_sxs_key(tmp_path, tiny_model_dir, monkeypatch):
+    """Conversations need a chat template; the error named model.tokenizer, a key rlxf sxs
+    lacks. It names the sxs key that chose the tokenizer, before any answer is sampled."""
+    import dataclasses
+    import re
+
+    from rlxf.models.loading import ModelConfig
+    from rlxf.models.reward import init_reward_model
+
+    sampled = []
+    monkeypatch.setattr(sxs, "sample_answers", lambda path, *a, **k: sampled.append(path))
+    chat = [{"role": "user", "content": "say hi"}]
+    prompts = write_jsonl(tmp_path / "chat.jsonl", [{"messages": chat}])
+    init_reward_model(ModelConfig(name_or_path=str(tiny_model_dir))).save_pretrained(tmp_path / "rm")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "rm" / f).write_text((tiny_model_dir / f).read_text())
+    answers = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": chat, "answer_a": "hi", "answer_b": "hello"}])
+    keys = {f.name for f in dataclasses.fields(sxs.Config)}
+    for args, key in ([f"model_a={tiny_model_dir}", f"model_b={tiny_model_dir}", f"prompts={prompts}"], "model_a"), \
+                     ([f"data={answers}", f"reward_model={tmp_path / 'rm'}"], "reward_model"):
+        with pytest.raises(ConfigError, match=r"no chat template; use a chat model's tokenizer \((\w+)=\.\.\.\)") as err:
+            sxs.run(load_config(sxs.Config, None, [f"out={tmp_path / key}", *args]))
+        named = re.search(r"\((\w+)=\.\.\.\)", str(err.value)).group(1)
+        assert named == key and named in keys, str(err.value)
+    assert sampled == []
+
+
 def test_config_needs_one_source_of_answers():
     with pytest.raises(ConfigError, match="model_b, prompts missing"):
         load_config(sxs.Config, None, ["out=x", "model_a=m"])

@@ -44,12 +44,90 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, tokenizer):
         load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "tok-only")))
 
 
+def _no_hub_cache(tmp_path, monkeypatch, *, offline: bool):
+    """An empty Hugging Face cache, and the hub offline or not (HF_HUB_OFFLINE as read at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_a_model_name_neither_here_nor_cached_fails_at_once_offline(tmp_path, monkeypatch):
+    """A misspelt name is a hub id to transformers: without network, huggingface_hub retried
+    each file it lacked (~48 s) before the error. Under HF_HUB_OFFLINE=1 nothing is asked."""
+    import time
+
+    _no_hub_cache(tmp_path, monkeypatch, offline=True)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"^no folder 'llamaa' for the model here \(.*\), nor a cached hub model of "
+                                          r"that name, and HF_HUB_OFFLINE=1 forbids downloading one; give the folder"):
+        load_causal_lm(ModelConfig(name_or_path="llamaa"))
+    with pytest.raises(ConfigError, match=r"^no folder 'org/llamaa' for the tokenizer here .* HF_HUB_OFFLINE=1"):
+        load_tokenizer("org/llamaa")
+    with pytest.raises(ConfigError, match=r"no folder 'my model' .* it is no valid hub id"):
+        load_tokenizer("my model")
+    assert time.perf_counter() - start < 2
+
+
+def test_a_cached_hub_model_is_found_without_asking_the_hub(tmp_path, monkeypatch, tiny_model_dir):
+    import huggingface_hub
+
+    from rlxf.models.loading import checkpoint
+
+    _no_hub_cache(tmp_path, monkeypatch, offline=False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *a, **k: pytest.fail("asked the hub"))
+    repo = tmp_path / "hub-cache" / "models--org--tiny"  # the cache's layout: refs/main -> snapshots/<commit>/
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    assert checkpoint("org/tiny", "model") == "org/tiny"
+
+
+def test_a_hub_that_cannot_be_reached_is_asked_once_without_retries(tmp_path, monkeypatch):
+    """Online but without a working network (no DNS here): one request, then the error; a
+    hub that answers "no such repository" says so."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    _no_hub_cache(tmp_path, monkeypatch, offline=False)
+    asked = []
+
+    def no_network(url, *, timeout):
+        asked.append((url, timeout))
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_network)
+    with pytest.raises(ConfigError, match=r"^no folder 'llamaa' for the model here .* nor a cached hub model of that "
+                                          r"name, and the hub \(https://.*\) cannot be reached to download one "
+                                          r"\(ConnectionError: \[Errno -2\] Name or service not known\); give the "
+                                          r"folder save_pretrained wrote, check the network .*HF_HUB_OFFLINE=1"):
+        load_causal_lm(ModelConfig(name_or_path="llamaa"))
+    assert asked == [(huggingface_hub.hf_hub_url("llamaa", "config.json"), constants.HF_HUB_ETAG_TIMEOUT)]
+
+    def no_repo(url, *, timeout):
+        error = RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # __init__ wants the HTTP client's response
+        Exception.__init__(error, "404 Client Error: Repository Not Found")
+        raise error
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", no_repo)
+    with pytest.raises(ConfigError, match=r"^no folder 'llamaa' for the tokenizer here .*, and the hub \(https://.*\) "
+                                          r"has no model 'llamaa' \(a private one needs hf auth login\); check the "
+                                          r"spelling"):
+        load_tokenizer("llamaa")
+
+
 def test_lora_targets_the_model_lacks_name_the_layers_it_has():
     with pytest.raises(ConfigError, match=r"target_modules=\['q_proj'\] matches no layer of GPT2LMHeadModel; "
                                           r"its linear layers are \['c_attn', 'c_fc', 'c_proj', 'lm_head'\]"):
         add_lora(make_model("gpt2", 64), LoraConfig(enabled=True, target_modules=["q_proj"]))
     with pytest.raises(ConfigError, match="lora.target_modules is an empty list"):
         LoraConfig(target_modules=[]).validate()
+    with pytest.raises(ConfigError, match=r"lora.target_modules: leave it null \(not all-linear\)"):
+        LoraConfig(target_modules=["all-linear"]).validate()  # target_modules=all-linear reads as [all-linear]
 
 
 def test_a_device_this_machine_lacks_is_a_config_error():

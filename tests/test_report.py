@@ -109,3 +109,18 @@ def test_report_config_errors(tmp_path):
     (tmp_path / "sxs" / "summary.json").write_text('{"command": "sxs"}')
     with pytest.raises(ConfigError, match=r"autosxs=.*sxs: not an rlxf autosxs run .* command 'sxs'"):
         report.run(load_config(report.Config, None, ["runs=[]", f"autosxs=[{tmp_path / 'sxs'}]", f"out={tmp_path}"]))
+
+
+def test_report_takes_one_run_directory_or_a_pipeline_folder_alone(tmp_path, capsys):
+    """`rlxf report runs=DIR`, as its help says, without the brackets of a list."""
+    from rlxf.cli import main
+
+    root = make_pipeline(tmp_path / "demo")
+    assert main(["report", f"runs={root}", f"out={tmp_path / 'all'}"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["stages"] == ["sft", "ppo"] and printed["win_rates"] == 2 and printed["sxs_rows"] == 2
+    one = report.run(load_config(report.Config, None, [f"runs={root / 'sft'}", f"out={tmp_path / 'sft'}"]))
+    assert one["stages"] == ["sft"] and (tmp_path / "sft" / "report.html").is_file()
+    with pytest.raises(ConfigError, match=r"no such run directory .*; several directories go in brackets: "
+                                          r"runs=\[DIR1,DIR2\]"):
+        report.run(load_config(report.Config, None, [f"runs={root / 'sft'},{root / 'ppo'}", f"out={tmp_path}"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import random
 import sys
@@ -15,8 +16,8 @@ from conftest import kill_and_resume, make_model, write_jsonl
 from rlxf.config import load_config
 from rlxf.errors import ConfigError, DataError
 from rlxf.models.loading import ModelConfig, load_tokenizer
-from rlxf.models.reward import (init_reward_model, load_reward_model, reward_inputs, score, score_texts,
-                                set_reward_normalization, token_values)
+from rlxf.models.reward import (encode_answers, init_reward_model, load_reward_model, reward_inputs, score,
+                                score_texts, set_reward_normalization, token_values)
 from rlxf.stages import reward
 
 ANIMALS = ["fox", "owl", "bear", "cat", "dog", "frog", "duck", "wolf"]
@@ -217,6 +218,31 @@ def test_kwise_rankings_train_and_group_each_prompt(tmp_path, reward_base):
                               name="flat"))
     assert flat["loss"]["rankings"] == "pairs"
     assert (flat["train_comparisons"], flat["train_pairs"]) == (126, 126)  # every pair its own row
+
+
+@pytest.mark.parametrize("loss", ["kwise", "bradley_terry"])
+def test_answers_cut_counts_each_answer_once_per_comparison_whatever_the_loss(tmp_path, reward_base, tokenizer,
+                                                                              loss, caplog):
+    prompt = "question : what color is the fox ? answer :"  # 10 tokens
+    # prompt + answer + EOS: A 16, B 14, C 13 tokens fit data.max_length=18; L1 21 and L2 26 do not, so
+    # the prompt loses tokens for every answer compared with them (all answers of a ranking, K-wise;
+    # as pairs, every answer meets the longest in one pair)
+    a, b, c = "the fox is red .", "the fox is", "red ."
+    l1, l2 = "the fox is red . the fox is red .", "the fox is red . the fox is red . the fox is red ."
+    rows = [{"prompt": prompt, "chosen": a, "rejected": b},  # 0
+            {"prompt": prompt, "chosen": a, "rejected": l1},  # 2
+            {"prompt": prompt, "completions": [a, b, c], "ranking": [0, 1, 2]},  # 0
+            {"prompt": prompt, "completions": [a, l1, b], "ranking": [0, 1, 2]},  # 3 (as pairs: in 2 of 3, 4 cuts)
+            {"prompt": prompt, "completions": [l1, l2, a, b], "ranking": [2, 3, 0, 1]}]  # 4 (5 of 6 pairs, 10 cuts)
+    cfg = _config(tmp_path, reward_base, rows, f"data.loss={loss}", "data.max_length=18", "data.eval_fraction=0",
+                  "normalize.enabled=false")
+    assert [len(encode_answers(prompt, [x], tokenizer, max_length=99)[0][0]) for x in (a, b, c, l1, l2)] == [
+        16, 14, 13, 21, 26]
+    with caplog.at_level(logging.WARNING, logger="rlxf"):
+        data = reward._load_data(cfg, tokenizer)
+    assert data["plan"].rankings == ("kwise" if loss == "kwise" else "pairs")
+    assert data["answers_cut"] == 0 + 2 + 0 + 3 + 4
+    assert "answers_cut: 9 answers" in caplog.text
 
 
 def test_kwise_loss_is_the_mean_of_each_rankings_pair_losses(reward_base, tokenizer):

@@ -73,6 +73,19 @@ def test_packing_trains(tmp_path, tiny_model_dir):
     assert rows[-1]["loss"] < rows[0]["loss"]
 
 
+def test_summary_counts_demonstrations_and_packed_sequences_apart(tmp_path, tiny_model_dir):
+    row = demo_rows(1)[0]  # 16 tokens: 10 of prompt, 5 of answer and EOS
+    train, held = write_jsonl(tmp_path / "train.jsonl", [row] * 14), write_jsonl(tmp_path / "held.jsonl", [row] * 4)
+    common = [f"data.train={train}", f"data.eval={held}", "max_steps=1", "batch_size=2"]
+    keys = ("train_examples", "eval_examples", "train_sequences", "eval_sequences")
+    packed = sft.run(_config(tmp_path, tiny_model_dir, *common, "data.packing=true", "data.max_length=48",
+                             f"out={tmp_path / 'packed'}"))
+    # 48 tokens hold 3 demonstrations: 14 in 3 + 3 + 3 + 3 + 2, the 4 held out in 3 + 1
+    assert [packed[k] for k in keys] == [14, 4, 5, 2]
+    plain = sft.run(_config(tmp_path, tiny_model_dir, *common, "data.max_length=48", f"out={tmp_path / 'plain'}"))
+    assert [plain[k] for k in keys] == [14, 4, 14, 4]
+
+
 def test_bad_row_stops_before_training(tmp_path, tiny_model_dir):
     rows = demo_rows(8)
     rows[5] = {"prompt": "question : what ?", "completion": ""}

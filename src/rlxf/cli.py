@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{(module.__doc__ or '').strip()}\n\nkeys:\n{help_text(module.Config)}")
         return 0
     try:
+        _check_options(rest, module.Config, words)
         config_path, overrides, flags = _split_args(rest)
         setup_logging(verbose="verbose" in flags)
         cfg = load_config(module.Config, config_path, overrides)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         result = module.run(cfg)
         _close_process_group()
     except RlxfError as err:
-        print(f"rlxf: error: {err}", file=sys.stderr)
+        _report_error(f"rlxf: error: {err}")
         return 2
     except KeyboardInterrupt:
         print("rlxf: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
@@ -87,6 +88,27 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(result, dict) and os.environ.get("RANK", "0") == "0":  # under accelerate launch: once
         print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+ERROR_WAIT_S = 5.0
+"""How long a process other than process 0 of a launch waits before it prints its error (_report_error)."""
+
+
+def _report_error(message: str) -> None:
+    """Print ``message`` (a user error) on stderr; under ``accelerate launch``, once.
+
+    Every process of a launch reads the same config and data, so a config or data error
+    is raised by all of them alike. The launcher (torchrun's agent) stops every process
+    as soon as one exits with an error: process 0 prints and exits at once, and another
+    process waits ``ERROR_WAIT_S`` seconds first, in which the launcher stops it if
+    process 0 failed too. Still running after that, it prints: the error was its own.
+    """
+    if os.environ.get("RANK", "0") != "0" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import time
+
+        sys.stderr.flush()
+        time.sleep(ERROR_WAIT_S)
+    print(message, file=sys.stderr)
 
 
 def _close_process_group() -> None:
@@ -108,6 +130,30 @@ def _find_command(argv: list[str]) -> tuple[tuple[str, ...], str | None]:
         if words in COMMANDS:
             return words, COMMANDS[words]
     return (), None
+
+
+OPTIONS = ("config", "print-config", "verbose", "help")  # the CLI's own --options; any other names a config key
+
+
+def _check_options(args: list[str], config_cls: type, words: tuple[str, ...]) -> None:
+    """Refuse a ``--name`` that is neither one of :data:`OPTIONS` nor a config key of the
+    command, suggesting the closest of both (as a misspelt command or config key is)."""
+    import dataclasses
+
+    keys = [f.name for f in dataclasses.fields(config_cls)]
+    for arg in args:
+        if not arg.startswith("--"):
+            continue
+        name = arg[2:].partition("=")[0]
+        top = name.split(".")[0].replace("-", "_")  # a section's keys are checked by load_config
+        if name in OPTIONS or top in keys:
+            continue
+        choices = [*OPTIONS, *(k.replace("_", "-") for k in keys)]
+        close = difflib.get_close_matches(name.replace("_", "-"), choices, n=1)
+        hint = (f"; did you mean '--{close[0]}'?" if close else
+                f"; the options are {', '.join('--' + o for o in OPTIONS)}, and --KEY for any config key "
+                f"('rlxf {' '.join(words)} --help' lists them)")
+        raise RlxfError(f"unknown option '--{name}'{hint}")
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str], set[str]]:

@@ -6,6 +6,7 @@ under them, as in cleanrl's ``Args``. From it we get, with no second declaration
 - ``load_config(Cls, "x.yaml", ["train.lr=1e-4", "out=runs/a"])`` → a validated ``Cls``
   (YAML file first, then ``dotted.key=value`` overrides; values parse as YAML scalars);
 - unknown keys and wrong types rejected with the closest valid key suggested;
+- a list key given one value takes it as a one-item list (``runs=DIR`` is ``runs=[DIR]``);
 - ``validate()`` on every (nested) config for cross-field rules, run before any work;
 - ``to_dict(cfg)`` → the resolved config saved as ``config.yaml`` in the run;
 - ``help_text(Cls)`` → every key with its type, default and docstring.
@@ -236,6 +237,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(map(repr, choices))}; got {value!r}")
         return value
+    if origin is list and isinstance(value, (str, int, float)) and not isinstance(value, bool) and value != "":
+        value = [value]  # one value where a list goes: `runs=DIR` on the command line is `runs=[DIR]`
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")

@@ -191,6 +191,26 @@ def lr_factor(step: int, schedule: str, warmup: int, total: int) -> float:
     raise ValueError(f"unknown lr schedule {schedule!r}")
 
 
+def grad_sync(accelerator, model: torch.nn.Module, *, last: bool):
+    """The context of one micro-batch's forward and backward passes when an optimiser step
+    runs several: under DDP every micro-batch but the ``last`` keeps its gradients on its
+    own process (``no_sync``) and the last backward all-reduces their sum, one all-reduce
+    per step instead of one per micro-batch (the average of the processes' sums is the sum
+    of their averages). ``model`` is the wrapper ``prepare`` returned; the forward pass must
+    run inside the context too, as DDP decides in it whether the backward synchronises.
+
+    A no-op with one process, and under FSDP and DeepSpeed: their ``no_sync`` would hold
+    every process's unsharded gradients until the step, the memory sharding saves.
+    """
+    from contextlib import nullcontext
+
+    from rlxf.distributed import is_sharded
+
+    if last or accelerator.num_processes == 1 or is_sharded(accelerator):
+        return nullcontext()
+    return accelerator.no_sync(model)
+
+
 def micro_batch_indices(n_examples: int, batch_size: int, seed: int, start: int = 0) -> Iterator[list[int]]:
     """Example indices of micro-batch ``start``, ``start + 1``, ... for ever.
 

@@ -41,7 +41,11 @@ Prompts (:func:`load_prompts`, for PPO and generation): ``prompt``, ``input_text
 
 A bad row raises :class:`~rlxf.errors.DataError` naming file, line and field. With
 ``skip_bad=True`` bad rows are skipped instead, logged as a warning, and counted in the
-returned :class:`Loaded` list's ``skipped`` and ``errors``.
+returned :class:`Loaded` list's ``skipped`` and ``errors``. A row that is bad only for
+this use (an HH comparison whose preferred answer is empty is no demonstration) says it
+can be skipped, naming ``skip_key``: the caller's config key for ``skip_bad``
+(``data.skip_bad_rows`` in ``rlxf sft``), given by the caller because each command
+spells it its own way.
 """
 
 from __future__ import annotations
@@ -78,9 +82,13 @@ class Loaded(list):
 
 
 def load_demonstrations(path: str | os.PathLike, *, split: str | None = None,
-                        skip_bad: bool = False) -> Loaded:
-    """Read SFT data: a :class:`Loaded` list of :class:`Demonstration` (shapes: module doc)."""
-    return _load(path, split, skip_bad, _DEMONSTRATION_SHAPES)
+                        skip_bad: bool = False, skip_key: str | None = None) -> Loaded:
+    """Read SFT data: a :class:`Loaded` list of :class:`Demonstration` (shapes: module doc).
+
+    ``skip_key``: the config key that sets ``skip_bad`` (e.g. ``data.skip_bad_rows``),
+    named in the error of a row that may be skipped; null names none.
+    """
+    return _load(path, split, skip_bad, _DEMONSTRATION_SHAPES, skip_key)
 
 
 def load_comparisons(path: str | os.PathLike, *, split: str | None = None,
@@ -117,19 +125,23 @@ def load_prompts(path: str | os.PathLike, *, split: str | None = None,
     return _load(path, split, skip_bad, _PROMPT_SHAPES)
 
 
-def render_prompt(prompt: Prompt, tokenizer: Any) -> str:
+def render_prompt(prompt: Prompt, tokenizer: Any, *, tokenizer_key: str | None = None) -> str:
     """The text a model sees for ``prompt``.
 
     Text is returned unchanged; a conversation is rendered with the tokenizer's chat
     template, ending with the cue for the assistant's turn (``add_generation_prompt``).
+    ``tokenizer_key``: the config key that chose the tokenizer (``model.tokenizer``,
+    ``model_a``, ...), named in the error when it has no chat template; null names none.
     """
     if isinstance(prompt, str):
         return prompt
     if not getattr(tokenizer, "chat_template", None):  # the same for every such row: not one row's fault
-        raise ConfigError(f"the data holds conversations (message lists), but the tokenizer "
-                          f"{type(tokenizer).__name__} has no chat template; use a chat model's tokenizer "
-                          "(model.tokenizer=...), set tokenizer.chat_template to a Jinja template, or use "
-                          "text prompts")
+        source = getattr(tokenizer, "name_or_path", "")
+        which = f"'{source}' ({type(tokenizer).__name__})" if source else type(tokenizer).__name__
+        key = f" ({tokenizer_key}=...)" if tokenizer_key else ""
+        raise ConfigError(f"the data holds conversations (message lists), but the tokenizer {which} has no "
+                          f"chat template; use a chat model's tokenizer{key}, set tokenizer.chat_template to a "
+                          "Jinja template, or use text prompts")
     return tokenizer.apply_chat_template(list(prompt), tokenize=False,
                                          add_generation_prompt=True)
 
@@ -142,6 +154,7 @@ class _Where:
 
     path: str
     line: int
+    skip_key: str | None = None  # the config key that would skip this row; None: skipping is on, or has no key
 
     @property
     def source(self) -> str:
@@ -164,7 +177,7 @@ class _Shape:
         return f"{self.name} ({', '.join(self.needs)})" if self.needs else self.name
 
 
-def _load(path, split: str | None, skip_bad: bool, shapes: list[_Shape]) -> Loaded:
+def _load(path, split: str | None, skip_bad: bool, shapes: list[_Shape], skip_key: str | None = None) -> Loaded:
     name = str(path) if split is None else f"{path}:{split}"
     records, errors, skipped, seen = [], [], 0, 0
     for line, row in iter_rows(path, split=split):
@@ -172,7 +185,7 @@ def _load(path, split: str | None, skip_bad: bool, shapes: list[_Shape]) -> Load
         try:
             if isinstance(row, DataError):
                 raise row
-            where = _Where(name, line)
+            where = _Where(name, line, None if skip_bad else skip_key)  # a skipped row needs no hint
             present = {k: v for k, v in row.items() if v is not None}
             records.append(_detect(present, where, shapes).parse(present, where))
         except DataError as e:
@@ -453,8 +466,8 @@ def _parse_preferred(row: dict, where: _Where) -> Demonstration:
         return Demonstration(record.prompt, record.ordered[0], source=where.source)
     answer, field = (record.chosen, "chosen") if record.prob_chosen >= 0.5 else (record.rejected, "rejected")
     if not answer.strip():
-        raise where.error(field, "is empty: the labeller preferred no answer at all, which is no "
-                          "demonstration (data.skip_bad_rows=true skips such rows)")
+        skip = f" ({where.skip_key}=true skips such rows)" if where.skip_key else ""
+        raise where.error(field, f"is empty: the labeller preferred no answer at all, which is no demonstration{skip}")
     return Demonstration(record.prompt, answer, source=where.source)
 
 

@@ -118,7 +118,7 @@ def _parse_split(path: str, split: str | None) -> tuple[str, str | None]:
     if not suffix or not os.path.isdir(folder) or any(c in suffix for c in "/\\"):
         return path, split
     if split is not None and split != suffix:
-        raise DataError(f"split {suffix!r} in the path contradicts split={split!r}; give one",
+        raise DataError(f"split {suffix!r} in the path contradicts the split {split!r} also given; give one",
                         path=path)
     return folder, suffix
 
@@ -216,7 +216,8 @@ def _read_saved_dataset(folder: str, split: str | None) -> Iterator[tuple[int, d
     if is_dict:
         splits = sorted(dataset)
         if split is None and len(splits) != 1:
-            raise DataError(f"holds the splits {splits}; choose one with split=... or "
+            # the path form works in every command (their split keys differ: split, data.split)
+            raise DataError(f"holds the splits {splits}; choose one by ending the path with it: "
                             f"'{folder}:{splits[0]}'", path=folder)
         if split is not None and split not in dataset:
             raise DataError(f"no split {split!r}; it holds {splits}", path=folder)

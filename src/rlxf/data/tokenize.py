@@ -30,14 +30,15 @@ def prompt_text(prompt: Prompt, tokenizer, separator: str) -> tuple[str, str]:
     return render_prompt(prompt, tokenizer), ""
 
 
-def check_prompts(prompts: list[Prompt], tokenizer, *, key: str) -> None:
+def check_prompts(prompts: list[Prompt], tokenizer, *, key: str, tokenizer_key: str) -> None:
     """Render every conversation in ``prompts`` with ``tokenizer`` now, so that one it cannot
-    render (no chat template) stops a run before training, with the config ``key`` named."""
+    render (no chat template) stops a run before training, naming the config ``key`` of the
+    prompts and ``tokenizer_key``, the command's key that chose the tokenizer."""
     from rlxf.data.formats import render_prompt
 
     try:
         for prompt in prompts:
-            render_prompt(prompt, tokenizer)
+            render_prompt(prompt, tokenizer, tokenizer_key=tokenizer_key)
     except ConfigError as err:
         raise ConfigError(f"{key}: {err}") from None
 

@@ -1,6 +1,6 @@
 """One self-contained report.html of a run: what was trained, curves, diagnostics, win rates.
 
-    rlxf report runs=[runs/demo] out=runs/demo
+    rlxf report runs=runs/demo out=runs/demo
     rlxf report runs=[runs/sft,runs/reward,runs/ppo] sxs=runs/sxs autosxs=[runs/autosxs] out=runs/report
 
 From code (the pipeline does this)::
@@ -45,7 +45,8 @@ class Config:
     """``rlxf report``: one self-contained report.html from run directories."""
 
     runs: list[str]
-    """Run directories in pipeline order (each with config.yaml, summary.json, metrics.jsonl), or a pipeline's OUT."""
+    """Run directories in pipeline order (each with config.yaml, summary.json, metrics.jsonl), or a pipeline's OUT;
+    one directory may be given alone (runs=DIR)."""
     out: str
     """Where report.html (and curves/*.png) are written."""
     sxs: str | None = None
@@ -61,7 +62,7 @@ class Config:
 
     def validate(self) -> None:
         if not self.runs and not self.sxs and not self.autosxs:
-            raise ConfigError("nothing to report: give runs=[DIR, ...] (and/or sxs=DIR, autosxs=[DIR])")
+            raise ConfigError("nothing to report: give runs=DIR or runs=[DIR, ...] (and/or sxs=DIR, autosxs=DIR)")
         if self.max_sxs_rows < 1:
             raise ConfigError(f"max_sxs_rows must be ≥ 1, got {self.max_sxs_rows}")
 
@@ -157,7 +158,8 @@ def discover(paths: Sequence[str | Path]) -> Found:
     found = Found()
     for path in map(Path, paths):
         if not path.is_dir():
-            raise ConfigError(f"{path}: no such run directory (current folder: {Path.cwd()})")
+            several = "; several directories go in brackets: runs=[DIR1,DIR2]" if "," in str(path) else ""
+            raise ConfigError(f"{path}: no such run directory (current folder: {Path.cwd()}){several}")
         if (path / "config.yaml").is_file():
             _add_run(found, path)
             continue

@@ -27,7 +27,7 @@ from __future__ import annotations
 import html
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -169,7 +169,8 @@ def run(cfg: Config) -> dict:
         from rlxf.models.reward import check_reward_model
 
         check_reward_model(cfg.reward_model)
-    answers = collect_answers(cfg)
+    # the reward model reads the prompts too: its tokenizer is checked with the models' before any sampling
+    answers = collect_answers(cfg, tokenizers={"reward_model": cfg.reward_model} if cfg.reward_model else {})
     scorers: dict[str, Scorer] = {}
     if cfg.reward_model:
         scorers["reward"] = reward_scorer(cfg.reward_model, device=cfg.generation.device,
@@ -191,12 +192,20 @@ def run(cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------- answers
 
-def collect_answers(cfg: AnswersConfig, *, extra_columns: Sequence[str] = ()) -> Answers:
-    """The answers ``cfg`` describes: read from ``cfg.data``, or sampled from the two models."""
+def collect_answers(cfg: AnswersConfig, *, extra_columns: Sequence[str] = (),
+                    tokenizers: Mapping[str, str] | None = None) -> Answers:
+    """The answers ``cfg`` describes: read from ``cfg.data``, or sampled from the two models.
+
+    ``tokenizers``: config key -> the model whose tokenizer will also read the prompts (a
+    reward model's); it, and model_a's and model_b's, must render every prompt, which is
+    checked before any answer is sampled.
+    """
     if cfg.data is not None:
-        return read_answers(cfg.data, prompt_column=cfg.prompt_column, column_a=cfg.column_a,
-                            column_b=cfg.column_b, extra_columns=extra_columns, limit=cfg.limit, split=cfg.split,
-                            skip_bad=cfg.skip_bad_rows)
+        answers = read_answers(cfg.data, prompt_column=cfg.prompt_column, column_a=cfg.column_a,
+                               column_b=cfg.column_b, extra_columns=extra_columns, limit=cfg.limit, split=cfg.split,
+                               skip_bad=cfg.skip_bad_rows)
+        _check_prompts(answers.prompts, "data", tokenizers or {})
+        return answers
     from rlxf.data.formats import load_prompts
 
     prompts = list(load_prompts(cfg.prompts))[:cfg.limit]
@@ -204,9 +213,22 @@ def collect_answers(cfg: AnswersConfig, *, extra_columns: Sequence[str] = ()) ->
         raise DataError("holds no prompts", path=cfg.prompts)
     for path in (cfg.model_a, cfg.model_b):  # both exist before either samples
         checkpoint(path, "model")
+    _check_prompts(prompts, "prompts", {"model_a": cfg.model_a, "model_b": cfg.model_b, **(tokenizers or {})})
     a, ended_a = sample_answers(cfg.model_a, prompts, cfg.generation, progress=cfg.progress)
     b, ended_b = sample_answers(cfg.model_b, prompts, cfg.generation, progress=cfg.progress)
     return Answers(prompts, a, b, ended_a, ended_b, source=f"{cfg.model_a} vs {cfg.model_b} on {cfg.prompts}")
+
+
+def _check_prompts(prompts: list[Prompt], key: str, tokenizers: Mapping[str, str]) -> None:
+    """Every conversation in ``prompts`` (read from config key ``key``) renders with each
+    tokenizer, named by the config key of its model, before any model loads."""
+    from rlxf.data.tokenize import check_prompts
+    from rlxf.models.loading import load_tokenizer
+
+    if all(isinstance(p, str) for p in prompts):
+        return  # text needs no chat template
+    for tokenizer_key, path in tokenizers.items():
+        check_prompts(prompts, load_tokenizer(path), key=key, tokenizer_key=tokenizer_key)
 
 
 def read_answers(path: str, *, prompt_column: str = "prompt", column_a: str = "answer_a",

@@ -44,6 +44,8 @@ class LoraConfig:
         if self.target_modules is not None and not self.target_modules:
             raise ConfigError("lora.target_modules is an empty list; name modules (e.g. [q_proj,v_proj]) or "
                               "leave it null for every linear layer")
+        if self.target_modules is not None and "all-linear" in self.target_modules:
+            raise ConfigError("lora.target_modules: leave it null (not all-linear) to adapt every linear layer")
 
 
 @dataclass(kw_only=True)
@@ -77,7 +79,7 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remo
     """A tokenizer with a pad token (the EOS token when the checkpoint has none)."""
     from transformers import AutoTokenizer
 
-    name_or_path = checkpoint(name_or_path, "tokenizer")
+    name_or_path = checkpoint(name_or_path, "tokenizer", revision=revision)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -100,7 +102,7 @@ def load_causal_lm(cfg: ModelConfig, *, path: str | None = None):
     """The causal LM of ``cfg`` (or the one at ``path``, with ``cfg``'s dtype and trust settings)."""
     from transformers import AutoModelForCausalLM
 
-    name = checkpoint(path or cfg.name_or_path, "model")
+    name = checkpoint(path or cfg.name_or_path, "model", revision=None if path else cfg.revision)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=_torch_dtype(cfg.dtype), revision=None if path else cfg.revision,
@@ -110,11 +112,12 @@ def load_causal_lm(cfg: ModelConfig, *, path: str | None = None):
     return fuse_gelu(model)
 
 
-def checkpoint(name: str, what: str) -> str:
-    """``name`` unchanged when it is a folder here or could be a hub id ('gpt2',
-    'org/model'); a path to nothing, or a folder without a ``config.json`` (a model, or
+def checkpoint(name: str, what: str, *, revision: str | None = None) -> str:
+    """``name`` unchanged when it is a folder here or a hub id ('gpt2', 'org/model') that
+    can be loaded; a path to nothing, or a folder without a ``config.json`` (a model, or
     a peft adapter's) or any tokenizer file, is a :class:`ConfigError` now, before
-    ``from_pretrained`` asks the hub for it."""
+    ``from_pretrained`` asks the hub for it. So is a hub id that is neither cached nor
+    reachable (:func:`_check_hub_id`)."""
     path = Path(name).expanduser()
     if path.is_dir():
         wanted = ("config.json", "adapter_config.json") if what == "model" else _TOKENIZER_FILES
@@ -126,11 +129,62 @@ def checkpoint(name: str, what: str) -> str:
         raise ConfigError(f"'{name}' is a file; give the folder that save_pretrained wrote for the {what}")
     if name.startswith(("/", ".", "~")) or name.endswith("/") or name.count("/") > 1 or "\\" in name:
         raise ConfigError(f"no folder '{name}' for the {what} (current folder: {os.getcwd()})")
+    _check_hub_id(name, what, revision)
     return name
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
-                    "tekken.json")
+def _check_hub_id(name: str, what: str, revision: str | None) -> None:
+    """Fail fast on a hub id that ``from_pretrained`` could only fail on slowly.
+
+    A hub id in the Hugging Face cache passes without a network call (``from_pretrained``
+    falls back to the cache at once when the hub is out of reach). One that is not cached
+    is asked for once, without retries, within ``HF_HUB_ETAG_TIMEOUT`` seconds (default
+    10): ``from_pretrained`` retries a file it lacks five times over ~23 s, and tries two
+    files, so on a machine without network a misspelt name took ~48 s to fail. With
+    ``HF_HUB_OFFLINE=1`` it is not asked for at all. A hub that answers, even with an
+    error other than "no such repository", leaves the download to ``from_pretrained``.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HFValidationError, HfHubHTTPError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    try:
+        if any(try_to_load_from_cache(name, f, revision=revision) is not None for f in _HUB_PROBE_FILES):
+            return
+    except HFValidationError as err:  # not a valid repo id: 'a b', 'x--y', ...
+        raise ConfigError(f"no folder '{name}' for the {what} here ({os.getcwd()}), and it is no valid hub "
+                          f"id: {err}") from None
+    missing = f"no folder '{name}' for the {what} here ({os.getcwd()}), nor a cached hub model of that name"
+    if constants.is_offline_mode():
+        raise ConfigError(f"{missing}, and HF_HUB_OFFLINE=1 forbids downloading one; give the folder "
+                          "save_pretrained wrote, or unset HF_HUB_OFFLINE (with network) to download it")
+    try:
+        get_hf_file_metadata(hf_hub_url(name, _HUB_PROBE_FILES[0], revision=revision),
+                             timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except GatedRepoError:
+        raise ConfigError(f"the hub id '{name}' is a gated model: accept its terms on {constants.ENDPOINT}/{name} "
+                          "and log in (hf auth login), or give a local folder") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"no folder '{name}' for the {what} here ({os.getcwd()}), and the hub "
+                          f"({constants.ENDPOINT}) has no model '{name}' (a private one needs hf auth login); check "
+                          "the spelling, or give the folder save_pretrained wrote") from None
+    except RevisionNotFoundError:
+        raise ConfigError(f"the hub model '{name}' has no revision '{revision}'; check the revision the config "
+                          "sets") from None
+    except (EntryNotFoundError, HfHubHTTPError):
+        return  # the hub answered: from_pretrained downloads (and retries) as usual
+    except Exception as err:  # no answer: no network, no DNS, a proxy or firewall in the way, a timeout
+        raise ConfigError(f"{missing}, and the hub ({constants.ENDPOINT}) cannot be reached to download one "
+                          f"({type(err).__name__}: {err}); give the folder save_pretrained wrote, check the "
+                          "network (on a slow one raise HF_HUB_ETAG_TIMEOUT), or set HF_HUB_OFFLINE=1 to use only "
+                          "cached models") from None
+
+
+_HUB_PROBE_FILES = ("config.json", "tokenizer_config.json", "adapter_config.json")  # a checkpoint has one
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                    "spiece.model", "tekken.json")
 
 
 def _where(name: str) -> str:

@@ -44,7 +44,8 @@ from rlxf.progress import progress
 from rlxf.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_k1, kl_k3,
                      logprobs_from_logits, masked_mean, penalised_rewards, policy_loss, value_loss)
 from rlxf.runs import Timer
-from rlxf.training import TrainConfig, autocast, full_batch_indices, make_optimizer, resume, save_checkpoint
+from rlxf.training import (TrainConfig, autocast, full_batch_indices, grad_sync, make_optimizer, resume,
+                            save_checkpoint)
 
 log = logging.getLogger("rlxf")
 
@@ -469,7 +470,8 @@ class PPO:
         minibatch: a process weighs its mean by its share of the minibatch's tokens. With
         ``grad_accum`` = G a process runs its rows as G micro-batches, each weighed by its
         own share in the same way, whose gradients add up before each model's one clip and
-        step: the update of G = 1 (up to float rounding) with a G-th of the activations.
+        step: the update of G = 1 (up to float rounding) with a G-th of the activations. Under
+        DDP only the last micro-batch of each model's step all-reduces (:func:`grad_sync`).
         """
         cfg, n_proc = self.cfg, self.acc.num_processes
         self.policy.train()
@@ -487,15 +489,21 @@ class PPO:
                 # the two models share no weights: each one's loss goes backward, is clipped and
                 # steps on its own, so only one model's activations and gradients are held at a
                 # time (PPO-S peak memory −17 MB, then −8 to −10 MB)
+                # under DDP only each model's last micro-batch all-reduces (the sum of all of them)
+                last = len(micro) - 1
+                losses = []
+                for i, (rows, ptx_rows) in enumerate(zip(micro, ptx)):
+                    with grad_sync(self.acc, self.policy_fwd, last=i == last):
+                        losses.append(self._policy_backward(ro, rows, n_tokens, ptx_rows, mb))
                 # the policy's losses (their graphs) stay referenced until the next minibatch's have
                 # gone backward: freed at once, they let glibc hand the heap's top back, and the
                 # next allocations fault it in again (PPO-S: 60k instead of 16k page faults per
                 # update, 12% slower)
-                held[:] = [self._policy_backward(ro, rows, n_tokens, ptx_rows, mb)
-                           for rows, ptx_rows in zip(micro, ptx)]
+                held[:] = losses
                 grad_norms["policy_grad_norm"].append(_clip_and_step(optimizer, cfg.max_grad_norm))
-                for rows in micro:
-                    self._value_backward(ro, rows, n_tokens, mb)
+                for i, rows in enumerate(micro):
+                    with grad_sync(self.acc, self.value_fwd, last=i == last):
+                        self._value_backward(ro, rows, n_tokens, mb)
                 grad_norms["value_grad_norm"].append(_clip_and_step(optimizer, cfg.max_grad_norm))
                 scheduler.step()  # one learning-rate step per minibatch: both steps above used the same rate
                 for key in ("ptx_loss", "policy_loss", "value_loss", "clip_frac", "value_clip_frac", "approx_kl",
@@ -625,9 +633,9 @@ def run(cfg: Config) -> dict:
     ppo = PPO(cfg, device, acc)
     cfg = ppo.cfg  # its lengths fitted to the models
     # what the evaluation reads is checked now: it would first fail after training had run
-    check_prompts(eval_prompts, ppo.tokenizer, key="eval.prompts")  # sampled from
+    check_prompts(eval_prompts, ppo.tokenizer, key="eval.prompts", tokenizer_key="model.tokenizer")  # sampled from
     if ppo.rm_tokenizer is not ppo.tokenizer:
-        check_prompts(eval_prompts, ppo.rm_tokenizer, key="eval.prompts")  # scored
+        check_prompts(eval_prompts, ppo.rm_tokenizer, key="eval.prompts", tokenizer_key="reward.model")  # scored
     n_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(prompts) / cfg.rollout.batch_size))
     updates_per_step = cfg.ppo_epochs * math.ceil(cfg.rollout.batch_size / cfg.batch_size)
     # the scheduler steps once per minibatch update; warm-up is given in PPO steps

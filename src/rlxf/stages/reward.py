@@ -44,8 +44,8 @@ from rlxf.progress import progress
 from rlxf.rl.reward_loss import (bradley_terry_loss, expected_calibration_error, kwise_ranking_loss,
                                  pairwise_accuracy, soft_label_loss)
 from rlxf.runs import Timer
-from rlxf.training import (TrainConfig, autocast, make_optimizer, micro_batch_indices, resume, save_checkpoint,
-                            total_steps)
+from rlxf.training import (TrainConfig, autocast, grad_sync, make_optimizer, micro_batch_indices, resume,
+                            save_checkpoint, total_steps)
 
 log = logging.getLogger("rlxf")
 
@@ -194,16 +194,17 @@ def run(cfg: Config) -> dict:
         micro = [[train_set[i] for i in next(batches)] for _ in range(cfg.grad_accum)]  # the global step
         n_groups = sum(len(groups) for groups in micro)
         step_loss = step_lm = 0.0
-        for groups in micro:
+        for i, groups in enumerate(micro):
             mine, weight = share(groups, acc)
-            with autocast(cfg.mixed_precision, device):
-                loss, diffs, outcomes, lm_nll = _forward(scorer, mine, plan, pad_id, device, cfg.share_prompt,
-                                                         lm_head)
-            if lm_head is not None:
-                loss = loss + cfg.lm_coef * lm_nll
-                step_lm += weight * lm_nll.item() * len(mine) / n_groups
-            # the step's loss is the mean over its groups; × N: DDP averages the processes' gradients
-            acc.backward(loss * weight * len(mine) / n_groups * acc.num_processes)
+            with grad_sync(acc, scorer, last=i == len(micro) - 1):
+                with autocast(cfg.mixed_precision, device):
+                    loss, diffs, outcomes, lm_nll = _forward(scorer, mine, plan, pad_id, device, cfg.share_prompt,
+                                                             lm_head)
+                if lm_head is not None:
+                    loss = loss + cfg.lm_coef * lm_nll
+                    step_lm += weight * lm_nll.item() * len(mine) / n_groups
+                # the step's loss is the mean over its groups; × N: DDP averages the processes' gradients
+                acc.backward(loss * weight * len(mine) / n_groups * acc.num_processes)
             step_loss += weight * loss.item() * len(mine) / n_groups
             window["diffs"] += gather_lists(diffs.tolist() if weight else [], acc)
             window["outcomes"] += gather_lists(outcomes.tolist() if weight else [], acc)
@@ -255,7 +256,7 @@ def run(cfg: Config) -> dict:
         "eval_comparisons": len(eval_set),
         "eval_pairs": sum(_n_pairs(g) for g in eval_set),
         "skipped_rows": data["skipped"],
-        "truncated_answers": data["truncated"],
+        "answers_cut": data["answers_cut"],
         "final_train_loss": last[-1]["loss"] if last else None,
         "final_train_accuracy": last[-1]["accuracy"] if last else None,
         "heldout": eval_metrics,
@@ -423,7 +424,15 @@ def _clip(acc, model, max_norm: float | None) -> float:
 # ----------------------------------------------------------------------------- data
 
 def _load_data(cfg: Config, tokenizer) -> dict:
-    """Read, split by prompt, choose the loss and tokenize; also the normalisation reference."""
+    """Read, split by prompt, choose the loss and tokenize; also the normalisation reference.
+
+    ``answers_cut`` counts the answers, train and eval, that lose tokens to
+    ``data.max_length``, each once per comparison whatever the loss: an answer is cut when
+    its sequence, encoded with all its comparison's answers (the prompt loses as many
+    tokens as the longest answer needs, the same for each), is shorter than its prompt and
+    answer together. A ranking trained as C(K, 2) pairs cuts the same answers (the pairs
+    with its longest answer lose the same prompt tokens), so K-wise and pairwise runs agree.
+    """
     from rlxf.data.formats import load_comparisons
     from rlxf.data.records import Ranking
 
@@ -440,33 +449,40 @@ def _load_data(cfg: Config, tokenizer) -> dict:
         raise ConfigError(f"data.train ({d.train}) holds no comparisons")
     plan = _plan_loss(d.loss, d.margin, train + list(held))
 
-    truncated = 0
+    answers_cut = 0  # see _load_data's docstring
 
-    def encode(prompt, answers) -> list[list[int]]:
-        nonlocal truncated
-        ids, cut = encode_answers(prompt, answers, tokenizer, separator=d.separator, max_length=d.max_length)
-        truncated += cut
-        return ids
+    def encode(prompt, answers) -> tuple[list[list[int]], int]:
+        return encode_answers(prompt, answers, tokenizer, separator=d.separator, max_length=d.max_length)
 
     def groups(comparisons) -> list[Group]:
+        nonlocal answers_cut
         out = []
         for c in comparisons:
+            answers = list(c.ordered) if isinstance(c, Ranking) else [c.chosen, c.rejected]  # distinct (formats)
             if isinstance(c, Ranking) and plan.rankings == "kwise":
-                out.append(Group(encode(c.prompt, list(c.ordered)), is_ranking=True))
-                continue
-            for pair in c.pairs() if isinstance(c, Ranking) else [c]:
-                out.append(Group(encode(pair.prompt, [pair.chosen, pair.rejected]), is_ranking=False,
-                                 prob_chosen=pair.prob_chosen, margin=pair.margin))
+                ids, cut = encode(c.prompt, answers)
+                out.append(Group(ids, is_ranking=True))
+            else:
+                pairs = c.pairs() if isinstance(c, Ranking) else [c]
+                cut = 0
+                for pair in pairs:
+                    ids, n = encode(pair.prompt, [pair.chosen, pair.rejected])
+                    cut += n
+                    out.append(Group(ids, is_ranking=False, prob_chosen=pair.prob_chosen, margin=pair.margin))
+                if cut and len(pairs) > 1:  # a flattened ranking: each answer once, not once per pair it is in
+                    cut = encode(c.prompt, answers)[1]
+            answers_cut += cut
         return out
 
     train_groups, eval_groups = groups(train), groups(held)
-    if truncated:
-        log.warning("%d answers were longer than data.max_length=%d with their prompt and were cut",
-                    truncated, d.max_length)
+    if answers_cut:
+        log.warning("answers_cut: %d answers (train and eval, each counted once per comparison) lost tokens to "
+                    "data.max_length=%d: prompt tokens from the start, then answer tokens from the end",
+                    answers_cut, d.max_length)
     log.info("reward data: %d train and %d eval comparisons; loss: rankings %s, pairs %s%s",
              len(train_groups), len(eval_groups), plan.rankings, plan.pairs, " with margin" if plan.margin else "")
     return {"train": train_groups, "eval": eval_groups, "plan": plan, "skipped": skipped,
-            "truncated": truncated,
+            "answers_cut": answers_cut,
             "reference": _reference_answers(cfg, tokenizer, train, held) if cfg.normalize.enabled else None}
 
 
@@ -531,7 +547,7 @@ def _reference_answers(cfg: Config, tokenizer, train: list, held: list) -> tuple
                          else ("chosen answers of the train split", _chosen_answers(train)))
     else:
         name, answers = f"demonstrations in {path}", [(x.prompt, x.completion) for x in load_demonstrations(path)]
-        check_prompts([p for p, _ in answers], tokenizer, key="normalize.reference")
+        check_prompts([p for p, _ in answers], tokenizer, key="normalize.reference", tokenizer_key="model.tokenizer")
     if len(answers) < 2:
         raise ConfigError(f"normalisation needs at least 2 reference answers; {name} has {len(answers)} "
                           "(set normalize.reference to a demonstrations file, or normalize.enabled=false)")

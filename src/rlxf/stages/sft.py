@@ -22,8 +22,8 @@ from rlxf.models.loading import (ModelConfig, add_lora, fit_length, keeps_logits
                                  settle_attention)
 from rlxf.progress import progress
 from rlxf.runs import Timer
-from rlxf.training import (TrainConfig, autocast, make_optimizer, micro_batch_indices, resume, save_checkpoint,
-                            total_steps)
+from rlxf.training import (TrainConfig, autocast, grad_sync, make_optimizer, micro_batch_indices, resume,
+                            save_checkpoint, total_steps)
 
 log = logging.getLogger("rlxf")
 
@@ -79,7 +79,7 @@ def run(cfg: Config) -> dict:
     tokenizer = load_model_tokenizer(cfg.model)
     model = settle_attention(load_causal_lm(cfg.model), cfg.model.attn_implementation, device, cfg.mixed_precision)
     cfg = replace(cfg, data=replace(cfg.data, max_length=fit_length("data.max_length", cfg.data.max_length, model)))
-    train_set, eval_set, stats, skipped = _load_data(cfg, tokenizer)
+    train_set, eval_set, stats, skipped, demonstrations = _load_data(cfg, tokenizer)
     if cfg.model.lora.enabled:
         model = add_lora(model, cfg.model.lora)
     model.to(device).train()
@@ -102,12 +102,13 @@ def run(cfg: Config) -> dict:
         micro = [[train_set[i] for i in next(batches)] for _ in range(cfg.grad_accum)]  # the global step
         n_tokens = sum(n_targets(e) for examples in micro for e in examples)
         step_loss = 0.0
-        for examples in micro:
+        for i, examples in enumerate(micro):
             mine, weight = share(examples, acc)
-            with autocast(cfg.mixed_precision, device):
-                loss_sum, _ = _token_nll(wrapped, collate(mine, pad_id, packed=cfg.data.packing), device)
-            # × N: DDP averages the N processes' gradients, the loss is their sum
-            acc.backward(loss_sum * weight / n_tokens * acc.num_processes)
+            with grad_sync(acc, wrapped, last=i == len(micro) - 1):
+                with autocast(cfg.mixed_precision, device):
+                    loss_sum, _ = _token_nll(wrapped, collate(mine, pad_id, packed=cfg.data.packing), device)
+                # × N: DDP averages the N processes' gradients, the loss is their sum
+                acc.backward(loss_sum * weight / n_tokens * acc.num_processes)
             step_loss += weight * loss_sum.item() / n_tokens
         step_loss = sum_over_processes([step_loss], acc)[0]
         grad_norm = _clip(acc, wrapped, cfg.max_grad_norm)
@@ -141,8 +142,10 @@ def run(cfg: Config) -> dict:
         "stage": "sft",
         "steps": n_steps,
         "resumed_from_step": start,
-        "train_examples": len(train_set),
-        "eval_examples": len(eval_set),
+        "train_examples": demonstrations[0],
+        "eval_examples": demonstrations[1],
+        "train_sequences": len(train_set),
+        "eval_sequences": len(eval_set),
         "skipped_rows": skipped,
         "truncated_examples": stats.truncated,
         "final_train_loss": last[-1]["loss"] if last else None,
@@ -156,15 +159,21 @@ def run(cfg: Config) -> dict:
     return summary
 
 
-def _load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], TokenizeStats, int]:
-    """Train and eval sequences, the train set's tokenizer statistics and the bad rows skipped."""
+def _load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], TokenizeStats, int, tuple[int, int]]:
+    """Train and eval sequences, the train set's tokenizer statistics, the bad rows skipped
+    and the train and eval demonstrations (rows) the sequences hold.
+
+    A sequence is what ``batch_size`` counts: with ``data.packing`` several demonstrations
+    packed into one, else one demonstration (a plain-text row longer than ``max_length``:
+    one per chunk).
+    """
     from rlxf.data.formats import load_demonstrations
 
     d = cfg.data
-    train = load_demonstrations(d.train, split=d.split, skip_bad=d.skip_bad_rows)
+    train = load_demonstrations(d.train, split=d.split, skip_bad=d.skip_bad_rows, skip_key="data.skip_bad_rows")
     skipped = train.skipped
     if d.eval is not None:
-        held = load_demonstrations(d.eval, skip_bad=d.skip_bad_rows)  # its split in its path
+        held = load_demonstrations(d.eval, skip_bad=d.skip_bad_rows, skip_key="data.skip_bad_rows")  # split in its path
         skipped += held.skipped
     elif d.eval_fraction > 0 and len(train) > 1:
         g = torch.Generator().manual_seed(cfg.seed)
@@ -180,9 +189,9 @@ def _load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], To
     eval_ex = tokenize_demonstrations(held, tokenizer, max_length=d.max_length, separator=d.separator)
     if d.packing:
         train_ex, eval_ex = pack(train_ex, d.max_length), pack(eval_ex, d.max_length)
-    log.info("sft data: %d train and %d eval sequences (%d answer tokens)", len(train_ex), len(eval_ex),
-             stats.answer_tokens)
-    return train_ex, eval_ex, stats, skipped
+    log.info("sft data: %d train and %d eval demonstrations in %d and %d sequences (%d answer tokens)", len(train),
+             len(held), len(train_ex), len(eval_ex), stats.answer_tokens)
+    return train_ex, eval_ex, stats, skipped, (len(train), len(held))
 
 
 def _token_nll(model, batch: dict, device) -> tuple[torch.Tensor, int]:

@@ -32,7 +32,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rlxf.errors import ConfigError, DataError, RlxfError
+from rlxf.errors import ConfigError, RlxfError
 from rlxf.feedback.ai.backends import JudgeConfig, make_judge
 from rlxf.feedback.ai.constitution import Constitution, Principle, load_constitution
 from rlxf.feedback.ai.fit import Room, fit_sample
@@ -112,12 +112,7 @@ def run(cfg: Config) -> dict:
     from rlxf.progress import progress
 
     timer = Timer()
-    try:
-        loaded = load_demonstrations(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows)
-    except DataError as err:
-        # the loader's hint names rlxf sft's key, data.skip_bad_rows; here it is skip_bad_rows
-        raise DataError(err.problem.replace("data.skip_bad_rows", "skip_bad_rows"), path=err.path, line=err.line,
-                        field=err.field) from None
+    loaded = load_demonstrations(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows, skip_key="skip_bad_rows")
     demos = list(loaded)[:cfg.limit] if cfg.limit else list(loaded)
     if not demos:
         raise RlxfError(f"{cfg.data} holds no answers to revise")
