@@ -2,6 +2,7 @@
 process R only (R = -1: on every process, as a config or data error is raised), while
 the others wait as if in a collective until the launcher stops them."""
 
+import logging
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ class Config:
 
 def run(cfg: Config) -> dict:
     rank = int(os.environ["RANK"])
+    logging.getLogger("rlxf").warning("a warning every process logs")
     if cfg.rank == -1:
         raise ConfigError("bad key on every process")
     if cfg.rank == rank:

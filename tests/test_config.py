@@ -87,6 +87,15 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(sft.Config, again) == cfg
 
 
+def test_a_fixed_length_tuple_takes_exactly_its_values(tmp_path):
+    assert _cfg(tmp_path, BASE, "adam_betas=[0.8, 0.9]").adam_betas == (0.8, 0.9)
+    for wrong in ("[0.9]", "[0.9, 0.99, 0.999]"):
+        with pytest.raises(ConfigError, match=r"'adam_betas' must be a list of 2 values"):
+            _cfg(tmp_path, BASE, f"adam_betas={wrong}")
+    with pytest.raises(ConfigError, match=r"'adam_betas' must be a list, got 0.9"):
+        _cfg(tmp_path, BASE, "adam_betas=0.9")
+
+
 def test_help_comes_from_field_docstrings():
     docs = field_docs(sft.Config)
     assert docs["lr"] == "Peak learning rate (AdamW)."

@@ -192,7 +192,8 @@ def test_ppo_refuses_batches_that_processes_cannot_split(fx, tmp_path):
 def test_an_error_of_every_process_is_printed_once_and_one_of_a_single_process_too(tmp_path, rank, shown):
     """A config or data error that every process raises is printed once (by process 0), not
     once per process; an error of one process alone is printed too (by that process, after
-    rlxf.cli.ERROR_WAIT_S). The launcher's own report of the failed process follows."""
+    rlxf.cli.ERROR_WAIT_S). The launcher's own report of the failed process follows. Log
+    lines, the same on every process, are printed by process 0 only."""
     import time
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CPU),
@@ -203,4 +204,5 @@ def test_an_error_of_every_process_is_printed_once_and_one_of_a_single_process_t
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("rlxf: error:")]
     assert errors == [f"rlxf: error: {shown}"], done.stderr[-3000:]
+    assert done.stderr.count("rlxf: a warning every process logs") == 1  # logged by process 0 only
     assert time.perf_counter() - start < 60  # the processes that waited were stopped, not left to sleep

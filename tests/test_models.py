@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import make_model, write_jsonl
 
 from rlxf.errors import ConfigError
 from rlxf.models.generation import generate
@@ -141,6 +141,21 @@ def test_a_device_this_machine_lacks_is_a_config_error():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"device=cuda:0: this PyTorch .* use device=cpu"):
             resolve_device("cuda:0")
+    # commands whose device key is another name it
+    with pytest.raises(ConfigError, match=r"^judge.device='gpu' is not a device"):
+        resolve_device("gpu", "judge.device")
+
+
+def test_sxs_names_its_own_device_key(tmp_path, tiny_model_dir):
+    from rlxf.config import load_config
+    from rlxf.evaluate import sxs
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "what color is the fox ?"}])
+    cfg = load_config(sxs.Config, None, [f"model_a={tiny_model_dir}", f"model_b={tiny_model_dir}",
+                                         f"prompts={prompts}", f"out={tmp_path / 'run'}", "generation.device=gpu",
+                                         "progress=false"])
+    with pytest.raises(ConfigError, match=r"^generation.device='gpu' is not a device"):
+        sxs.run(cfg)
 
 
 def test_trust_remote_code_is_off_by_default():

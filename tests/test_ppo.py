@@ -240,6 +240,7 @@ def test_grad_accum_must_split_the_minibatches_evenly(setup, overrides, message)
     ("eval.lm_data", "nowhere.jsonl", r"eval.lm_data: .*nowhere.jsonl: no such file .*leave eval.lm_data out"),
     ("eval.lm_data", "empty.jsonl", r"eval.lm_data \(.*empty.jsonl\) holds no text"),
     ("eval.prompts", "chat.jsonl", r"eval.prompts: .* has no chat template; .*model.tokenizer="),
+    ("rollout.prompts", "chat.jsonl", r"rollout.prompts: .* has no chat template; .*model.tokenizer="),
 ])
 def test_evaluation_inputs_are_checked_before_training(setup, tmp_path, key, file, message):
     """Held-out text and prompts that would fail only at the first evaluation (or after

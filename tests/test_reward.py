@@ -503,3 +503,10 @@ def test_normalisation_reference_is_checked_before_training(tmp_path, reward_bas
         reward.run(_config(tmp_path, reward_base, pair_rows(), f"normalize.reference={tmp_path / file}"))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
     assert not list(tmp_path.glob("run/checkpoints/step-*"))
+
+
+def test_conversations_need_a_chat_template_and_the_error_names_the_key(tmp_path, reward_base):
+    rows = [{"prompt": [{"role": "user", "content": f"what color is the {a} ?"}], "chosen": f"the {a} is red .",
+             "rejected": "go away ."} for a in ANIMALS]
+    with pytest.raises(ConfigError, match=r"data.train: .* has no chat template; .*\(model.tokenizer=\.\.\.\)"):
+        reward.run(_config(tmp_path, reward_base, rows))

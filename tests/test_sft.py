@@ -211,3 +211,9 @@ def test_data_split_picks_the_training_split_and_the_eval_file_is_read_as_given(
         summary = sft.run(_config(tmp_path, tiny_model_dir, f"data.train={tmp_path / 'dd'}", "data.split=train",
                                   f"data.eval={evals}", "max_steps=2", "eval_every=2", "save_every=2", f"out={out}"))
         assert summary["final_eval_loss"] is not None
+
+
+def test_conversations_need_a_chat_template_and_the_error_names_the_key(tmp_path, tiny_model_dir):
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": [{"role": "user", "content": "hi"}], "completion": "yo"}])
+    with pytest.raises(ConfigError, match=r"data.train: .* has no chat template; .*\(model.tokenizer=\.\.\.\)"):
+        sft.run(_config(tmp_path, tiny_model_dir, f"data.train={chat}"))

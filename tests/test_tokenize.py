@@ -72,3 +72,10 @@ def test_a_text_chunk_without_a_target_is_left_out(tokenizer):
     assert [e.input_ids for e in exs] == [ids[:13]]  # not [ids[:13], ids[13:]] with ids[13:] == [EOS]
     exs = tokenize_demonstrations([Demonstration("", text)], tokenizer, max_length=12)
     assert [e.input_ids for e in exs] == [ids[:12], ids[12:]]  # the last chunk, 2 tokens, predicts its EOS
+
+
+def test_the_warning_about_cut_examples_names_the_key_that_set_the_length(tokenizer, caplog):
+    long_prompt = " ".join(["the fox is red ."] * 20)
+    tokenize_demonstrations([Demonstration(long_prompt, "the owl is blue .")], tokenizer, max_length=24,
+                            length_key="ptx.max_length")
+    assert "1 of 1 examples were longer than ptx.max_length=24" in caplog.text

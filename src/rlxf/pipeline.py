@@ -344,7 +344,8 @@ def _with_instruction(cfg: Config, out: Path) -> dict[str, str | None]:
     if cfg.demonstrations and cfg.sft_model is None:
         rows["demonstrations"] = [  # pre-training text (no prompt) stays as it is
             {"text": d.completion} if d.prompt == "" else replace(d, prompt=instructed(d.prompt, cfg.demonstrations))
-            for d in load_demonstrations(cfg.demonstrations, skip_bad=skip_bad(cfg.sft))]
+            for d in load_demonstrations(cfg.demonstrations, skip_bad=skip_bad(cfg.sft),
+                                         skip_key="sft.data.skip_bad_rows")]
     if cfg.preferences and cfg.reward_model is None:
         rows["preferences"] = [replace(c, prompt=instructed(c.prompt, cfg.preferences))
                                for c in load_comparisons(cfg.preferences, skip_bad=skip_bad(cfg.reward))]

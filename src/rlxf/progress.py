@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 
@@ -15,12 +16,16 @@ def progress(iterable, *, desc: str, total: int | None = None, initial: int = 0,
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """``rlxf: message`` lines on stderr; third-party chatter kept at warnings."""
+    """``rlxf: message`` lines on stderr; third-party chatter kept at warnings. Under
+    ``accelerate launch`` only process 0 logs below ERROR: every process reads the same
+    config and data, so the others would repeat its every line."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("rlxf: %(message)s"))
     root = logging.getLogger("rlxf")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if os.environ.get("RANK", "0") != "0" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        root.setLevel(logging.ERROR)
     root.propagate = False
     for noisy in ("transformers", "datasets", "httpx", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -83,28 +83,29 @@ class TrainConfig:
             raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {list(self.adam_betas)}")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "device") -> torch.device:
     """The device a ``device`` key names: ``auto`` (CUDA when there is a GPU, else the
     CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. One this machine lacks is a
-    :class:`ConfigError` here, before any model is loaded."""
+    :class:`ConfigError` here, before any model is loaded, naming the config ``key`` that
+    gave it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(f"{key}={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = "has no CUDA support" if torch.version.cuda is None else "sees no GPU"
-            raise ConfigError(f"device={name}: this PyTorch ({torch.__version__}) {build}; use device=cpu "
+            raise ConfigError(f"{key}={name}: this PyTorch ({torch.__version__}) {build}; use {key}=cpu "
                               "(or auto)")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device={name}: this machine has {torch.cuda.device_count()} GPU(s), "
+            raise ConfigError(f"{key}={name}: this machine has {torch.cuda.device_count()} GPU(s), "
                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={name}: MPS (Apple GPUs) is not available here; use device=cpu (or auto)")
+        raise ConfigError(f"{key}={name}: MPS (Apple GPUs) is not available here; use {key}=cpu (or auto)")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device={name}: rlxf runs on cpu, cuda or mps, not {device.type}")
+        raise ConfigError(f"{key}={name}: rlxf runs on cpu, cuda or mps, not {device.type}")
     return device
 
 

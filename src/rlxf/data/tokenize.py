@@ -92,8 +92,9 @@ class TokenizeStats:
 
 
 def tokenize_demonstrations(demos: list[Demonstration], tokenizer, *, max_length: int, separator: str = " ",
-                            stats: TokenizeStats | None = None) -> list[Example]:
-    """Examples with loss on the answer tokens only.
+                            stats: TokenizeStats | None = None, length_key: str = "max_length") -> list[Example]:
+    """Examples with loss on the answer tokens only (``length_key``: the config key that set
+    ``max_length``, for the warning about cut examples).
 
     Too long: the prompt loses tokens from its start (its end, next to the answer,
     matters most); an answer longer than ``max_length`` is cut at its end. A record
@@ -123,8 +124,8 @@ def tokenize_demonstrations(demos: list[Demonstration], tokenizer, *, max_length
         stats.examples += 1
         stats.answer_tokens += len(answer_ids)
     if stats.truncated:
-        log.warning("%d of %d examples were longer than max_length=%d and were truncated",
-                    stats.truncated, stats.examples, max_length)
+        log.warning("%d of %d examples were longer than %s=%d and were truncated",
+                    stats.truncated, stats.examples, length_key, max_length)
     return out
 
 

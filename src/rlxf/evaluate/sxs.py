@@ -175,7 +175,7 @@ def run(cfg: Config) -> dict:
     if cfg.reward_model:
         scorers["reward"] = reward_scorer(cfg.reward_model, device=cfg.generation.device,
                                           dtype=cfg.generation.dtype, separator=cfg.generation.separator,
-                                          max_length=cfg.reward_max_length)
+                                          max_length=cfg.reward_max_length, device_key="generation.device")
     if gold is not None:
         scorers["gold"] = _named_scorer(gold, f"gold={cfg.gold}")
     table = side_by_side(answers.prompts, answers.a, answers.b, ended_a=answers.ended_a, ended_b=answers.ended_b,
@@ -289,7 +289,7 @@ def sample_answers(model_path: str, prompts: list[Prompt], gen: GenerationConfig
     from rlxf.training import resolve_device
 
     model = load_causal_lm(ModelConfig(name_or_path=model_path, dtype=gen.dtype))
-    model.to(resolve_device(gen.device))
+    model.to(resolve_device(gen.device, "generation.device"))
     tokenizer = load_tokenizer(model_path)
     log.info("sampling %d answers from %s", len(prompts), model_path)
     gens = generate(model, tokenizer, prompts, max_new_tokens=gen.max_new_tokens, key="generation.max_new_tokens",
@@ -328,13 +328,14 @@ def _named_scorer(scorer: Scorer, name: str) -> Scorer:
 
 
 def reward_scorer(path: str, *, device: str = "auto", dtype: DType = "float32", batch_size: int = 32,
-                  separator: str = " ", max_length: int = 512) -> Scorer:
-    """A :data:`Scorer` giving the reward model's normalised score (rlxf.models.reward)."""
+                  separator: str = " ", max_length: int = 512, device_key: str = "device") -> Scorer:
+    """A :data:`Scorer` giving the reward model's normalised score (rlxf.models.reward);
+    ``device_key`` is the config key that chose ``device``, for the error if it is wrong."""
     from rlxf.models.loading import load_tokenizer
     from rlxf.models.reward import load_reward_model, score_texts
     from rlxf.training import resolve_device
 
-    model = load_reward_model(path, dtype=dtype).to(resolve_device(device))
+    model = load_reward_model(path, dtype=dtype).to(resolve_device(device, device_key))
     tokenizer = load_tokenizer(path)
 
     def score(prompts: list, answers: list[str], ended: list[bool]) -> list[float]:

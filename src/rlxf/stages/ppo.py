@@ -632,10 +632,12 @@ def run(cfg: Config) -> dict:
     eval_prompts = list(load_prompts(cfg.eval.prompts))[:cfg.eval.n] if cfg.eval.prompts else []
     ppo = PPO(cfg, device, acc)
     cfg = ppo.cfg  # its lengths fitted to the models
-    # what the evaluation reads is checked now: it would first fail after training had run
-    check_prompts(eval_prompts, ppo.tokenizer, key="eval.prompts", tokenizer_key="model.tokenizer")  # sampled from
-    if ppo.rm_tokenizer is not ppo.tokenizer:
-        check_prompts(eval_prompts, ppo.rm_tokenizer, key="eval.prompts", tokenizer_key="reward.model")  # scored
+    # every prompt is rendered now, by the tokenizer that samples for it and the one that scores
+    # it: the evaluation's would first fail after training had run
+    for key, some in (("rollout.prompts", prompts), ("eval.prompts", eval_prompts)):
+        check_prompts(some, ppo.tokenizer, key=key, tokenizer_key="model.tokenizer")
+        if ppo.rm_tokenizer is not ppo.tokenizer:
+            check_prompts(some, ppo.rm_tokenizer, key=key, tokenizer_key="reward.model")
     n_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(prompts) / cfg.rollout.batch_size))
     updates_per_step = cfg.ppo_epochs * math.ceil(cfg.rollout.batch_size / cfg.batch_size)
     # the scheduler steps once per minibatch update; warm-up is given in PPO steps
@@ -797,7 +799,8 @@ def _text_examples(key: str, path: str, tokenizer, max_length: int, *, separator
     except DataError as err:
         raise ConfigError(f"{key}: {err} (point {key} at a file of {{text}} rows or demonstrations, or "
                           f"{unset})") from None
-    examples = tokenize_demonstrations(demonstrations, tokenizer, max_length=max_length, separator=separator)
+    examples = tokenize_demonstrations(demonstrations, tokenizer, max_length=max_length, separator=separator,
+                                       length_key="ptx.max_length")
     if not examples:
         raise ConfigError(f"{key} ({path}) holds no text; give it {{text}} rows or demonstrations, or {unset}")
     return examples

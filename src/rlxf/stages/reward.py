@@ -447,6 +447,9 @@ def _load_data(cfg: Config, tokenizer) -> dict:
         train, held = _split_by_prompt(list(loaded), d.eval_fraction, cfg.seed)
     if not train:
         raise ConfigError(f"data.train ({d.train}) holds no comparisons")
+    check_prompts([c.prompt for c in train], tokenizer, key="data.train", tokenizer_key="model.tokenizer")
+    check_prompts([c.prompt for c in held], tokenizer, key="data.eval" if d.eval else "data.train",
+                  tokenizer_key="model.tokenizer")
     plan = _plan_loss(d.loss, d.margin, train + list(held))
 
     answers_cut = 0  # see _load_data's docstring

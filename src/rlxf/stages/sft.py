@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rlxf.data.tokenize import IGNORE, Example, TokenizeStats, collate, n_targets, pack, tokenize_demonstrations
+from rlxf.data.tokenize import (IGNORE, Example, TokenizeStats, check_prompts, collate, n_targets, pack,
+                                tokenize_demonstrations)
 from rlxf.distributed import (configure_deepspeed, make_accelerator, refuse_sharded_lora, save_final, share,
                               start_stage, sum_over_processes)
 from rlxf.errors import ConfigError
@@ -184,9 +185,14 @@ def _load_data(cfg: Config, tokenizer) -> tuple[list[Example], list[Example], To
         held = []
     if not train:
         raise ConfigError(f"data.train ({d.train}) holds no demonstrations")
+    check_prompts([x.prompt for x in train], tokenizer, key="data.train", tokenizer_key="model.tokenizer")
+    check_prompts([x.prompt for x in held], tokenizer, key="data.eval" if d.eval else "data.train",
+                  tokenizer_key="model.tokenizer")
     stats = TokenizeStats()
-    train_ex = tokenize_demonstrations(train, tokenizer, max_length=d.max_length, separator=d.separator, stats=stats)
-    eval_ex = tokenize_demonstrations(held, tokenizer, max_length=d.max_length, separator=d.separator)
+    train_ex = tokenize_demonstrations(train, tokenizer, max_length=d.max_length, separator=d.separator, stats=stats,
+                                       length_key="data.max_length")
+    eval_ex = tokenize_demonstrations(held, tokenizer, max_length=d.max_length, separator=d.separator,
+                                      length_key="data.max_length")
     if d.packing:
         train_ex, eval_ex = pack(train_ex, d.max_length), pack(eval_ex, d.max_length)
     log.info("sft data: %d train and %d eval demonstrations in %d and %d sequences (%d answer tokens)", len(train),

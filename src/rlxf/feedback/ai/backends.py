@@ -118,4 +118,4 @@ def make_judge(cfg: JudgeConfig, cache_path: str | Path | None) -> Judge:
 
     model = ModelConfig(name_or_path=cfg.model, tokenizer=cfg.tokenizer, dtype=cfg.dtype, revision=cfg.revision,
                         trust_remote_code=cfg.trust_remote_code)
-    return HFJudge.load(model, device=cfg.device, batch_size=cfg.batch_size, cache=cache)
+    return HFJudge.load(model, device=cfg.device, batch_size=cfg.batch_size, cache=cache, device_key="judge.device")

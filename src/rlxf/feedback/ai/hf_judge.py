@@ -46,14 +46,14 @@ class HFJudge:
 
     @classmethod
     def load(cls, cfg: ModelConfig, *, device: str = "auto", batch_size: int = 8,
-             cache: ResponseCache | None = None) -> "HFJudge":
-        """Load the judge ``cfg`` names onto ``device``."""
+             cache: ResponseCache | None = None, device_key: str = "device") -> "HFJudge":
+        """Load the judge ``cfg`` names onto ``device`` (chosen by the config key ``device_key``)."""
         from rlxf.models.loading import load_causal_lm, load_tokenizer
         from rlxf.training import resolve_device
 
         tokenizer = load_tokenizer(cfg.tokenizer or cfg.name_or_path, revision=cfg.revision,
                                    trust_remote_code=cfg.trust_remote_code)
-        model = load_causal_lm(cfg).to(resolve_device(device))
+        model = load_causal_lm(cfg).to(resolve_device(device, device_key))
         return cls(model, tokenizer, batch_size=batch_size, cache=cache,
                    identity=f"{cfg.name_or_path}@{_fingerprint(cfg)}")
 

@@ -149,7 +149,7 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int
                                    padding_side="left")
         model = load_causal_lm(ModelConfig(name_or_path=name, dtype=cfg.dtype,
                                            trust_remote_code=cfg.trust_remote_code))
-        model.to(resolve_device(cfg.device))
+        model.to(resolve_device(cfg.device, "generate.device"))
         for turn in range(count):
             out = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, key="generate.max_new_tokens",
                            temperature=cfg.temperature, top_p=cfg.top_p,
