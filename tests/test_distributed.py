@@ -137,8 +137,8 @@ def test_reward_two_processes_match_one(fx, tmp_path):
     from rlxf.stages import reward
 
     args = [f"model.name_or_path={fx / 'model'}", f"data.train={fx / 'prefs.jsonl'}", "data.eval_fraction=0.3",
-            "lr=3e-3", "max_steps=6", "batch_size=2", "grad_accum=2", "log_every=2", "eval_every=3", "progress=false",
-            "device=cpu"]
+            "lr=3e-3", "max_steps=6", "batch_size=2", "grad_accum=2", "log_every=2", "eval_every=3", "progress=false"]
+    # device=auto (the default): on a machine without CUDA the processes join over gloo as with device=cpu
     one = reward.run(load_config(reward.Config, None, args + [f"out={tmp_path / 'one'}"]))
     counts = _launch_two(tmp_path, "reward", args + [f"out={tmp_path / 'two'}"])
     _report("reward", _compare(tmp_path / "one", tmp_path / "two", skip=("ln_f.bias", "attn.c_attn.bias")), counts)
@@ -206,3 +206,34 @@ def test_an_error_of_every_process_is_printed_once_and_one_of_a_single_process_t
     assert errors == [f"rlxf: error: {shown}"], done.stderr[-3000:]
     assert done.stderr.count("rlxf: a warning every process logs") == 1  # logged by process 0 only
     assert time.perf_counter() - start < 60  # the processes that waited were stopped, not left to sleep
+
+
+def test_resuming_on_another_number_of_processes_is_said(tmp_path, caplog):
+    """A checkpoint holds each process's random state; resumed on fewer or more processes,
+    the run cannot repeat an uninterrupted one, and process 0 (the one that logs) says so."""
+    import logging
+
+    from rlxf.distributed import make_accelerator
+    from rlxf.runs import Run
+    from rlxf.stages import sft
+    from rlxf.training import load_checkpoint, save_checkpoint
+
+    acc = make_accelerator("cpu")
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    run = Run.open(tmp_path / "run", load_config(sft.Config, None, ["model.name_or_path=m", "data.train=d",
+                                                                    f"out={tmp_path / 'run'}"]))
+    save_checkpoint(run, 1, accelerator=acc, modules=(model,), optimizer=opt, scheduler=sched, keep=3)
+    ckpt = run.latest_checkpoint()
+    with caplog.at_level(logging.WARNING, logger="rlxf"):
+        load_checkpoint(ckpt, accelerator=acc, modules=(model,), optimizer=opt, scheduler=sched)
+    assert "random streams differ" not in caplog.text  # written and resumed by one process
+
+    state = torch.load(ckpt / "state.pt", weights_only=True)  # as if written by 2 processes
+    state["rng_other_processes"] = [{"torch": state["rng_torch"], "cuda": state["rng_cuda"],
+                                     "python": state["rng_python"]}]
+    torch.save(state, ckpt / "state.pt")
+    with caplog.at_level(logging.WARNING, logger="rlxf"):
+        load_checkpoint(ckpt, accelerator=acc, modules=(model,), optimizer=opt, scheduler=sched)
+    assert "written by 2 process(es) and resumes on 1: their random streams differ" in caplog.text

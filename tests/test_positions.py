@@ -118,7 +118,7 @@ def test_sft_and_reward_fit_data_max_length_to_the_model(small, tmp_path, caplog
         summary = reward.run(load_config(reward.Config, None, [
             f"model.name_or_path={small / 'lm'}", f"data.train={small / 'pairs.jsonl'}", "data.eval_fraction=0",
             "max_steps=2", "batch_size=4", f"out={tmp_path / 'rm'}", "progress=false"]))
-        assert summary["answers_cut"] == 16  # both answers of all 8 pairs
+        assert summary["sequences_cut"] == 16  # both answers of all 8 pairs
     assert caplog.text.count("data.max_length=512 is more than the model's 24 positions") == 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -252,3 +253,28 @@ def test_evaluation_inputs_are_checked_before_training(setup, tmp_path, key, fil
         ppo.run(_config(root, model_dir, f"{key}={tmp_path / file}", f"out={tmp_path / 'run'}"))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
     assert not list(tmp_path.glob("run/checkpoints/step-*"))
+
+
+def test_lora_scores_with_the_reward_models_normalisation(setup, tmp_path):
+    """With LoRA the reward model is the value function's weights with the adapter off; the
+    normalisation stored with it applies as it does to the separately loaded reward model."""
+    from transformers import AutoConfig
+
+    from rlxf.models import reward as rm
+
+    root, model_dir = setup
+    normed = tmp_path / "rm-normed"
+    shutil.copytree(root / "rm", normed)
+    config = AutoConfig.from_pretrained(normed)
+    setattr(config, rm.NORMALIZATION_KEY, {"shift": 3.0, "scale": 2.0})
+    config.save_pretrained(normed)
+    prompts, texts = ["what color is the fox ? answer :"] * 2, ["the fox is red .", "hills hills"]
+    scores = {}
+    for lora in ("false", "true"):
+        p = ppo.PPO(_config(root, model_dir, f"reward.model={normed}", f"model.lora.enabled={lora}"),
+                    torch.device("cpu"))
+        scores[lora] = p._score(prompts, texts, [True, True]).tolist()
+    raw = rm.score_texts(rm.init_reward_model(ModelConfig(name_or_path=str(normed))),
+                         load_tokenizer(str(normed)), prompts, texts)  # the normalisation dropped
+    assert scores["false"] == pytest.approx([(r - 3.0) / 2.0 for r in raw], abs=1e-5)
+    assert scores["true"] == pytest.approx(scores["false"], abs=1e-5)

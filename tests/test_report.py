@@ -124,3 +124,24 @@ def test_report_takes_one_run_directory_or_a_pipeline_folder_alone(tmp_path, cap
     with pytest.raises(ConfigError, match=r"no such run directory .*; several directories go in brackets: "
                                           r"runs=\[DIR1,DIR2\]"):
         report.run(load_config(report.Config, None, [f"runs={root / 'sft'},{root / 'ppo'}", f"out={tmp_path}"]))
+
+
+def test_an_unfinished_run_is_named_by_its_stage_and_says_how_far_it_got(tmp_path):
+    """A run killed before summary.json: its stage is read from its config's sections, and the
+    description says it did not finish and the last step it logged (not the configured
+    max_steps); LoRA and a reward function are named for what they are."""
+    sft_dir = make_run(tmp_path / "unf", {"model": {"name_or_path": "base", "lora": {"enabled": True, "r": 8}},
+                                          "data": {"train": "demos.jsonl", "packing": False}, "max_steps": 300},
+                       None, "sft")
+    ppo_dir = make_run(tmp_path / "fn", {"model": {"name_or_path": "sft/final"},
+                                         "reward": {"model": None, "function": "my.mod:score"},
+                                         "rollout": {"prompts": "p.jsonl"}, "kl": {"coef": 0.05}},
+                       {"stage": "ppo", "steps": 60}, "ppo")
+    found = report.discover([sft_dir, ppo_dir])
+    unfinished, with_function = (report._stage_view(s, "gold") for s in found.stages)
+    assert unfinished["description"] == ("supervised fine-tuning of base (LoRA) on the demonstrations in demos.jsonl."
+                                         " It did not finish (no summary.json); its metrics reach step 100.")
+    assert ("max steps", "300") in unfinished["facts"] and ("LoRA rank", "8") in unfinished["facts"]
+    assert with_function["description"].startswith("PPO on sft/final against the reward my.mod:score")
+    captions = " ".join(f["caption"] for f in with_function["figures"])
+    assert "reward-function score" in captions and "reward-model" not in captions

@@ -221,8 +221,8 @@ def test_kwise_rankings_train_and_group_each_prompt(tmp_path, reward_base):
 
 
 @pytest.mark.parametrize("loss", ["kwise", "bradley_terry"])
-def test_answers_cut_counts_each_answer_once_per_comparison_whatever_the_loss(tmp_path, reward_base, tokenizer,
-                                                                              loss, caplog):
+def test_sequences_cut_counts_each_answer_once_per_comparison_whatever_the_loss(tmp_path, reward_base, tokenizer,
+                                                                                loss, caplog):
     prompt = "question : what color is the fox ? answer :"  # 10 tokens
     # prompt + answer + EOS: A 16, B 14, C 13 tokens fit data.max_length=18; L1 21 and L2 26 do not, so
     # the prompt loses tokens for every answer compared with them (all answers of a ranking, K-wise;
@@ -241,8 +241,8 @@ def test_answers_cut_counts_each_answer_once_per_comparison_whatever_the_loss(tm
     with caplog.at_level(logging.WARNING, logger="rlxf"):
         data = reward._load_data(cfg, tokenizer)
     assert data["plan"].rankings == ("kwise" if loss == "kwise" else "pairs")
-    assert data["answers_cut"] == 0 + 2 + 0 + 3 + 4
-    assert "answers_cut: 9 answers" in caplog.text
+    assert data["sequences_cut"] == 0 + 2 + 0 + 3 + 4
+    assert "sequences_cut: 9 answer sequences" in caplog.text
 
 
 def test_kwise_loss_is_the_mean_of_each_rankings_pair_losses(reward_base, tokenizer):

@@ -24,6 +24,7 @@ computes exactly what it computed before this module existed.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,8 +52,16 @@ def make_accelerator(device: str) -> "Accelerator":
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(cpu=device == "cpu", device_placement=False,
-                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    # "auto" on a machine without CUDA is the CPU: told otherwise, accelerate forms no gloo
+    # process group under a launch, and every process would train alone
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=cpu, device_placement=False,
+                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise ConfigError(f"launched as {launched} processes, but accelerate joined none of them into one run "
+                          f"with device={device}; use device=cpu for CPU processes (gloo), or auto/cuda on GPUs")
+    return accelerator
 
 
 def is_sharded(accelerator: "Accelerator") -> bool:

@@ -323,16 +323,17 @@ def load_checkpoint(path: Path, *, accelerator, modules: tuple[torch.nn.Module, 
     scheduler.load_state_dict(state["scheduler"])
     rngs = [{"torch": state["rng_torch"], "cuda": state["rng_cuda"], "python": state["rng_python"]},
             *state.get("rng_other_processes", [])]
-    if accelerator.process_index < len(rngs):
+    if accelerator.process_index < len(rngs):  # a process the checkpoint has no state for keeps its seed
         rng = rngs[accelerator.process_index]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(_as_random_state(rng["python"]))
-    else:
-        logging.getLogger("rlxf").warning("%s was written by %d processes; process %d keeps its own seed, so this "
-                                          "run will not repeat an uninterrupted one exactly", path, len(rngs),
-                                          accelerator.process_index)
+    if len(rngs) != accelerator.num_processes:  # said by process 0, the one that logs
+        logging.getLogger("rlxf").warning(
+            "%s was written by %d process(es) and resumes on %d: their random streams differ, so this run will "
+            "not repeat an uninterrupted one exactly (resume with %d to repeat it)", path, len(rngs),
+            accelerator.num_processes, len(rngs))
     return state["step"], state["extra"]
 
 

@@ -298,19 +298,20 @@ class Figure:
     png: bytes
 
 
-def figures(frame, *, gold_key: str = "gold") -> list[Figure]:
+def figures(frame, *, gold_key: str = "gold", reward: str = "reward-model score") -> list[Figure]:
     """The plots a run's metrics call for.
 
-    An RL run (it logs ``score``): ``reward`` (reward-model score, with the held-out
-    ``eval_score``), ``kl``, and with a gold score ``gold`` and ``overoptimisation``
-    (proxy and gold on one figure, two y-axes). Any other run: ``loss`` and
-    ``accuracy`` with their ``eval_`` counterparts, where logged.
+    An RL run (it logs ``score``): ``reward`` (the score it optimised, called ``reward``:
+    a reward model's or a reward function's, with the held-out ``eval_score``), ``kl``, and
+    with a gold score ``gold`` and ``overoptimisation`` (proxy and gold on one figure, two
+    y-axes). Any other run: ``loss`` and ``accuracy`` with their ``eval_`` counterparts,
+    where logged.
     """
     out = []
     if PROXY in frame:
-        out.append(_line_figure("reward", frame, [(PROXY, "reward-model score (training samples)"),
-                                                  ("eval_score", "reward-model score (held-out prompts)")],
-                                "reward-model score", "Reward-model score per PPO step"))
+        out.append(_line_figure("reward", frame, [(PROXY, f"{reward} (training samples)"),
+                                                  ("eval_score", f"{reward} (held-out prompts)")],
+                                reward, f"{reward[0].upper()}{reward[1:]} per PPO step"))
         if KL in frame:
             out.append(_line_figure("kl", frame, [(KL, "KL to the reference model")], "KL (nats per answer)",
                                     "KL divergence from the reference (SFT) model per step"))
@@ -320,7 +321,7 @@ def figures(frame, *, gold_key: str = "gold") -> list[Figure]:
                                                     (f"eval_{gold_key}", f"{gold_key} (held-out prompts)")],
                                     f"{gold_key} score", title))
             if gold_key in frame:
-                out.append(_twin_figure(frame, PROXY, gold_key))
+                out.append(_twin_figure(frame, PROXY, gold_key, reward))
         return out
     for key in ("loss", "accuracy"):
         lines = [(k, k.replace("_", " ")) for k in (key, f"eval_{key}") if k in frame]
@@ -329,13 +330,14 @@ def figures(frame, *, gold_key: str = "gold") -> list[Figure]:
     return out
 
 
-def write_curves(frame_or_path, out_dir: str | Path, *, gold_key: str = "gold") -> list[Path]:
+def write_curves(frame_or_path, out_dir: str | Path, *, gold_key: str = "gold",
+                 reward: str = "reward-model score") -> list[Path]:
     """Write :func:`figures` as ``out_dir/<name>.png``; returns the paths."""
     frame = read_metrics(frame_or_path) if isinstance(frame_or_path, (str, Path)) else frame_or_path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for fig in figures(frame, gold_key=gold_key):
+    for fig in figures(frame, gold_key=gold_key, reward=reward):
         path = out / f"{fig.name}.png"
         path.write_bytes(fig.png)
         paths.append(path)
@@ -388,12 +390,12 @@ def _line_figure(name: str, frame, lines: list[tuple[str, str]], ylabel: str, ti
     return Figure(name, caption, _png(fig))
 
 
-def _twin_figure(frame, proxy: str, gold: str) -> Figure:
+def _twin_figure(frame, proxy: str, gold: str, reward: str) -> Figure:
     """Proxy and gold on one figure, each on its own y-axis (Gao et al. 2022, Fig. 1)."""
     title = "Over-optimisation check: proxy reward vs gold score"
     fig, ax = _canvas(title)
-    _plot(ax, frame, proxy, "reward-model score (proxy)", _COLORS[0])
-    ax.set_ylabel("reward-model score (proxy)", color=_COLORS[0])
+    _plot(ax, frame, proxy, f"{reward} (proxy)", _COLORS[0])
+    ax.set_ylabel(f"{reward} (proxy)", color=_COLORS[0])
     right = ax.twinx()
     _plot(right, frame, gold, f"{gold} score", _COLORS[1])
     right.set_ylabel(f"{gold} score", color=_COLORS[1])

@@ -246,7 +246,8 @@ _FACTS = (  # (dotted config key, what to call it), shown when present
     ("rollout.prompts", "training prompts"), ("eval.prompts", "held-out prompts"), ("prompts", "prompts"),
     ("reward.model", "reward model"), ("reward.function", "reward function"), ("judge.model", "judge"),
     ("template", "judge template"), ("kl.coef", "KL coefficient β"), ("kl.adaptive", "adaptive KL"),
-    ("ptx.coef", "pre-training mix γ"), ("lr", "learning rate"), ("max_steps", "steps"), ("epochs", "epochs"),
+    ("model.lora.enabled", "LoRA"), ("model.lora.r", "LoRA rank"),
+    ("ptx.coef", "pre-training mix γ"), ("lr", "learning rate"), ("max_steps", "max steps"), ("epochs", "epochs"),
     ("batch_size", "batch size"), ("rollout.batch_size", "answers per PPO step"), ("seed", "seed"),
 )
 
@@ -256,19 +257,24 @@ def _stage_view(stage: Stage, gold_key: str) -> dict:
 
     config = _load(stage.config, yaml.safe_load) or {}
     summary = _load(stage.summary, json.loads) or {}
-    kind = summary.get("stage") or summary.get("command") or stage.name
-    view = {"name": stage.name, "description": _describe(kind, config, summary),
+    kind = summary.get("stage") or summary.get("command") or _kind_of(config) or stage.name
+    metrics = Path(stage.metrics) if stage.metrics else None
+    has_metrics = metrics is not None and metrics.is_file() and bool(metrics.read_text().strip())
+    frame = read_metrics(metrics) if has_metrics else None
+    reached = int(frame["step"].max()) if frame is not None and "step" in frame else None
+    lora = _dotted(config, "model.lora.enabled")
+    view = {"name": stage.name, "description": _describe(kind, config, summary, reached),
             "facts": [(label, _fmt(v)) for key, label in _FACTS
                       if (v := _dotted(config, key)) is not None and not isinstance(v, dict)
-                      and not (key == "epochs" and config.get("max_steps"))],
+                      and not (key == "epochs" and config.get("max_steps"))
+                      and not (key == "model.lora.r" and not lora)],
             "numbers": _numbers(summary), "config_yaml": yaml.safe_dump(config, sort_keys=False) if config else "",
             "figures": [], "diagnostics": [], "metrics_note": "", "_figures": []}
-    metrics = Path(stage.metrics) if stage.metrics else None
-    if metrics is None or not metrics.is_file() or not metrics.read_text().strip():
+    if frame is None:
         view["metrics_note"] = "No per-step metrics were logged for this stage."
         return view
-    frame = read_metrics(metrics)
-    figs = figures(frame, gold_key=gold_key)
+    optimised = "reward-function score" if _dotted(config, "reward.function") else "reward-model score"
+    figs = figures(frame, gold_key=gold_key, reward=optimised)
     view["_figures"] = figs
     view["figures"] = [{"caption": f.caption, "base64": base64.b64encode(f.png).decode("ascii")} for f in figs]
     view["diagnostics"] = diagnose_frame(frame, gold_key=gold_key)
@@ -277,26 +283,43 @@ def _stage_view(stage: Stage, gold_key: str) -> dict:
     return view
 
 
-def _describe(kind: str, config: Mapping, summary: Mapping) -> str:
-    """One sentence on what a stage did, from its config and summary."""
+def _kind_of(config: Mapping) -> str | None:
+    """The training stage a config is of (for a run that wrote no summary.json), by the
+    sections only that stage has; ``None`` for any other command."""
+    if isinstance(config.get("rollout"), dict) and isinstance(config.get("kl"), dict):
+        return "ppo"
+    if isinstance(config.get("normalize"), dict):
+        return "reward"
+    if isinstance(config.get("data"), dict) and "packing" in config["data"]:
+        return "sft"
+    return None
+
+
+def _describe(kind: str, config: Mapping, summary: Mapping, reached: int | None = None) -> str:
+    """One sentence on what a stage did, from its config and summary; ``reached``: the last
+    step it logged metrics for, said of a run that did not finish."""
     model = _dotted(config, "model.name_or_path") or "?"
+    if _dotted(config, "model.lora.enabled"):
+        model += " (LoRA)"
     steps = f" for {summary['steps']} steps" if summary.get("steps") else ""
+    if not summary and not config:
+        return "no config or summary found."
+    done = "" if summary else (" It did not finish (no summary.json)" + (
+        f"; its metrics reach step {reached}." if reached is not None else ", and logged no metrics."))
     if kind == "sft":
-        return f"supervised fine-tuning of {model} on the demonstrations in {_dotted(config, 'data.train')}{steps}."
+        return (f"supervised fine-tuning of {model} on the demonstrations in {_dotted(config, 'data.train')}"
+                f"{steps}.{done}")
     if kind == "reward":
         return (f"a reward model started from {model}, trained on the comparisons in "
-                f"{_dotted(config, 'data.train')}{steps}.")
+                f"{_dotted(config, 'data.train')}{steps}.{done}")
     if kind == "ppo":
         reward = _dotted(config, "reward.model") or _dotted(config, "reward.function")
         return (f"PPO on {model} against the reward {reward}, with prompts from {_dotted(config, 'rollout.prompts')}"
-                f" and KL coefficient {_dotted(config, 'kl.coef')}{steps}.")
-    if not summary and not config:
-        return "no config or summary found."
+                f" and KL coefficient {_dotted(config, 'kl.coef')}{steps}.{done}")
     model = _dotted(config, "model.name_or_path") or config.get("policy") or config.get("model_a")
     data = _dotted(config, "data.train") or config.get("data") or config.get("prompts")
     uses = (f" with {model}" if model else "") + (f" on {data}" if isinstance(data, str) else "")
-    done = "" if summary else " (no summary.json: the run did not finish)"
-    return f"{kind}{uses}{steps}{done}."
+    return f"{kind}{uses}{steps}.{done}"
 
 
 def _sxs_view(frame, max_rows: int) -> dict:

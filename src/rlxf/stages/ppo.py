@@ -454,7 +454,10 @@ class PPO:
                       max_length=self.cfg.reward.max_length)
         if self.shared_reward:
             with self.value.disable_adapter():
-                scores = rm.score_texts(self.value, self.rm_tokenizer, prompts, texts, **kwargs)
+                raw = rm.score_texts(self.value, self.rm_tokenizer, prompts, texts, **kwargs)
+            # init_reward_model dropped the normalisation stored with these weights (training the
+            # value function would make it stale): apply it here, as load_reward_model's model does
+            scores = [(s - self.value_shift) / self.value_scale for s in raw]
         else:
             scores = rm.score_texts(self.reward, self.rm_tokenizer, prompts, texts, **kwargs)
         return torch.tensor(scores, device=self.device)

@@ -256,7 +256,7 @@ def run(cfg: Config) -> dict:
         "eval_comparisons": len(eval_set),
         "eval_pairs": sum(_n_pairs(g) for g in eval_set),
         "skipped_rows": data["skipped"],
-        "answers_cut": data["answers_cut"],
+        "sequences_cut": data["sequences_cut"],
         "final_train_loss": last[-1]["loss"] if last else None,
         "final_train_accuracy": last[-1]["accuracy"] if last else None,
         "heldout": eval_metrics,
@@ -426,11 +426,12 @@ def _clip(acc, model, max_norm: float | None) -> float:
 def _load_data(cfg: Config, tokenizer) -> dict:
     """Read, split by prompt, choose the loss and tokenize; also the normalisation reference.
 
-    ``answers_cut`` counts the answers, train and eval, that lose tokens to
-    ``data.max_length``, each once per comparison whatever the loss: an answer is cut when
-    its sequence, encoded with all its comparison's answers (the prompt loses as many
-    tokens as the longest answer needs, the same for each), is shorter than its prompt and
-    answer together. A ranking trained as C(K, 2) pairs cuts the same answers (the pairs
+    ``sequences_cut`` counts the answers, train and eval, whose sequence (prompt and
+    answer) loses tokens to ``data.max_length``, each once per comparison whatever the
+    loss: encoded with all its comparison's answers, the prompt loses as many tokens as
+    the longest answer needs (the same for each), then an answer longer than
+    ``max_length`` loses its end; a sequence is cut when it is shorter than its prompt
+    and answer together. A ranking trained as C(K, 2) pairs cuts the same answers (the pairs
     with its longest answer lose the same prompt tokens), so K-wise and pairwise runs agree.
     """
     from rlxf.data.formats import load_comparisons
@@ -452,13 +453,13 @@ def _load_data(cfg: Config, tokenizer) -> dict:
                   tokenizer_key="model.tokenizer")
     plan = _plan_loss(d.loss, d.margin, train + list(held))
 
-    answers_cut = 0  # see _load_data's docstring
+    sequences_cut = 0  # see _load_data's docstring
 
     def encode(prompt, answers) -> tuple[list[list[int]], int]:
         return encode_answers(prompt, answers, tokenizer, separator=d.separator, max_length=d.max_length)
 
     def groups(comparisons) -> list[Group]:
-        nonlocal answers_cut
+        nonlocal sequences_cut
         out = []
         for c in comparisons:
             answers = list(c.ordered) if isinstance(c, Ranking) else [c.chosen, c.rejected]  # distinct (formats)
@@ -474,18 +475,18 @@ def _load_data(cfg: Config, tokenizer) -> dict:
                     out.append(Group(ids, is_ranking=False, prob_chosen=pair.prob_chosen, margin=pair.margin))
                 if cut and len(pairs) > 1:  # a flattened ranking: each answer once, not once per pair it is in
                     cut = encode(c.prompt, answers)[1]
-            answers_cut += cut
+            sequences_cut += cut
         return out
 
     train_groups, eval_groups = groups(train), groups(held)
-    if answers_cut:
-        log.warning("answers_cut: %d answers (train and eval, each counted once per comparison) lost tokens to "
-                    "data.max_length=%d: prompt tokens from the start, then answer tokens from the end",
-                    answers_cut, d.max_length)
+    if sequences_cut:
+        log.warning("sequences_cut: %d answer sequences (train and eval, each counted once per comparison) lost "
+                    "tokens to data.max_length=%d: prompt tokens from the start, then answer tokens from the end",
+                    sequences_cut, d.max_length)
     log.info("reward data: %d train and %d eval comparisons; loss: rankings %s, pairs %s%s",
              len(train_groups), len(eval_groups), plan.rankings, plan.pairs, " with margin" if plan.margin else "")
     return {"train": train_groups, "eval": eval_groups, "plan": plan, "skipped": skipped,
-            "answers_cut": answers_cut,
+            "sequences_cut": sequences_cut,
             "reference": _reference_answers(cfg, tokenizer, train, held) if cfg.normalize.enabled else None}
 
 
