@@ -748,10 +748,9 @@ def evaluate(ppo: PPO, prompts: list, cfg: Config) -> dict[str, float]:
 def lm_loss(model, tokenizer, path: str, max_length: int, device) -> float:
     """Mean NLL per token of ``model`` on the text (or demonstrations) at ``path``: PPO's
     ``eval_lm_loss``, for any model."""
-    from rlxf.data.formats import load_demonstrations
     from rlxf.stages.sft import evaluate as sft_evaluate
 
-    examples = tokenize_demonstrations(list(load_demonstrations(path)), tokenizer, max_length=max_length)
+    examples = _text_examples("eval.lm_data", path, tokenizer, max_length, unset="give another file")
     return sft_evaluate(model, examples, tokenizer.pad_token_id, device, batch_size=16)
 
 
