@@ -218,6 +218,7 @@ def test_retry_waits_are_logged_and_retry_after_is_capped(tmp_path, monkeypatch,
     slept = []
     monkeypatch.setattr(http_judge, "time", SimpleNamespace(sleep=slept.append, time=time.time))
     monkeypatch.setattr(logging.getLogger("rlxf"), "propagate", True)  # the CLI's setup turns it off
+    monkeypatch.setattr(logging.getLogger("rlxf"), "handlers", [])  # and earlier tests' handlers would repeat lines
     t = load_template("helpful")
     with FakeOpenAI({"case-slow": ["429", "429"]}, retry_after="3600") as fake:
         judge = OpenAIJudge(fake.url, "fake", backoff=0.01, max_retries=2)

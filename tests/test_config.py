@@ -87,6 +87,18 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(sft.Config, again) == cfg
 
 
+def test_text_keys_take_the_command_line_as_written_and_numbers_must_be_finite(tmp_path):
+    # YAML would read 0123 as 83 (octal), 1.10 as 1.1 and 2024-06-01 as a date
+    for written in ("0123", "1.10", "2024-06-01"):
+        assert _cfg(tmp_path, BASE, f"out={written}").out == written
+    assert _cfg(tmp_path, BASE, "model.revision=0123").model.revision == "0123"  # str | None
+    assert _cfg(tmp_path, BASE, "model.revision=null").model.revision is None
+    assert _cfg(tmp_path, BASE, "out='a b'").out == "a b"  # quotes are YAML's, as before
+    for bad in ("nan", "inf", "-inf", ".nan"):
+        with pytest.raises(ConfigError, match=r"config key 'lr' must be a finite number"):
+            _cfg(tmp_path, BASE, f"lr={bad}")
+
+
 def test_a_fixed_length_tuple_takes_exactly_its_values(tmp_path):
     assert _cfg(tmp_path, BASE, "adam_betas=[0.8, 0.9]").adam_betas == (0.8, 0.9)
     for wrong in ("[0.9]", "[0.9, 0.99, 0.999]"):
@@ -112,7 +124,7 @@ def test_a_run_made_before_a_key_existed_resumes_when_the_key_keeps_its_default(
     from rlxf.runs import Run
 
     cfg = load_config(sft.Config, overrides=[f"out={tmp_path / 'run'}", "model.name_or_path=m", "data.train=t.jsonl"])
-    Run.open(cfg.out, cfg).log(1, {"loss": 1.0})  # the run has begun
+    (Run.open(cfg.out, cfg).checkpoints / "step-000001").mkdir(parents=True)  # the run has begun
     saved = tmp_path / "run" / "config.yaml"
     old = yaml.safe_load(saved.read_text())
     del old["mixed_precision"], old["model"]["lora"]["r"]  # as written by an older rlxf
@@ -150,6 +162,25 @@ def test_a_resumed_run_may_change_only_what_cannot_change_its_results(tmp_path, 
     Run.open(relative.out, relative)  # the same run, its folder written another way
     with pytest.raises(ConfigError, match=r"different config \(template changed\)"):
         Run.open(cfg().out, cfg())
+
+
+def test_a_run_killed_before_its_first_checkpoint_takes_the_corrected_command(tmp_path):
+    """Metrics logged before the first checkpoint are dropped by a resume (it starts from
+    step 0), so they do not make the run one that may no longer change its config."""
+    from rlxf.runs import Run
+
+    def cfg(*more):
+        return load_config(sft.Config, overrides=[f"out={tmp_path / 'run'}", "model.name_or_path=m",
+                                                  "data.train=t.jsonl", *more])
+
+    run = Run.open(cfg().out, cfg())
+    run.truncate_metrics(0)  # what resume() does before step 1: writes no empty metrics.jsonl
+    assert not run.metrics_path.exists()
+    run.log(10, {"loss": 1.0})  # killed after its first log, before a checkpoint
+    Run.open(cfg().out, cfg("batch_size=4"))
+    (run.checkpoints / "step-000020").mkdir(parents=True)  # once a checkpoint is saved, the config is fixed
+    with pytest.raises(ConfigError, match=r"different config \(batch_size changed\)"):
+        Run.open(cfg().out, cfg("batch_size=2"))
 
 
 def test_a_run_directory_is_locked_while_a_process_uses_it(tmp_path):
@@ -264,3 +295,22 @@ def test_a_list_key_given_one_value_takes_it_as_a_one_item_list():
         load_config(Listed, None, ["betas=0.9"])
     with pytest.raises(ConfigError, match="'paths' must be a list"):
         load_config(Listed, None, ["paths=true"])
+
+
+def test_a_diverged_metric_is_written_as_json_null_and_warned_of(tmp_path, caplog):
+    import json
+    import logging
+
+    from rlxf.runs import Run
+
+    cfg = load_config(sft.Config, overrides=[f"out={tmp_path / 'run'}", "model.name_or_path=m", "data.train=t.jsonl"])
+    run = Run.open(cfg.out, cfg)
+    with caplog.at_level(logging.WARNING, logger="rlxf"):
+        run.log(3, {"loss": float("nan"), "grad_norm": float("inf"), "lr": 1e-3})
+    line = run.metrics_path.read_text()
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) == {
+        "step": 3, "loss": None, "grad_norm": None, "lr": 1e-3}
+    assert "step 3: loss=nan, grad_norm=inf not a finite number (written as null)" in caplog.text
+    run.write_summary({"final_train_loss": float("nan"), "heldout": {"margin": float("-inf")}, "steps": 3})
+    assert json.loads(run.summary_path.read_text(), parse_constant=lambda c: pytest.fail(c)) == {
+        "final_train_loss": None, "heldout": {"margin": None}, "steps": 3}

@@ -10,7 +10,7 @@ import pytest
 from conftest import write_jsonl
 
 from rlxf.config import load_config
-from rlxf.errors import ConfigError, DataError
+from rlxf.errors import ConfigError, RlxfError, DataError
 from rlxf.evaluate import sxs
 
 XSS = "<script>alert('x')</script>"
@@ -52,6 +52,12 @@ def test_html_escapes_model_output_and_the_terminal_shows_it_as_text():
     shown = out.getvalue()
     assert "[bold]fine[/bold]" in shown  # rich markup in an answer is printed, not applied
     assert "<script>alert('x')<…" in shown  # cells are cut to 20 characters, the last an ellipsis
+    # a terminal control sequence in an answer is shown escaped, not sent to the terminal
+    out = io.StringIO()
+    sxs.print_table(sxs.side_by_side(["p"], ["\x1b[31mred\x1b[0m"], ["\x07bell"]), width=40,
+                    console=Console(file=out, width=200, color_system=None))
+    assert "\x1b" not in out.getvalue() and "\x07" not in out.getvalue()
+    assert "\\x1b[31mred\\x1b[0m" in out.getvalue() and "\\x07bell" in out.getvalue()
 
 
 def test_run_from_a_file_writes_csv_html_and_summary(tmp_path):
@@ -103,7 +109,7 @@ def test_mistakes_are_found_before_any_answer_is_sampled_or_scored(tmp_path, tin
     with pytest.raises(ConfigError, match="has 2 output labels; a reward model has 1"):  # a causal LM
         sxs.run(cfg)
     assert sampled == []
-    with pytest.raises(ConfigError, match=r"gold=os.path:join failed on these answers: TypeError"):
+    with pytest.raises(RlxfError, match=r"gold \('os.path:join'\) failed on these answers: TypeError"):
         sxs.run(load_config(sxs.Config, None, [f"out={tmp_path / 'out2'}", f"data={data}", "skip_bad_rows=true",
                                                "gold=os.path:join"]))
 

@@ -162,6 +162,26 @@ def test_trust_remote_code_is_off_by_default():
     assert ModelConfig(name_or_path="x").trust_remote_code is False
 
 
+def test_pickled_weights_are_never_loaded(tmp_path, tiny_model_dir):
+    """Weights saved as a pickle (pytorch_model.bin) can run code when loaded: a folder with
+    nothing else is refused, saying how to convert it; a reward model too."""
+    from safetensors.torch import load_file
+
+    from rlxf.models.reward import init_reward_model, load_reward_model
+
+    pickled = tmp_path / "bin"
+    pickled.mkdir()
+    for f in tiny_model_dir.iterdir():
+        if f.suffix != ".safetensors":
+            (pickled / f.name).write_bytes(f.read_bytes())
+    torch.save(load_file(str(tiny_model_dir / "model.safetensors")), pickled / "pytorch_model.bin")
+    for load in (lambda: load_causal_lm(ModelConfig(name_or_path=str(pickled))),
+                 lambda: init_reward_model(ModelConfig(name_or_path=str(pickled))),
+                 lambda: load_reward_model(pickled)):
+        with pytest.raises(ConfigError, match=r"pickled .bin files only; rlxf loads safetensors only"):
+            load()
+
+
 def test_bpe_tokenizer_round_trips_text(tokenizer, tmp_path):
     text = "question : what color is the fox ? answer : the fox is red ."
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text

@@ -59,6 +59,9 @@ def test_a_mistake_in_a_later_stage_section_stops_the_pipeline_before_any_stage_
         pipeline.run_stages(_config(tmp_path, "ppo={rollout: {batch_sise: 4}}"))
     with pytest.raises(ConfigError, match=r"in the pipeline's 'reward' section: .*lrr"):
         pipeline.run_stages(_config(tmp_path, "reward={lrr: 0.1}"))
+    with pytest.raises(ConfigError, match=r"in the pipeline's 'reward.tinyworld' section: .*'n_trian'"):
+        pipeline.run_stages(_config(tmp_path, "preferences=null", "labeller=tinyworld",
+                                    "reward={tinyworld: {n_trian: 20}}"))
     assert ran == []
     with pytest.raises(ConfigError, match="reinforcement_learning_rate_multiplier must be > 0, got -1"):
         _config(tmp_path, "reinforcement_learning_rate_multiplier=-1")
@@ -80,3 +83,40 @@ def test_the_stages_see_the_same_paths_however_out_is_written(tmp_path, monkeypa
         with pytest.raises(Stop):
             pipeline.run_stages(_config(tmp_path, f"out={out}", "instruction=Be kind."))
     assert len(set(seen)) == 1 and seen[0][1] == str(tmp_path / "other" / "sft")
+
+
+def test_another_instruction_gives_the_stages_other_data_files(tmp_path):
+    """The instruction reaches the stages only through the data files the pipeline writes:
+    each instruction gets files of its own, so a stage that has begun sees its data change
+    (and refuses it, as any changed config) instead of reading rewritten files."""
+    first = pipeline._with_instruction(_config(tmp_path, "instruction=Answer briefly."), tmp_path / "run")
+    again = pipeline._with_instruction(_config(tmp_path, "instruction=Answer briefly."), tmp_path / "run")
+    other = pipeline._with_instruction(_config(tmp_path, "instruction=Answer at length."), tmp_path / "run")
+    assert first == again
+    assert all(first[k] != other[k] for k in first)
+    assert list(load_prompts(first["prompts"]))[0].startswith("Answer briefly.")  # not overwritten
+
+
+def test_the_evaluation_is_done_again_when_what_it_depends_on_changed(tmp_path, monkeypatch):
+    from rlxf.evaluate import sxs
+
+    sampled = []
+
+    class Gen:
+        def __init__(self, text):
+            self.text, self.ended = text, True
+
+    monkeypatch.setattr("rlxf.models.loading.load_causal_lm", lambda cfg: None)
+    monkeypatch.setattr("rlxf.models.loading.load_tokenizer", lambda path: None)
+    monkeypatch.setattr("rlxf.models.generation.generate",
+                        lambda model, tok, prompts, **kw: sampled.append(len(prompts)) or [Gen("hi")] * len(prompts))
+    monkeypatch.setattr(sxs, "reward_scorer", lambda path: lambda p, a, e: [0.0] * len(a))
+    prompts = write_jsonl(tmp_path / "five.jsonl", [{"prompt": f"q{i}"} for i in range(5)])
+
+    def evaluate(*overrides):
+        cfg = _config(tmp_path, *overrides)
+        return pipeline._evaluate(cfg, "sft", "ppo", "rm", str(prompts), tmp_path / "run" / "eval")
+
+    assert evaluate("eval_n=4")["summary"]["rows"] == 4 and sampled == [4, 4]
+    assert evaluate("eval_n=4")["summary"]["rows"] == 4 and sampled == [4, 4]  # reused
+    assert evaluate("eval_n=3")["summary"]["rows"] == 3 and sampled == [4, 4, 3, 3]  # done again

@@ -11,7 +11,7 @@ import torch
 from conftest import SENTENCES, kill_and_resume, write_jsonl
 
 from rlxf.config import load_config
-from rlxf.errors import ConfigError
+from rlxf.errors import ConfigError, RlxfError
 from rlxf.models.loading import ModelConfig, load_tokenizer
 from rlxf.models.reward import init_reward_model
 from rlxf.stages import ppo
@@ -278,3 +278,16 @@ def test_lora_scores_with_the_reward_models_normalisation(setup, tmp_path):
                          load_tokenizer(str(normed)), prompts, texts)  # the normalisation dropped
     assert scores["false"] == pytest.approx([(r - 3.0) / 2.0 for r in raw], abs=1e-5)
     assert scores["true"] == pytest.approx(scores["false"], abs=1e-5)
+
+
+def test_a_tracked_or_reward_function_that_fails_names_its_key(setup, tmp_path):
+    """A user's function raising deep inside a PPO step is an error naming the config key
+    and the function, not a traceback; one returning the wrong number of scores too."""
+    root, model_dir = setup
+    with pytest.raises(RlxfError, match=r"^track.gold \('os.path:join'\) failed on these answers: TypeError"):
+        ppo.run(_config(root, model_dir, "track.gold=os.path:join", f"out={tmp_path / 'a'}"))
+    with pytest.raises(RlxfError, match=r"^reward.function \('builtins:sorted'\) failed"):
+        ppo.run(_config(root, model_dir, "reward.model=null", "reward.function=builtins:sorted",
+                        f"reward.value_model={root / 'rm'}", f"out={tmp_path / 'b'}"))
+    with pytest.raises(RlxfError, match=r"^track.n \('itertools:chain'\) returned 24 scores for 8 answers"):
+        ppo.run(_config(root, model_dir, "track.n=itertools:chain", f"out={tmp_path / 'c'}"))

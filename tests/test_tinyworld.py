@@ -203,6 +203,7 @@ def test_parse_prompt_round_trips_every_kind_and_task():
         for tp in sample_prompts(1500, seed, split):
             assert parse_prompt(tp.text) == tp
             assert parse_prompt(" " + tp.text + "  ") == tp  # whitespace is normalised
+            assert parse_prompt("Answer briefly.\n\n" + tp.text) == tp  # as rlxf pipeline instruction= writes it
             seen.add((tp.kind, tp.task))
     # every args of every task, in every kind
     rng = random.Random(0)
@@ -223,6 +224,7 @@ def test_parse_prompt_round_trips_every_kind_and_task():
     "question : describe the fox . answer :",                      # example of another task
     "the owl is brown . the fox",                                  # no task ends like this
     "Question : what color is the fox ? answer :",
+    "Answer briefly. question : what color is the fox ? answer :",  # an instruction not set off by a blank line
 ])
 def test_parse_prompt_rejects_other_text(text):
     with pytest.raises(ValueError):

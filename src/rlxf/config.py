@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import datetime
 import difflib
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -27,7 +29,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from rlxf.errors import ConfigError
+from rlxf.errors import ConfigError, RlxfError
 
 C = TypeVar("C")
 
@@ -52,8 +54,29 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
-        _set_dotted(raw, key.strip(), _parse_scalar(value))
+        key, value = key.strip(), value.strip()
+        text = _text_type(cls, key)
+        if text is None or (len(value) > 1 and value[0] in "'\"" and value[-1] == value[0]):
+            parsed = _parse_scalar(value)  # YAML, or a quoted text
+        else:  # a text key takes the value as written; an optional one takes null too
+            parsed = None if text == "optional" and value in ("null", "~", "Null", "NULL") else value
+        _set_dotted(raw, key, parsed)
     return from_dict(cls, raw)
+
+
+def _text_type(cls: type, dotted: str) -> str | None:
+    """``"text"`` when the key ``dotted`` of ``cls`` holds ``str``, ``"optional"`` for
+    ``str | None``, else ``None``. A text key's value on the command line is taken as
+    written, not as YAML, which would read ``out=0123`` as the number 83, ``out=1.10`` as
+    1.1 and ``revision=2024-06-01`` as a date."""
+    *parents, last = dotted.split(".")
+    for part in [*parents, last]:
+        if not dataclasses.is_dataclass(cls) or part not in {f.name for f in dataclasses.fields(cls)}:
+            return None
+        cls = _resolved_types(cls)[part]
+    if cls is str:
+        return "text"
+    return "optional" if set(typing.get_args(cls)) == {str, type(None)} else None
 
 
 def from_dict(cls: type[C], raw: dict[str, Any], where: str = "") -> C:
@@ -158,6 +181,31 @@ def import_target(target: str) -> Any:
         raise ConfigError(f"cannot import '{target}': {err}") from None
 
 
+def import_scorer(target: str, key: str):
+    """The scoring function ``fn(prompts, answers, ended) -> list[float]`` that config key
+    ``key`` names as ``'module:function'`` (a reward function, a tracked or gold score),
+    wrapped so that its failure, or a result of the wrong length, is an error naming
+    ``key`` instead of a traceback from deep inside training (``--verbose`` logs it)."""
+    import logging
+
+    fn = import_target(target)
+    if not callable(fn):
+        raise ConfigError(f"{key}: '{target}' is not a function")
+
+    def scored(prompts, answers, ended):
+        try:
+            out = list(fn(prompts, answers, ended))
+        except Exception as err:
+            logging.getLogger("rlxf").debug("%s ('%s') failed", key, target, exc_info=True)
+            raise RlxfError(f"{key} ('{target}') failed on these answers: {type(err).__name__}: {err} "
+                            "(--verbose shows where)") from err
+        if len(out) != len(answers):
+            raise RlxfError(f"{key} ('{target}') returned {len(out)} scores for {len(answers)} answers")
+        return out
+
+    return scored
+
+
 # ----------------------------------------------------------------------------- internals
 
 
@@ -257,9 +305,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str):
         try:  # PyYAML reads 1e-4 (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             raise ConfigError(f"config key '{key}' must be a number, got {value!r}") from None
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+    if tp is str and isinstance(value, datetime.date):
+        return value.isoformat()  # YAML reads 2024-06-01 as a date
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. a run name like 2024 or a dtype like 16
     if tp is bool and not isinstance(value, bool):

@@ -16,11 +16,14 @@ prompt and target sequence lengths); anything else of a stage is reachable throu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from rlxf.config import from_dict, to_dict
 from rlxf.errors import ConfigError
@@ -123,7 +126,7 @@ def run_stages(cfg: Config) -> dict:
     """Run (or reuse) every stage; returns summaries, the evaluation and the output dir."""
     out = Path(cfg.out).resolve()  # the stages' paths read the same however out is written
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline.yaml").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    (out / "pipeline.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     _check_stage_configs(cfg, out)
     seconds: dict[str, float] = {}
     files = _with_instruction(cfg, out)
@@ -190,6 +193,8 @@ def _check_stage_configs(cfg: Config, out: Path) -> None:
         _sft_config(cfg, cfg.demonstrations or later, out / "sft")
     if cfg.reward_model is None:
         _reward_config(cfg, later, cfg.preferences or later, None, out / "reward")
+        if cfg.preferences is None and cfg.labeller == "tinyworld":
+            _tinyworld_preferences_config(cfg, later, out / "preferences")
     _ppo_config(cfg, later, later, cfg.prompts, cfg.eval_prompts, out / "ppo")
 
 
@@ -219,13 +224,22 @@ config samples comparisons from the SFT model it trains wherever its output goes
 def _tinyworld_preferences(cfg: Config, sft_model: str, out: Path) -> dict:
     from rlxf.tinyworld import preferences
 
+    return preferences.run(_tinyworld_preferences_config(cfg, sft_model, out))
+
+
+def _tinyworld_preferences_config(cfg: Config, sft_model: str, out: Path):
+    from rlxf.tinyworld import preferences
+
     settings = dict(cfg.reward.get("tinyworld", {}))
     named = dict(zip(RUN_MODELS, (cfg.base_model, sft_model)))
     writers = settings.pop("policy", "run:sft")
     writers = [named.get(w, w) for w in writers] if isinstance(writers, list) else named.get(writers, writers)
-    return preferences.run(from_dict(preferences.Config, {
-        "policy": writers, "out": str(out), "seed": cfg.seed, "max_new_tokens": cfg.target_sequence_length,
-        "progress": cfg.progress, **settings}))
+    try:
+        return from_dict(preferences.Config, {
+            "policy": writers, "out": str(out), "seed": cfg.seed, "max_new_tokens": cfg.target_sequence_length,
+            "progress": cfg.progress, **settings})
+    except ConfigError as err:
+        raise ConfigError(f"in the pipeline's 'reward.tinyworld' section: {err}") from None
 
 
 def _reward_config(cfg: Config, sft_model: str, train: str, heldout: str | None, out: Path):
@@ -287,11 +301,16 @@ def _evaluate(cfg: Config, sft_model: str, ppo_model: str, reward_model: str, ev
     from rlxf.models.generation import generate
     from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
 
-    done = out / "summary.json"
-    if done.exists():
+    done, used = out / "summary.json", out / "settings.json"
+    # what the evaluation depends on; a finished one is reused only if all of it is the same
+    settings = {"sft": sft_model, "ppo": ppo_model, "reward": reward_model, "prompts": eval_prompts,
+                "eval_n": cfg.eval_n, "max_new_tokens": cfg.target_sequence_length, "seed": cfg.seed, "gold": cfg.gold}
+    if done.exists() and used.exists() and json.loads(used.read_text()) == settings:
         import pandas as pd
 
         return {"summary": json.loads(done.read_text()), "frame": pd.read_csv(out / "sxs.csv")}
+    if done.exists():
+        log.info("the evaluation's settings changed since it ran: evaluating again")
     prompts = list(load_prompts(eval_prompts))[:cfg.eval_n]
     answers = {}
     for name, path in (("sft", sft_model), ("ppo", ppo_model)):
@@ -301,15 +320,16 @@ def _evaluate(cfg: Config, sft_model: str, ppo_model: str, reward_model: str, ev
         answers[name] = gens
     scorers = {"reward": reward_scorer(reward_model)}
     if cfg.gold:
-        from rlxf.config import import_target
+        from rlxf.config import import_scorer
 
-        scorers["gold"] = import_target(cfg.gold)
+        scorers["gold"] = import_scorer(cfg.gold, "gold")
     frame = side_by_side(prompts, [g.text for g in answers["sft"]], [g.text for g in answers["ppo"]],
                          ended_a=[g.ended for g in answers["sft"]], ended_b=[g.ended for g in answers["ppo"]],
                          scorers=scorers, name_a="sft", name_b="ppo")
     summary = summarise(frame)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "sxs.csv", index=False)
+    used.write_text(json.dumps(settings, indent=2) + "\n")
     done.write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return {"summary": summary, "frame": frame}
 
@@ -349,8 +369,11 @@ def _with_instruction(cfg: Config, out: Path) -> dict[str, str | None]:
     if cfg.preferences and cfg.reward_model is None:
         rows["preferences"] = [replace(c, prompt=instructed(c.prompt, cfg.preferences))
                                for c in load_comparisons(cfg.preferences, skip_bad=skip_bad(cfg.reward))]
+    # the file's name holds the instruction's hash: with another instruction the stages are
+    # given other data files, and a stage that has begun refuses them (its data changed)
+    digest = hashlib.sha256(cfg.instruction.encode()).hexdigest()[:10]
     for name, kept in rows.items():
-        target = out / "data" / f"{name}.jsonl"
+        target = out / "data" / f"{name}.instructed-{digest}.jsonl"
         write_jsonl(target, kept)
         files[name] = str(target)
     return files

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -75,7 +76,6 @@ class Run:
                 raise ConfigError(
                     f"{run.out} holds a run with a different config ({', '.join(changed[:5])} changed); "
                     f"pass a new out=DIR, or delete {run.out} to start over")
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
         _atomic_write(config_path, yaml.safe_dump(resolved, sort_keys=False))
         return run
 
@@ -83,13 +83,14 @@ class Run:
 
     @property
     def started(self) -> bool:
-        """Whether the run saved anything beside its config: metrics, a checkpoint, or an
-        output. A cache does not count: it is keyed by what it holds (a judge's prompt), so
-        it serves a changed config rightly."""
+        """Whether the run saved anything a resume would keep: a checkpoint, or an output.
+        Metrics without a checkpoint do not count (a resume starts from step 0 and drops
+        them), nor does a cache: it is keyed by what it holds (a judge's prompt), so it
+        serves a changed config rightly."""
         if self.checkpoints.exists() and any(self.checkpoints.iterdir()):
             return True
-        return any(p.name not in ("config.yaml", "checkpoints", _LOCK) and ".sqlite" not in p.name
-                   for p in self.out.iterdir())
+        return any(p.name not in ("config.yaml", "checkpoints", _LOCK, self.metrics_path.name)
+                   and ".sqlite" not in p.name for p in self.out.iterdir())
 
     @property
     def complete(self) -> bool:
@@ -103,15 +104,23 @@ class Run:
                             path=str(self.summary_path)) from None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        _atomic_write(self.summary_path, json.dumps(summary, indent=2, default=float) + "\n")
+        """Write ``summary.json`` (NaN and infinities as ``null``, as in metrics)."""
+        plain = json.loads(json.dumps(summary, default=float))
+        _atomic_write(self.summary_path, json.dumps(_json_safe(plain), indent=2, allow_nan=False) + "\n")
 
     # -- metrics ------------------------------------------------------------------------
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        """Append one step's metrics (plain numbers) to ``metrics.jsonl``."""
+        """Append one step's metrics (plain numbers) to ``metrics.jsonl``. A NaN or infinite
+        value is written as ``null`` (JSON has no NaN; strict readers refuse it) and warned
+        of: the run has diverged."""
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            log.warning("step %d: %s not a finite number (written as null): training has diverged; lower lr, or "
+                        "check the data and max_grad_norm", step, ", ".join(f"{k}={row[k]}" for k in bad))
         with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+            fh.write(json.dumps(_json_safe(row), allow_nan=False) + "\n")
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_metrics_rows(self.metrics_path)
@@ -119,7 +128,10 @@ class Run:
     def truncate_metrics(self, after_step: int) -> None:
         """Drop rows logged after ``after_step`` (they were written after the checkpoint we resume from)."""
         kept = [row for row in self.metrics() if row["step"] <= after_step]
-        _atomic_write(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+        if kept:
+            _atomic_write(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+        else:
+            self.metrics_path.unlink(missing_ok=True)
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -235,6 +247,17 @@ def _defaults(config: Any) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
+    return value
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float, however deep, replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
     return value
 
 

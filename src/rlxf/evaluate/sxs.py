@@ -27,11 +27,12 @@ from __future__ import annotations
 import html
 import logging
 import math
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
-from rlxf.config import import_target
+from rlxf.config import import_scorer
 from rlxf.data.records import Prompt
 from rlxf.errors import ConfigError, DataError
 from rlxf.models.loading import DType, checkpoint
@@ -164,7 +165,7 @@ def run(cfg: Config) -> dict:
         log.info("%s is already complete; delete it to compare again", run_dir.out)
         return run_dir.summary()
     timer = Timer()
-    gold = import_target(cfg.gold) if cfg.gold else None  # a mistake here stops the run before sampling
+    gold = import_scorer(cfg.gold, "gold") if cfg.gold else None  # a mistake here stops the run before sampling
     if cfg.reward_model:
         from rlxf.models.reward import check_reward_model
 
@@ -177,7 +178,7 @@ def run(cfg: Config) -> dict:
                                           dtype=cfg.generation.dtype, separator=cfg.generation.separator,
                                           max_length=cfg.reward_max_length, device_key="generation.device")
     if gold is not None:
-        scorers["gold"] = _named_scorer(gold, f"gold={cfg.gold}")
+        scorers["gold"] = gold
     table = side_by_side(answers.prompts, answers.a, answers.b, ended_a=answers.ended_a, ended_b=answers.ended_b,
                          scorers=scorers, name_a=cfg.name_a, name_b=cfg.name_b)
     table.to_csv(run_dir.out / "sxs.csv", index=False)
@@ -316,16 +317,6 @@ def _kind(value) -> str:
 
 
 # ----------------------------------------------------------------------------- scores
-
-def _named_scorer(scorer: Scorer, name: str) -> Scorer:
-    """``scorer``, whose failures say which config value named it."""
-    def scored(prompts, answers, ended):
-        try:
-            return scorer(prompts, answers, ended)
-        except Exception as err:
-            raise ConfigError(f"{name} failed on these answers: {type(err).__name__}: {err}") from err
-    return scored
-
 
 def reward_scorer(path: str, *, device: str = "auto", dtype: DType = "float32", batch_size: int = 32,
                   separator: str = " ", max_length: int = 512, device_key: str = "device") -> Scorer:
@@ -481,7 +472,8 @@ _CSS = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
 def print_table(frame, *, rows: int = 10, width: int = 48, console=None) -> None:
     """The first ``rows`` rows as a rich table on stderr, cells cut to ``width``
     characters. Cells are plain :class:`rich.text.Text`, so ``[bold]`` in an answer is
-    shown, not interpreted."""
+    shown, not interpreted, and control characters (a model's ``ESC[31m``) are shown as
+    escapes (``\\x1b[31m``), never sent to the terminal."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -504,4 +496,5 @@ def _cell(value, width: int) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.3f}"
     text = " ⏎ ".join(str(value).splitlines())
+    text = "".join(ch.encode("unicode_escape").decode() if unicodedata.category(ch) == "Cc" else ch for ch in text)
     return text if len(text) <= width else text[:width - 1] + "…"

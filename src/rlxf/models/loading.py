@@ -106,7 +106,7 @@ def load_causal_lm(cfg: ModelConfig, *, path: str | None = None):
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=_torch_dtype(cfg.dtype), revision=None if path else cfg.revision,
-            trust_remote_code=cfg.trust_remote_code)
+            trust_remote_code=cfg.trust_remote_code, use_safetensors=True)
     except OSError as err:
         raise ConfigError(f"cannot load a causal LM from '{name}': {_where(name)}{err}") from None
     return fuse_gelu(model)
@@ -124,6 +124,10 @@ def checkpoint(name: str, what: str, *, revision: str | None = None) -> str:
         if not any((path / f).exists() for f in wanted):
             raise ConfigError(f"'{name}' holds no {what} (no {' or '.join(wanted)}); give the folder that "
                               "save_pretrained wrote")
+        if what == "model" and not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+            raise ConfigError(f"'{name}' holds its weights as pickled .bin files only; rlxf loads safetensors only "
+                              "(unpickling can run code). Convert them once: load the model with transformers and "
+                              "save_pretrained it again (safetensors is the default)")
         return name
     if path.exists():
         raise ConfigError(f"'{name}' is a file; give the folder that save_pretrained wrote for the {what}")

@@ -54,7 +54,7 @@ def init_reward_model(cfg: ModelConfig):
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             checkpoint(cfg.name_or_path, "model"), num_labels=1, dtype=_torch_dtype(cfg.dtype), revision=cfg.revision,
-            trust_remote_code=cfg.trust_remote_code, output_loading_info=True)
+            trust_remote_code=cfg.trust_remote_code, output_loading_info=True, use_safetensors=True)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot build a reward model from '{cfg.name_or_path}': {err}") from None
     head = _head(model)
@@ -76,7 +76,8 @@ def load_reward_model(path: str | Path, *, dtype: str = "float32", trust_remote_
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            checkpoint(str(path), "model"), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+            checkpoint(str(path), "model"), dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code,
+            use_safetensors=True)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load a reward model from '{path}': {err}") from None
     _one_output(model.config, path)

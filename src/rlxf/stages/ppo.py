@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from rlxf.config import import_target
+from rlxf.config import import_scorer
 from rlxf.data.tokenize import (IGNORE, Example, check_prompts, collate, n_targets, prompt_text,
                                 tokenize_demonstrations)
 from rlxf.distributed import (TokenValues, check_divisible, gather_lists, gather_rows, global_masked_whiten, is_sharded,
@@ -284,7 +284,7 @@ class PPO:
         self.reward = None
         if cfg.reward.model is not None and not self.shared_reward:
             self.reward = self._frozen(fast(rm.load_reward_model(cfg.reward.model, dtype=cfg.model.dtype)))
-        self.reward_fn = import_target(cfg.reward.function) if cfg.reward.function else None
+        self.reward_fn = import_scorer(cfg.reward.function, "reward.function") if cfg.reward.function else None
         self.rm_tokenizer = load_tokenizer(cfg.reward.model) if cfg.reward.model else self.tokenizer
         if load_tokenizer(value_path).get_vocab() != self.tokenizer.get_vocab():
             raise ConfigError(f"the value function starts from {value_path}, whose tokenizer differs from the "
@@ -300,7 +300,7 @@ class PPO:
         self.kl_ctl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
                        else FixedKLController(cfg.kl.coef))
         self.kl_estimator = kl_k3 if cfg.kl.estimator == "k3" else kl_k1
-        self.track = {name: import_target(target) for name, target in cfg.track.items()}
+        self.track = {name: import_scorer(target, f"track.{name}") for name, target in cfg.track.items()}
         self.ptx = (_text_examples("ptx.data", cfg.ptx.data, self.tokenizer, cfg.ptx.max_length,
                                    separator=cfg.rollout.separator, unset="set ptx.coef=0")
                     if cfg.ptx.coef > 0 else [])

@@ -350,7 +350,7 @@ def _frozen_lm_head(cfg: ModelConfig, device) -> tuple[torch.Tensor, torch.Tenso
     try:
         lm, info = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, revision=cfg.revision,
                                                         trust_remote_code=cfg.trust_remote_code,
-                                                        output_loading_info=True)
+                                                        output_loading_info=True, use_safetensors=True)
     except (OSError, ValueError) as err:
         raise ConfigError(f"lm_coef > 0 needs the LM head of '{cfg.name_or_path}': {err}") from None
     head = lm.get_output_embeddings()

@@ -184,7 +184,7 @@ def extend_context(base: Path, out: Path, n_positions: int) -> None:
     import torch
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    model = GPT2LMHeadModel.from_pretrained(base)
+    model = GPT2LMHeadModel.from_pretrained(base, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(base)
     old = model.config.n_positions
     if n_positions > old:

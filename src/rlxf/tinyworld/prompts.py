@@ -306,7 +306,9 @@ def _match_question(question: str) -> tuple[str, tuple[str, ...]]:
 
 @lru_cache(maxsize=65536)
 def parse_prompt(text: str) -> TaskPrompt:
-    """Recover the :class:`TaskPrompt` a Tinyworld prompt text was built from.
+    """Recover the :class:`TaskPrompt` a Tinyworld prompt text was built from. An
+    instruction before it, set off by a blank line (as ``rlxf pipeline instruction=...``
+    writes it; Tinyworld prompts have no line breaks), is not part of it.
 
     Raises ``ValueError`` when ``text`` is not a Tinyworld prompt.
     """
@@ -314,6 +316,9 @@ def parse_prompt(text: str) -> TaskPrompt:
     try:
         task, args, kind = _parse(norm)
     except ValueError as err:
+        instructed, sep, prompt = str(text).rpartition("\n\n")
+        if sep and instructed.strip() and prompt.strip():
+            return parse_prompt(prompt)
         raise ValueError(f"not a Tinyworld prompt ({err}): {norm[:80]!r}") from None
     return TaskPrompt(norm, kind, task, args, reference(task, args, kind), _prompt_id(norm))
 
