@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import make_model, write_jsonl
@@ -308,3 +310,14 @@ def test_a_reward_model_whose_tokenizer_pads_with_eos_scores_as_plain_transforme
         theirs = plain(**batch).logits[:, 0]
         ours = raw_score(init_reward_model(ModelConfig(name_or_path=str(tmp_path / "rm"))).eval(), **batch)
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
+
+
+def test_saved_weights_are_as_readable_as_any_new_file(tmp_path, tiny_model_dir):
+    """transformers writes model.safetensors readable by its owner only (0600); a teammate
+    could not load a model rlxf saved. save_model gives it the umask's permissions."""
+    old = os.umask(0o022)
+    try:
+        out = save_model(load_causal_lm(ModelConfig(name_or_path=str(tiny_model_dir))), None, tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644

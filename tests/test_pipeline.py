@@ -120,3 +120,20 @@ def test_the_evaluation_is_done_again_when_what_it_depends_on_changed(tmp_path, 
     assert evaluate("eval_n=4")["summary"]["rows"] == 4 and sampled == [4, 4]
     assert evaluate("eval_n=4")["summary"]["rows"] == 4 and sampled == [4, 4]  # reused
     assert evaluate("eval_n=3")["summary"]["rows"] == 3 and sampled == [4, 4, 3, 3]  # done again
+
+
+def test_a_stage_built_on_an_earlier_run_is_refused_once_that_run_is_redone(tmp_path):
+    """reward/ trained on the SFT run in sft/; SFT deleted and trained again: resuming or
+    reusing reward/ would pair the old reward model with the new SFT model, silently."""
+    out = tmp_path / "out"
+    (out / "sft").mkdir(parents=True)
+    (out / "sft" / "summary.json").write_text('{"steps": 10, "seconds": 1.0}')
+    pipeline._check_lineage(out, "reward", ["sft", "preferences"])  # reward starts on it
+    (out / "reward" / "checkpoints" / "step-000005").mkdir(parents=True)  # and saves a checkpoint
+    pipeline._check_lineage(out, "reward", ["sft", "preferences"])  # resumed on the same SFT run: fine
+    (out / "sft" / "summary.json").write_text('{"steps": 10, "seconds": 1.2}')  # SFT run again
+    with pytest.raises(ConfigError, match=r"reward was built on the sft run that was in .* run again since"):
+        pipeline._check_lineage(out, "reward", ["sft", "preferences"])
+    (out / "reward" / "checkpoints" / "step-000005").rmdir()  # reward deleted by the user: it starts anew
+    (out / "reward" / "checkpoints").rmdir()
+    pipeline._check_lineage(out, "reward", ["sft", "preferences"])

@@ -197,8 +197,7 @@ def save_final(wrapped, tokenizer, out: Path, accelerator: "Accelerator") -> Non
     if is_sharded(accelerator):
         state = accelerator.get_state_dict(wrapped)
         if accelerator.is_main_process:
-            plain.save_pretrained(out, state_dict={k.removeprefix(prefix): v for k, v in state.items()})
-            tokenizer.save_pretrained(out)
+            save_model(plain, tokenizer, out, state_dict={k.removeprefix(prefix): v for k, v in state.items()})
     elif accelerator.is_main_process:
         save_model(plain, tokenizer, out)
     accelerator.wait_for_everyone()

@@ -126,7 +126,6 @@ def run_stages(cfg: Config) -> dict:
     """Run (or reuse) every stage; returns summaries, the evaluation and the output dir."""
     out = Path(cfg.out).resolve()  # the stages' paths read the same however out is written
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     _check_stage_configs(cfg, out)
     seconds: dict[str, float] = {}
     files = _with_instruction(cfg, out)
@@ -142,25 +141,32 @@ def run_stages(cfg: Config) -> dict:
     timer = Timer()
     pref_summary, preferences, pref_eval = None, files["preferences"], None
     if cfg.reward_model is None and preferences is None:
+        _check_lineage(out, "preferences", ["sft"])
         pref_summary = _tinyworld_preferences(cfg, sft_model, out / "preferences")
-        preferences = pref_summary["files"]["rankings_train"]
-        pref_eval = pref_summary["files"]["rankings_heldout"]
+        # this folder's files, not the paths its summary names (a copied OUT would read the original's)
+        preferences = str(out / "preferences" / "rankings_train.jsonl")
+        pref_eval = str(out / "preferences" / "rankings_heldout.jsonl")
     seconds["preferences"] = timer.elapsed()
 
     timer = Timer()
     reward_model, reward_summary = cfg.reward_model, None
     if reward_model is None:
+        _check_lineage(out, "reward", ["sft", "preferences"])
         reward_summary = _reward(cfg, sft_model, preferences, pref_eval, out / "reward")
         reward_model = reward_summary["final"]
     seconds["reward"] = timer.elapsed()
 
     timer = Timer()
+    _check_lineage(out, "ppo", ["sft", "reward"])
     ppo_summary = _ppo(cfg, sft_model, reward_model, prompts, eval_prompts, out / "ppo")
     seconds["ppo"] = timer.elapsed()
 
     timer = Timer()
-    evaluation = _evaluate(cfg, sft_model, ppo_summary["final"], reward_model, eval_prompts, out / "eval")
+    evaluation = _evaluate(cfg, sft_model, ppo_summary["final"], reward_model, eval_prompts, out / "eval",
+                           lineage=_summaries(out, ["sft", "reward", "ppo"]))
     seconds["evaluate"] = timer.elapsed()
+    # the config of the run this folder holds (written once the stages have taken it)
+    (out / "pipeline.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     summary = {
         "models": {"base": cfg.base_model, "sft": sft_model, "reward": reward_model, "ppo": ppo_summary["final"]},
@@ -174,6 +180,36 @@ def run_stages(cfg: Config) -> dict:
 
 
 # ----------------------------------------------------------------------------- stages
+
+def _summaries(out: Path, stages: list[str]) -> dict[str, str]:
+    """A fingerprint of each earlier stage's run: the hash of its ``summary.json``, which a
+    stage writes once, when it finishes (a resumed or reused stage keeps it; a copied OUT
+    too). Stages this pipeline did not run (a given ``sft_model``) have none."""
+    return {name: hashlib.sha256((out / name / "summary.json").read_bytes()).hexdigest()[:16]
+            for name in stages if (out / name / "summary.json").is_file()}
+
+
+def _check_lineage(out: Path, stage: str, earlier: list[str]) -> None:
+    """Refuse to resume or reuse ``stage`` when an earlier stage it was built on has been run
+    again since (its folder deleted and trained anew): the stage would keep what it learnt
+    from the old run while the summary and report paired it with the new one. Records, in
+    ``OUT/lineage.json``, what a stage starting now is built on."""
+    from rlxf.runs import Run
+
+    path = out / "lineage.json"
+    lineage = json.loads(path.read_text()) if path.is_file() else {}
+    now = _summaries(out, earlier)
+    folder = out / stage
+    begun = folder.is_dir() and (Run(folder).started or (folder / "summary.json").exists())
+    before = lineage.get(stage)
+    if begun and before is not None and before != now:
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        raise ConfigError(f"{folder} was built on the {', '.join(changed)} run that was in {out} then; it has "
+                          f"been run again since. Delete {folder} (and the stages after it) to run it on the new "
+                          "one, or pass a new out=DIR")
+    lineage[stage] = now
+    path.write_text(json.dumps(lineage, indent=2) + "\n")
+
 
 def _stage_config(module, base: dict, extra: dict, section: str) -> Any:
     """The stage's config from the pipeline's values, then the user's ``sft.*``/``reward.*``/``ppo.*``."""
@@ -294,8 +330,11 @@ def _ppo_config(cfg: Config, sft_model: str, reward_model: str, prompts: str, ev
     return stage
 
 
-def _evaluate(cfg: Config, sft_model: str, ppo_model: str, reward_model: str, eval_prompts: str, out: Path) -> dict:
-    """SFT vs PPO side by side on held-out prompts, scored by the reward model (and gold)."""
+def _evaluate(cfg: Config, sft_model: str, ppo_model: str, reward_model: str, eval_prompts: str, out: Path,
+              lineage: dict[str, str] | None = None) -> dict:
+    """SFT vs PPO side by side on held-out prompts, scored by the reward model (and gold);
+    a finished evaluation is reused while its settings and the runs of the models it
+    compares (``lineage``, :func:`_summaries`) are the same, and done again otherwise."""
     from rlxf.data.formats import load_prompts
     from rlxf.evaluate.sxs import reward_scorer, side_by_side, summarise
     from rlxf.models.generation import generate
@@ -304,7 +343,8 @@ def _evaluate(cfg: Config, sft_model: str, ppo_model: str, reward_model: str, ev
     done, used = out / "summary.json", out / "settings.json"
     # what the evaluation depends on; a finished one is reused only if all of it is the same
     settings = {"sft": sft_model, "ppo": ppo_model, "reward": reward_model, "prompts": eval_prompts,
-                "eval_n": cfg.eval_n, "max_new_tokens": cfg.target_sequence_length, "seed": cfg.seed, "gold": cfg.gold}
+                "eval_n": cfg.eval_n, "max_new_tokens": cfg.target_sequence_length, "seed": cfg.seed, "gold": cfg.gold,
+                "runs": lineage or {}}
     if done.exists() and used.exists() and json.loads(used.read_text()) == settings:
         import pandas as pd
 

@@ -357,16 +357,22 @@ def peft_model(model, peft_cfg):
                           "null for all of them)") from None
 
 
-def save_model(model, tokenizer, out: str | Path, *, merge_lora: bool = True) -> Path:
-    """Save in Hugging Face format (safetensors). A LoRA model is merged first, so
-    ``AutoModelForCausalLM.from_pretrained(out)`` loads it without peft."""
+def save_model(model, tokenizer, out: str | Path, *, merge_lora: bool = True, state_dict=None) -> Path:
+    """Save in Hugging Face format (safetensors; ``state_dict`` instead of the model's own
+    when given). A LoRA model is merged first, so ``AutoModelForCausalLM.from_pretrained(out)``
+    loads it without peft. The weight files get the permissions the umask gives any new
+    file (transformers writes them readable by their owner only)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if merge_lora and hasattr(model, "merge_and_unload"):
         import copy
 
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(out)
+    model.save_pretrained(out, **({} if state_dict is None else {"state_dict": state_dict}))
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    mask = os.umask(0)  # read it, then put it back
+    os.umask(mask)
+    for weights in out.glob("*.safetensors"):
+        os.chmod(weights, 0o666 & ~mask)
     return out

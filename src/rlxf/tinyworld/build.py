@@ -158,6 +158,7 @@ def _initial_model(cfg: Config, data: Path, init: Path) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from rlxf.models.loading import save_model
     from rlxf.models.tokenizer import train_bpe_tokenizer
 
     texts = [json.loads(line)["text"] for line in (data / "pretrain.jsonl").read_text().splitlines()]
@@ -169,8 +170,7 @@ def _initial_model(cfg: Config, data: Path, init: Path) -> None:
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(init)
-    tokenizer.save_pretrained(init)
+    save_model(model, tokenizer, init)
     log.info("tinyworld: %d-token tokenizer, %.2fM-parameter GPT-2", len(tokenizer),
              sum(p.numel() for p in model.parameters()) / 1e6)
 

@@ -79,20 +79,26 @@ def run(cfg: Config) -> dict:
 
     size = {k: v[1] if cfg.quick else v[0] for k, v in PROFILE.items()}
     out = Path(cfg.out).resolve()  # the stages' paths read the same however out is written
-    timer = Timer()
+    world = None
     if cfg.world:
         files = build.paths(cfg.world)
+        missing = [str(p) for p in files.values() if not p.exists()]
+        if missing:
+            raise ConfigError(f"world={cfg.world} is not a finished `rlxf tinyworld build` output: it lacks "
+                              f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
     else:
         world = from_dict(build.Config, {"out": str(out / "tinyworld"), "seed": cfg.seed,
                                          "terse_share": cfg.terse_share})
-        build.write_data(world, Path(world.out))
         files = build.paths(world.out, base=build.SHIPPED)
+    # the whole pipeline config is checked before any data is written
+    settings = from_dict(pipeline.Config, pipeline_settings(files, size, cfg.seed, cfg.kl_coeff, cfg.progress,
+                                                            str(out), cfg.mixed_precision, cfg.rollout_backend))
+    timer = Timer()
+    if world is not None:
+        build.write_data(world, Path(world.out))
     data_seconds = timer.elapsed()
 
-    result = pipeline.run_stages(from_dict(pipeline.Config, pipeline_settings(files, size, cfg.seed, cfg.kl_coeff,
-                                                                              cfg.progress, str(out),
-                                                                              cfg.mixed_precision,
-                                                                              cfg.rollout_backend)))
+    result = pipeline.run_stages(settings)
     result["summary"]["seconds"] = {"data": data_seconds, **result["summary"]["seconds"]}
 
     timer = Timer()

@@ -184,6 +184,8 @@ def extend_context(base: Path, out: Path, n_positions: int) -> None:
     import torch
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
+    from rlxf.models.loading import save_model
+
     model = GPT2LMHeadModel.from_pretrained(base, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(base)
     old = model.config.n_positions
@@ -197,8 +199,7 @@ def extend_context(base: Path, out: Path, n_positions: int) -> None:
         longer.load_state_dict(state)
         model = longer
     tokenizer.model_max_length = max(n_positions, old)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_model(model, tokenizer, out)
 
 
 def _finetune(cfg: Config, data: Path, init: Path, run_dir: Path) -> dict:
