@@ -314,3 +314,9 @@ def test_a_diverged_metric_is_written_as_json_null_and_warned_of(tmp_path, caplo
     run.write_summary({"final_train_loss": float("nan"), "heldout": {"margin": float("-inf")}, "steps": 3})
     assert json.loads(run.summary_path.read_text(), parse_constant=lambda c: pytest.fail(c)) == {
         "final_train_loss": None, "heldout": {"margin": None}, "steps": 3}
+
+
+def test_a_resumed_runs_clock_starts_from_the_seconds_it_had_trained():
+    from rlxf.runs import Timer
+
+    assert 7.5 <= Timer(before=7.5).elapsed() < 8.5 and Timer().elapsed() < 1.0

@@ -117,6 +117,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir):
     assert (tmp_path / "killed" / "metrics.jsonl").read_text() == (tmp_path / "whole" / "metrics.jsonl").read_text()
     a, b = _final_weights(tmp_path / "whole"), _final_weights(tmp_path / "killed")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # checkpoints carry the seconds trained so far, which a resumed run starts its clock from
+    state = torch.load(tmp_path / "killed" / "checkpoints" / "step-000060" / "state.pt", weights_only=True)
+    assert summary["seconds"] >= state["extra"]["seconds"] > 0
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

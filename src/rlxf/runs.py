@@ -269,10 +269,11 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 class Timer:
-    """Wall-clock seconds since creation."""
+    """Wall-clock seconds since creation, plus ``before`` (the seconds a resumed run had
+    already trained, from its checkpoint)."""
 
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
+    def __init__(self, before: float = 0.0) -> None:
+        self.start = time.perf_counter() - before
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

@@ -662,7 +662,7 @@ def run(cfg: Config) -> dict:
         ppo.backend.sync_weights(ppo.policy)  # the engine still holds the starting weights
 
     batches = full_batch_indices(len(prompts), cfg.rollout.batch_size, cfg.seed, start=start)
-    timer = Timer()
+    timer = Timer(before=(extra or {}).get("seconds", 0.0))  # a resumed run counts its earlier segments too
     bar = progress(range(start, n_steps), desc="ppo", initial=start, total=n_steps,
                    enabled=cfg.progress and acc.is_main_process)
     for step in bar:
@@ -687,7 +687,8 @@ def run(cfg: Config) -> dict:
             save_checkpoint(run_dir, done, accelerator=acc, modules=ppo.trainable_modules(), optimizer=optimizer,
                             scheduler=scheduler, keep=cfg.keep_checkpoints,
                             extra={"kl_controller": ppo.kl_ctl.state_dict(), "ptx_batches_used": ppo.ptx_used,
-                                   "eval": {k: v for k, v in stats.items() if k.startswith("eval_")}})
+                                   "eval": {k: v for k, v in stats.items() if k.startswith("eval_")},
+                                   "seconds": timer.elapsed()})
     bar.close()
 
     save_final(ppo.policy_fwd, _plain_tokenizer(ppo.tokenizer), run_dir.final, acc)

@@ -187,7 +187,7 @@ def run(cfg: Config) -> dict:
 
     batches = micro_batch_indices(len(train_set), cfg.batch_size, cfg.seed, start=start * cfg.grad_accum)
     pad_id = tokenizer.pad_token_id
-    timer = Timer()
+    timer = Timer(before=(extra or {}).get("seconds", 0.0))  # a resumed run counts its earlier segments too
     bar = progress(range(start, n_steps), desc="reward", initial=start, total=n_steps,
                    enabled=cfg.progress and acc.is_main_process)
     for step in bar:
@@ -236,7 +236,7 @@ def run(cfg: Config) -> dict:
         if (cfg.save_every and done % cfg.save_every == 0) or done == n_steps:
             save_checkpoint(run_dir, done, accelerator=acc, modules=(model,), optimizer=optimizer,
                             scheduler=scheduler, keep=cfg.keep_checkpoints,
-                            extra={"window": window, "eval": eval_metrics})
+                            extra={"window": window, "eval": eval_metrics, "seconds": timer.elapsed()})
     bar.close()
 
     normalization = None
