@@ -428,16 +428,17 @@ def report(benchmark: str, unit: str, header: list[str], ours: Side, peer: Side,
 
 # ----------------------------------------------------------------------------- SFT-S and RM-S
 
-def epoch_benchmark(script: str, description: str, *, data_rows, flops_of, header_of) -> None:
+def epoch_benchmark(script: str, name: str, *, about: str, data_rows, flops_of, header_of) -> None:
     """The driver of an epoch benchmark (sft_s.py, rm_s.py): rlxf against TRL 1.16.
 
-    ``data_rows(rng, shape, n)`` makes the training rows; ``flops_of(shape, n)`` gives
-    ``(model FLOPs per epoch, the formula in words)``; ``header_of(args, shape)`` the
-    lines above the table.
+    ``name`` (SFT-S) opens the progress lines; ``about`` is the --help description (what
+    is measured, against which peer). ``data_rows(rng, shape, n)`` makes the training
+    rows; ``flops_of(shape, n)`` gives ``(model FLOPs per epoch, the formula in words)``;
+    ``header_of(args, shape)`` the lines above the table.
     """
     import argparse
 
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=about)
     parser.add_argument("--rounds", type=int, default=2, help="rlxf/TRL process pairs, alternating which goes first")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per process")
     parser.add_argument("--examples", type=int, default=512, help="training rows (pairs or demonstrations)")
@@ -464,7 +465,7 @@ def epoch_benchmark(script: str, description: str, *, data_rows, flops_of, heade
     spec = {**paths, "data": data, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
             "precision": args.precision}
     peak = matmul_peak_flops(args.threads, args.precision)
-    print(f"{description}: {args.rounds} rounds × {args.epochs} epoch(s) per side, {args.precision}; "
+    print(f"{name}: {args.rounds} rounds × {args.epochs} epoch(s) per side, {args.precision}; "
           f"{load_average()}", flush=True)
     runs = alternate(args.rounds, {
         "rlxf": lambda: run_side(sys.executable, script, "rlxf", spec, work / "rlxf", args.threads),

@@ -97,4 +97,5 @@ def trl_side(spec: dict) -> None:
 
 
 if __name__ == "__main__":
-    c.epoch_benchmark(__file__, "RM-S", data_rows=pairs, flops_of=flops, header_of=header)
+    c.epoch_benchmark(__file__, "RM-S", about=__doc__.splitlines()[0], data_rows=pairs, flops_of=flops,
+                      header_of=header)

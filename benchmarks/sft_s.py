@@ -93,5 +93,5 @@ def trl_side(spec: dict) -> None:
 
 
 if __name__ == "__main__":
-    c.epoch_benchmark(__file__, "SFT-S", data_rows=demonstrations, flops_of=flops,
-                      header_of=header)
+    c.epoch_benchmark(__file__, "SFT-S", about=__doc__.splitlines()[0], data_rows=demonstrations,
+                      flops_of=flops, header_of=header)

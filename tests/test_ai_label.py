@@ -132,6 +132,18 @@ def test_label_eval_against_human_labels(tmp_path, caplog, monkeypatch):
     assert f"accuracy 0.75, kappa {round(kappa, 3):g} (" in caplog.text
 
 
+def test_label_eval_help_names_the_files_it_writes(capsys):
+    """`out` of label-eval is documented with what label-eval writes, not what label writes."""
+    from rlxf.cli import main
+
+    def out_key(command: str) -> str:
+        assert main([command, "--help"]) == 0
+        return capsys.readouterr().out.split("\n  out (str, required)\n", 1)[1].split("\n", 1)[0].strip()
+
+    assert out_key("label-eval") == "Run directory (judged.jsonl, summary.json, judge_cache.sqlite, config.yaml)."
+    assert out_key("label").startswith("Run directory (preferences.jsonl, unlabelled.jsonl, summary.json")
+
+
 def test_label_says_order_flips_were_not_measured_with_one_order(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("rlxf"), "propagate", True)
     data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "User: q", "chosen": "a good one", "rejected": "meh"}])

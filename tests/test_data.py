@@ -147,7 +147,7 @@ def test_read_rows_missing_file_fails_at_call(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, fragment", [
-    ("d.csv", "a,b\n", "unknown kind of data file; use .jsonl"),
+    ("d.tsv", "a\tb\n", "unknown kind of data file; use .jsonl, .jsonl.gz, .csv, .csv.gz"),
     ("d.json", '{"a": 1}\n{"a": 2}\n', "name the file .jsonl"),
     ("d.json", '{"a": 1}', "a JSON dict, not a list"),
 ])
@@ -192,6 +192,77 @@ def test_read_rows_bad_line_names_file_and_line(tmp_path, line, fragment):
     assert e.value.line == 3 and e.value.path == path
     assert str(e.value).startswith(f"{path}:3: ")
     assert fragment in str(e.value) and "each line must be one JSON object" in str(e.value)
+
+
+TRICKY = ["plain", "a, with commas", 'she said "no", twice', "two\nlines, \"quoted\"\n", "windows\r\nline",
+          "", "NA", "nan", "  spaced  ", "ünïcödé ✓", "0.5", "True"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_csv_demonstrations_load_for_sft_as_written(tmp_path, suffix):
+    """A prompt/completion CSV, as pandas writes it, reads back exactly: commas, quotes, line
+    breaks, and text that looks like a number, a flag or a missing value all stay text; each
+    record is named by the file line it starts on (the header is line 1)."""
+    import pandas as pd
+
+    prompts = [f"question {i}" if i % 2 else f"question {i}\nwith a second line" for i in range(len(TRICKY))]
+    completions = [t or "x" for t in TRICKY]  # an SFT answer needs some text
+    path = tmp_path / f"demos{suffix}"
+    pd.DataFrame({"prompt": prompts, "completion": completions}).to_csv(path, index=False)
+    loaded = load_demonstrations(path)
+    assert [d.prompt for d in loaded] == prompts and [d.completion for d in loaded] == completions
+    starts, line = [], 2
+    for prompt, completion in zip(prompts, completions):
+        starts.append(line)
+        line += prompt.count("\n") + completion.count("\n") + 1
+    assert [d.source for d in loaded] == [f"{path}:{n}" for n in starts]
+
+
+def test_csv_cells_are_text_but_for_the_numbers_and_flags_rows_are_checked_as(tmp_path):
+    path = tmp_path / "prefs.csv"
+    path.write_text(",prompt,chosen,rejected,prob_chosen,margin,answer_a_ended,ended_b,score\n"
+                    "0,q,good,bad,,,true,False,1.5\n"
+                    "1,q,good,bad,0.7,2,FALSE,True,\n", encoding="utf-8")
+    rows = [row for _, row in read_rows(path)]
+    # empty cells of typed columns are absent (null), never 'nan'; the unnamed index column is left out
+    assert rows[0] == {"prompt": "q", "chosen": "good", "rejected": "bad", "prob_chosen": None, "margin": None,
+                       "answer_a_ended": True, "ended_b": False, "score": "1.5"}
+    assert rows[1]["prob_chosen"] == 0.7 and rows[1]["margin"] == 2 and isinstance(rows[1]["margin"], int)
+    assert (rows[1]["answer_a_ended"], rows[1]["ended_b"], rows[1]["score"]) == (False, True, "")
+    assert [(p.prob_chosen, p.margin) for p in load_preferences(path)] == [(1.0, 0.0), (0.7, 2.0)]
+    # a number column's text that is no number stays text, for the row's parser to name
+    vertex = tmp_path / "vertex.csv"
+    vertex.write_text("input_text,candidate_0,candidate_1,choice\nq,a,b,1\nq,a,b,first\n")
+    assert [row["choice"] for _, row in read_rows(vertex)] == [1, "first"]
+    with pytest.raises(DataError, match=r"vertex\.csv:3: field 'choice': must be 0 or 1 .*got 'first'"):
+        load_preferences(vertex)
+
+
+@pytest.mark.parametrize("content, line, fragment", [
+    ('prompt,completion\n"a\nb",c\nd,e,f\n', 4, "3 cells, but the header (line 1) names 2 columns"),
+    ('prompt,completion\np,c\n"q\nr,s\n', 3, "not valid CSV in the row that starts here: unexpected end of data"),
+    ('prompt,completion\np,"c"x\n', 2, "not valid CSV in the row that starts here"),
+    ("prompt,prompt\np,q\n", 1, "the header names the column(s) ['prompt'] more than once"),
+])
+def test_csv_errors_name_the_file_and_line(tmp_path, content, line, fragment):
+    path = tmp_path / "d.csv"
+    path.write_text(content)
+    with pytest.raises(DataError) as e:
+        list(read_rows(path))
+    assert (e.value.path, e.value.line) == (str(path), line) and fragment in str(e.value)
+
+
+def test_csv_bad_row_is_named_by_its_line_and_can_be_skipped(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('prompt,completion\n"two\nlines",fine\nq,\nr,ok\n')
+    with pytest.raises(DataError, match=r"d\.csv:4: field 'completion': is empty"):
+        load_demonstrations(path)
+    loaded = load_demonstrations(path, skip_bad=True)
+    assert [d.completion for d in loaded] == ["fine", "ok"] and loaded.skipped == 1
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"prompt,completion\np,c\nq,caf\xe9\n")
+    with pytest.raises(DataError, match=r"latin\.csv:3: not UTF-8 text"):
+        list(read_rows(latin))
 
 
 def test_read_rows_json_list_element_not_object(tmp_path):

@@ -210,3 +210,30 @@ def test_a_judge_that_decided_no_pair_leaves_the_run_incomplete(tmp_path, monkey
     with pytest.raises(label.NothingLabelled, match="labelled none of the 2 pairs .*judgments.jsonl's error column"):
         autosxs.run(cfg)
     assert (tmp_path / "run" / "judgments.jsonl").is_file() and not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_autosxs_and_sxs_read_the_csv_that_sxs_wrote_exactly(tmp_path, monkeypatch):
+    """`rlxf autosxs data=OUT/sxs.csv` (and `rlxf sxs` on it again) gets the very answers
+    `rlxf sxs` wrote there: commas, quotes, line breaks, empty answers and text that reads
+    like a number or a missing value included."""
+    from rlxf.evaluate import sxs
+    from rlxf.feedback.ai import backends
+
+    answers_a = ["plain", "a, with commas", 'she said "no", twice', "two\nlines, \"quoted\"\n", "", "NA"]
+    answers_b = ["nan", "windows\r\nline", "  spaced  ", "0.5", "True", "ünïcödé ✓ longer"]
+    data = write_jsonl(tmp_path / "answers.jsonl", [
+        {"prompt": f"question {i}, \"{i}\"" + "\nmore" * (i % 2), "answer_a": a, "answer_b": b}
+        for i, (a, b) in enumerate(zip(answers_a, answers_b))])
+    sxs.run(load_config(sxs.Config, None, [f"data={data}", f"out={tmp_path / 'sxs'}", "show_rows=0"]))
+    table = tmp_path / "sxs" / "sxs.csv"
+
+    read = sxs.read_answers(str(table))
+    assert read.a == answers_a and read.b == answers_b and read.lines[:3] == [2, 3, 6]  # row 1 holds two line breaks
+    again = sxs.run(load_config(sxs.Config, None, [f"data={table}", f"out={tmp_path / 'again'}", "show_rows=0"]))
+    assert again["rows"] == 6 and (tmp_path / "again" / "sxs.csv").read_bytes() == table.read_bytes()
+
+    monkeypatch.setattr(backends, "make_judge", lambda *a, **k: LengthJudge())
+    autosxs.run(load_config(autosxs.Config, None, [f"out={tmp_path / 'auto'}", f"data={table}", "judge.model=m",
+                                                   "template=helpful", "progress=false"]))
+    judged = pd.read_json(tmp_path / "auto" / "judgments.jsonl", lines=True, dtype=False)
+    assert judged["answer_a"].tolist() == answers_a and judged["answer_b"].tolist() == answers_b

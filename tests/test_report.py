@@ -145,3 +145,90 @@ def test_an_unfinished_run_is_named_by_its_stage_and_says_how_far_it_got(tmp_pat
     assert with_function["description"].startswith("PPO on sft/final against the reward my.mod:score")
     captions = " ".join(f["caption"] for f in with_function["figures"])
     assert "reward-function score" in captions and "reward-model" not in captions
+
+
+def _finished_pipeline(out, monkeypatch) -> dict:
+    """A finished pipeline's OUT: the stage runs, and OUT/eval written by the pipeline's own
+    evaluation (``pipeline._evaluate``; sampling and the reward model stubbed); returns what
+    ``pipeline.run_stages`` returns for it."""
+    import os
+    from types import SimpleNamespace
+
+    from conftest import write_jsonl
+
+    from rlxf import pipeline
+
+    stages = {"sft": ({"model": {"name_or_path": "base"}, "data": {"train": "demos.jsonl", "packing": False},
+                       "max_steps": 100}, {"stage": "sft", "steps": 100, "final": str(out / "sft" / "final")}, "sft"),
+              "reward": ({"model": {"name_or_path": str(out / "sft" / "final")}, "data": {"train": "prefs.jsonl"},
+                          "normalize": {"enabled": True}}, {"stage": "reward", "steps": 50}, None),
+              "ppo": ({"model": {"name_or_path": str(out / "sft" / "final")}, "reward": {"model": "rm"},
+                       "rollout": {"prompts": "prompts.jsonl"}, "kl": {"coef": 0.05}},
+                      {"stage": "ppo", "steps": 60, "kl.final": 1.5}, "ppo")}
+    for i, (name, (config, summary, metrics)) in enumerate(stages.items()):
+        make_run(out / name, config, summary, metrics)
+        os.utime(out / name / "config.yaml", (1e9 + i, 1e9 + i))  # the order they ran in
+    answers = {"sft": ["hi", XSS, "NA", "a, b"], "ppo": ['hello, "you"\nthere', "owl", "", "c"]}
+    monkeypatch.setattr("rlxf.models.loading.load_causal_lm", lambda cfg: cfg.name_or_path)
+    monkeypatch.setattr("rlxf.models.loading.load_tokenizer", lambda path: None)
+    monkeypatch.setattr("rlxf.models.generation.generate", lambda model, tokenizer, prompts, **kw: [
+        SimpleNamespace(text=text, ended=i % 2 == 0) for i, text in enumerate(answers[model])])
+    monkeypatch.setattr(sxs, "reward_scorer", lambda path: lambda p, a, e: [float(len(x)) for x in a])
+    prompts = write_jsonl(out.parent / "eval.jsonl", [{"prompt": f"question {i}"} for i in range(4)])
+    cfg = load_config(pipeline.Config, None, [f"out={out}", "base_model=base", f"prompts={prompts}",
+                                              f"eval_prompts={prompts}", "demonstrations=demos.jsonl",
+                                              "preferences=prefs.jsonl"])
+    evaluation = pipeline._evaluate(cfg, "sft", "ppo", "rm", str(prompts), out / "eval")
+    summary = {"models": {"base": "base", "sft": "sft", "reward": "rm", "ppo": "ppo"}, "kl": {"final": 1.5},
+               "reward_model": {}, "sxs": evaluation["summary"], "seconds": {"sft": 1.0}}
+    return {"summary": summary, "stages": {name: s for name, (_, s, _) in stages.items()} | {"preferences": None},
+            "evaluation": evaluation, "out": out}
+
+
+@pytest.mark.parametrize("command", ["pipeline", "demo"])
+def test_report_of_a_pipeline_out_is_the_page_the_pipeline_wrote(tmp_path, monkeypatch, capsys, command):
+    """`rlxf report runs=OUT` on a finished `rlxf pipeline` or `rlxf demo` rewrites the page they
+    wrote: its evaluation folder OUT/eval (no config.yaml) gives the side-by-side table of sft
+    and ppo and the win rates, and the title is theirs."""
+    from rlxf import pipeline
+    from rlxf.cli import main
+    from rlxf.config import from_dict
+    from rlxf.tinyworld import build, demo
+
+    out = tmp_path / "out"
+    result = _finished_pipeline(out, monkeypatch)
+    monkeypatch.setattr(pipeline, "run_stages", lambda cfg: result)
+    if command == "pipeline":
+        pipeline.run(load_config(pipeline.Config, None, [f"out={out}", "base_model=base", "prompts=p.jsonl",
+                                                          "eval_prompts=p.jsonl", "demonstrations=d.jsonl",
+                                                          "preferences=prefs.jsonl"]))
+        rates = ["PPO over SFT by reward"]
+    else:
+        monkeypatch.setattr(build, "write_data", lambda world, path: path)
+        monkeypatch.setattr(demo, "_print_table", lambda summary, out: None)
+        monkeypatch.setattr(demo, "_gold_report", lambda cfg, files, result, n: {
+            "gold": {"base": 0.4, "sft": 0.6, "ppo": 0.65},
+            "win_rate": {"sft_vs_base": 0.8, "ppo_vs_sft": 0.55, "ppo_vs_base": 0.85}, "eval_prompts": 4})
+        demo.run(from_dict(demo.Config, {"out": str(out), "progress": False}))
+        rates = ["SFT over base (gold)", "PPO over SFT (gold)", "PPO over base (gold)"]
+    own = (out / "report.html").read_text()
+
+    assert main(["report", f"runs={out}", f"out={tmp_path / 'again'}"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["stages"] == ["sft", "reward", "ppo"]
+    assert printed["win_rates"] == len(rates) and printed["sxs_rows"] == 4
+    again = (tmp_path / "again" / "report.html").read_text()
+    for label in rates:
+        assert f"<td>{label}</td>" in again
+    for heading in ("Win rates", "Side by side"):
+        assert f">{heading}</h2>" in again
+    assert "<th>answer of sft</th><th>answer of ppo</th><th>reward (sft)</th><th>reward (ppo)</th>" in again
+    assert "<td class=\"text\">hello, &#34;you&#34;\nthere</td>" in again and '<td class="text">NA</td>' in again
+
+    def undated(page):
+        return re.sub(r"Generated [0-9-]+ [0-9:]+ by rlxf", "Generated by rlxf", page)
+
+    assert undated(again) == undated(own)
+    # OUT/eval given alone is the pipeline's evaluation too
+    alone = report.discover([out / "eval"])
+    assert alone.sxs.attrs == {"name_a": "sft", "name_b": "ppo"} and alone.title == report.PIPELINE_TITLE

@@ -6,6 +6,11 @@ row came from:
 
 - ``.jsonl`` / ``.jsonl.gz``: the line in the file. Blank lines are skipped but still
   counted, so the number is the one an editor shows.
+- ``.csv`` / ``.csv.gz`` (a header row naming the fields): the line the row starts on,
+  counting the header as line 1 (a quoted cell may hold line breaks, so a row may span
+  lines). Cells are text, an empty one too, except in the columns a row parser reads
+  as numbers or true/false (:data:`_CSV_NUMBERS`, :func:`_csv_flag_column`), where a cell
+  that reads as one becomes one and an empty cell is null (absent).
 - ``.json`` (one list of objects): the object's position in the list.
 - ``.parquet``: the row number.
 - a folder saved by ``datasets``' ``save_to_disk``: the row number in the split.
@@ -17,6 +22,7 @@ config file. pyarrow and ``datasets`` are imported only when such a file is read
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
 import json
@@ -28,9 +34,21 @@ from pathlib import Path
 
 from rlxf.errors import DataError
 
-SUPPORTED = ".jsonl, .jsonl.gz, .json (a list of objects), .parquet, " \
+SUPPORTED = ".jsonl, .jsonl.gz, .csv, .csv.gz, .json (a list of objects), .parquet, " \
             "or a folder saved by datasets' save_to_disk"
 _ONE_OBJECT = "each line must be one JSON object"
+
+_CSV_NUMBERS = frozenset({"prob_chosen", "margin", "choice"})
+"""CSV columns whose cells are read as numbers when they hold one: the fields
+:mod:`rlxf.data.formats` checks are numbers. Other text in them stays text (an autosxs
+``choice`` is "A" or "B"), for the row parser to accept or refuse, naming its line."""
+
+
+def _csv_flag_column(name: str) -> bool:
+    """Whether a CSV column holds true/false flags read as booleans: ``<answer>_ended``
+    (what ``rlxf sxs`` and ``rlxf autosxs`` read) and the ``ended_a``/``ended_b`` columns
+    of the sxs.csv that ``rlxf sxs`` writes."""
+    return name.endswith("_ended") or name.startswith("ended_")
 
 
 def read_rows(path: str | os.PathLike, *, split: str | None = None
@@ -68,6 +86,8 @@ def iter_rows(path: str | os.PathLike, *, split: str | None = None
     lower = path.lower()
     if lower.endswith((".jsonl", ".jsonl.gz")):
         return _read_jsonl(path)
+    if lower.endswith((".csv", ".csv.gz")):
+        return _read_csv(path)
     if lower.endswith(".json"):
         return _read_json_list(path)
     if lower.endswith(".parquet"):
@@ -164,6 +184,74 @@ def _gzip_checked(f, path: str) -> Iterator[bytes]:
             return
         line += 1
         yield raw
+
+
+def _read_csv(path: str) -> Iterator[tuple[int, dict | DataError]]:
+    """The rows of a CSV file, each with the line it starts on (module doc). The stdlib
+    reader, not pandas: pandas cannot say on which line of the file a row began."""
+    gzipped = path.lower().endswith(".gz")
+    # a long answer is one cell; the stdlib's default limit (128 KiB) would refuse it
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    with (gzip.open if gzipped else open)(path, "rb") as f:
+        reader = csv.reader(_decoded_lines(_gzip_checked(f, path) if gzipped else f, path), strict=True)
+        header = None
+        while True:
+            start = reader.line_num + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:  # an unclosed quote is found only where the file ends: name where it opened
+                raise DataError(f"not valid CSV in the row that starts here: {e}", path=path, line=start) from None
+            if not cells:
+                continue  # a blank line
+            if header is None:
+                header = _csv_header(cells, path, start)
+            elif len(cells) != len(header):
+                yield start, DataError(f"{len(cells)} cells, but the header (line 1) names {len(header)} columns",
+                                       path=path, line=start)
+            else:
+                yield start, _csv_row(header, cells)
+
+
+def _decoded_lines(lines: Iterable[bytes], path: str) -> Iterator[str]:
+    """``lines`` as text, line breaks kept (the csv reader needs them inside quoted cells)."""
+    for line, raw in enumerate(lines, 1):
+        try:
+            yield raw.decode("utf-8-sig" if line == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"not UTF-8 text: {e}; save the CSV as UTF-8", path=path, line=line) from None
+
+
+def _csv_header(cells: list[str], path: str, line: int) -> list[str]:
+    names = [c.strip() for c in cells]
+    repeated = sorted({n for n in names if n and names.count(n) > 1})
+    if repeated:
+        raise DataError(f"the header names the column(s) {repeated} more than once", path=path, line=line)
+    return names
+
+
+def _csv_row(header: list[str], cells: list[str]) -> dict:
+    row: dict = {}
+    for name, cell in zip(header, cells):
+        if not name:
+            continue  # an unnamed column: the index pandas' to_csv writes by default
+        typed = name in _CSV_NUMBERS or _csv_flag_column(name)
+        row[name] = None if typed and not cell.strip() else _csv_value(name, cell) if typed else cell
+    return row
+
+
+def _csv_value(name: str, cell: str):
+    """A typed column's cell as the number or flag it reads as, else the text itself."""
+    text = cell.strip()
+    if _csv_flag_column(name):
+        return {"true": True, "false": False}.get(text.lower(), cell)
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return cell
 
 
 def _read_json_list(path: str) -> Iterator[tuple[int, dict | DataError]]:

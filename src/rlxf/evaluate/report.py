@@ -19,7 +19,10 @@ text. The curves are also written as PNG files under ``OUT/curves/``.
 A directory given in ``runs`` that holds run directories rather than being one (a
 pipeline's ``OUT``) stands for them, oldest first; its own ``summary.json`` gives the
 headline numbers, and the ``rlxf sxs`` / ``rlxf autosxs`` runs among them supply the
-side-by-side table and the win rates.
+side-by-side table and the win rates. So does the evaluation ``rlxf pipeline`` and
+``rlxf demo`` write to ``OUT/eval/`` (SFT against PPO: ``sxs.csv``, ``summary.json``,
+``settings.json``, no config.yaml), and the report then reads as theirs: the same win
+rates (the demo's are its gold win rates, from ``OUT/summary.json``) and title.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ class Config:
     """An rlxf sxs run directory (or its sxs.csv) whose table is shown; null: any sxs run found in runs."""
     autosxs: list[str] = field(default_factory=list)
     """rlxf autosxs run directories whose win rates are shown (as well as any found in runs)."""
-    title: str = "rlxf run report"
-    """The report's title."""
+    title: str | None = None
+    """The report's title; null: a pipeline's (or the demo's) own title for its OUT, else 'rlxf run report'."""
     gold_key: str = "gold"
     """The metrics.jsonl key of the gold score, when one was tracked."""
     max_sxs_rows: int = 20
@@ -93,7 +96,8 @@ def run(cfg: Config) -> dict:
         win_rates.update(autosxs_win_rates(summary))
     if not (found.stages or sxs is not None or win_rates):
         raise ConfigError(f"found no runs to report on in {', '.join(cfg.runs)}")
-    path = write_report(cfg.out, found.stages, sxs=sxs, win_rates=win_rates, title=cfg.title,
+    title = cfg.title or found.title or "rlxf run report"
+    path = write_report(cfg.out, found.stages, sxs=sxs, win_rates=win_rates, title=title,
                         headline=found.headline, gold_key=cfg.gold_key, max_sxs_rows=cfg.max_sxs_rows)
     return {"report": str(path), "stages": [s.name for s in found.stages], "win_rates": len(win_rates),
             "sxs_rows": 0 if sxs is None else len(sxs)}
@@ -145,12 +149,13 @@ def render_report(**context) -> str:
 
 @dataclass
 class Found:
-    """What :func:`discover` found: stages, and the headline, sxs table and win rates if any."""
+    """What :func:`discover` found: stages, and the headline, sxs table, win rates and title if any."""
 
     stages: list[Stage] = field(default_factory=list)
     headline: dict | None = None
     sxs: Any = None
     win_rates: dict = field(default_factory=dict)
+    title: str | None = None
 
 
 def discover(paths: Sequence[str | Path]) -> Found:
@@ -163,14 +168,20 @@ def discover(paths: Sequence[str | Path]) -> Found:
         if (path / "config.yaml").is_file():
             _add_run(found, path)
             continue
+        if _is_pipeline_evaluation(path):  # OUT/eval given alone
+            _add_pipeline_evaluation(found, path)
+            continue
         children = sorted((p.parent for p in path.glob("*/config.yaml")),
                           key=lambda p: (p / "config.yaml").stat().st_mtime)
-        if not children:
+        evaluations = sorted(p.parent for p in path.glob("*/settings.json") if _is_pipeline_evaluation(p.parent))
+        if not children and not evaluations:
             raise ConfigError(f"{path} is not a run directory (no config.yaml) and holds none")
         if (path / "summary.json").is_file():
             found.headline = _read_json(path / "summary.json")
         for child in children:
             _add_run(found, child)
+        for evaluation in evaluations:
+            _add_pipeline_evaluation(found, evaluation)
     return found
 
 
@@ -186,6 +197,57 @@ def _add_run(found: Found, path: Path) -> None:
         metrics = path / "metrics.jsonl"
         found.stages.append(Stage(path.name, path / "config.yaml", summary or None,
                                   metrics if metrics.is_file() else None))
+
+
+# What rlxf.pipeline.run and rlxf.tinyworld.demo.run give write_report for their OUT
+# (pipeline.write_outputs), so that `rlxf report` on that OUT rewrites the same page.
+PIPELINE_TITLE = "rlxf pipeline report"
+DEMO_TITLE = "Tinyworld demo: base → SFT → reward model → PPO"
+_DEMO_WIN_RATES = {"sft_vs_base": "SFT over base (gold)", "ppo_vs_sft": "PPO over SFT (gold)",
+                   "ppo_vs_base": "PPO over base (gold)"}
+
+
+def _is_pipeline_evaluation(path: Path) -> bool:
+    """Whether ``path`` is the evaluation a pipeline writes to ``OUT/eval`` (rlxf.pipeline._evaluate):
+    SFT's and PPO's answers side by side, with the settings they were made with; no config.yaml."""
+    if (path / "config.yaml").exists() or not all((path / f).is_file() for f in ("sxs.csv", "summary.json")):
+        return False
+    try:  # another tool's settings.json is no reason to fail
+        settings = json.loads((path / "settings.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(settings, dict) and {"sft", "ppo"} <= settings.keys()
+
+
+def _add_pipeline_evaluation(found: Found, path: Path) -> None:
+    """The pipeline's evaluation as its own report shows it: the table with the names sft
+    and ppo, and the win rates (the demo's gold ones when the headline holds them)."""
+    found.sxs = read_sxs(path)
+    found.sxs.attrs.update(name_a="sft", name_b="ppo")  # its summary.json (sxs.summarise) names no side
+    gold = demo_win_rates(found.headline or {})
+    found.win_rates.update(gold or pipeline_win_rates(_read_json(path / "summary.json")))
+    found.title = DEMO_TITLE if gold else PIPELINE_TITLE
+
+
+def pipeline_win_rates(summary: Mapping) -> dict:
+    """PPO's win rates over SFT per score of a pipeline's evaluation (the ``summary.json``
+    of :func:`rlxf.evaluate.sxs.summarise`, SFT as A, PPO as B), for :func:`write_report`."""
+    rates = {}
+    for score, stats in summary.get("scores", {}).items():
+        if stats.get("n"):
+            low, high = stats["interval_b"]
+            rates[f"PPO over SFT by {score}"] = {"rate": stats["win_rate_b"], "low": low, "high": high,
+                                                 "n": stats["n"], "level": stats["level"]}
+    return rates
+
+
+def demo_win_rates(headline: Mapping) -> dict:
+    """The gold win rates of ``rlxf demo`` from its ``OUT/summary.json`` (``win_rate``:
+    sft_vs_base, ppo_vs_sft, ppo_vs_base); empty for any other summary."""
+    rates = headline.get("win_rate")
+    if not isinstance(rates, Mapping) or not all(isinstance(rates.get(k), (int, float)) for k in _DEMO_WIN_RATES):
+        return {}
+    return {label: rates[key] for key, label in _DEMO_WIN_RATES.items()}
 
 
 def read_sxs(path: str | Path):

@@ -39,6 +39,8 @@ log = logging.getLogger("rlxf")
 class Config(label.Config):
     """``rlxf label-eval``: an AI judge's agreement with human labels."""
 
+    out: str
+    """Run directory (judged.jsonl, summary.json, judge_cache.sqlite, config.yaml)."""
     data: str
     """Human-labelled pairs (any preference file; chosen = the humans' pick)."""
 
