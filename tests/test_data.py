@@ -279,6 +279,12 @@ def test_write_jsonl_round_trip_creates_folders(tmp_path):
         assert write_jsonl(path, rows) == 2
         assert list(read_rows(path)) == [(1, rows[0]), (2, rows[1])]
     assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["out.jsonl", "out.jsonl.gz"]
+    old = os.umask(0o022)
+    try:  # readable as any new file is (the temporary file it is written to is its owner's only)
+        write_jsonl(tmp_path / "shared.jsonl", rows)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.jsonl").stat().st_mode & 0o777 == 0o644
 
 
 def test_write_jsonl_is_atomic(tmp_path):

@@ -222,13 +222,14 @@ def test_autosxs_and_sxs_read_the_csv_that_sxs_wrote_exactly(tmp_path, monkeypat
     answers_a = ["plain", "a, with commas", 'she said "no", twice', "two\nlines, \"quoted\"\n", "", "NA"]
     answers_b = ["nan", "windows\r\nline", "  spaced  ", "0.5", "True", "ünïcödé ✓ longer"]
     data = write_jsonl(tmp_path / "answers.jsonl", [
-        {"prompt": f"question {i}, \"{i}\"" + "\nmore" * (i % 2), "answer_a": a, "answer_b": b}
-        for i, (a, b) in enumerate(zip(answers_a, answers_b))])
+        {"prompt": f"question {i}, \"{i}\"" + "\nmore" * (i % 2), "answer_a": a, "answer_b": b,
+         "answer_b_ended": i != 2} for i, (a, b) in enumerate(zip(answers_a, answers_b))])
     sxs.run(load_config(sxs.Config, None, [f"data={data}", f"out={tmp_path / 'sxs'}", "show_rows=0"]))
     table = tmp_path / "sxs" / "sxs.csv"
 
     read = sxs.read_answers(str(table))
     assert read.a == answers_a and read.b == answers_b and read.lines[:3] == [2, 3, 6]  # row 1 holds two line breaks
+    assert read.ended_b == [True, True, False, True, True, True]  # sxs.csv's ended_b read back
     again = sxs.run(load_config(sxs.Config, None, [f"data={table}", f"out={tmp_path / 'again'}", "show_rows=0"]))
     assert again["rows"] == 6 and (tmp_path / "again" / "sxs.csv").read_bytes() == table.read_bytes()
 

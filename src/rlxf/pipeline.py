@@ -118,7 +118,9 @@ class Config:
 def run(cfg: Config) -> dict:
     """Run every stage, then write ``summary.json`` and ``report.html``."""
     result = run_stages(cfg)
-    write_outputs(result, title="rlxf pipeline report")
+    from rlxf.evaluate.report import PIPELINE_TITLE
+
+    write_outputs(result, title=PIPELINE_TITLE)
     return result["summary"]
 
 
@@ -346,9 +348,11 @@ def _evaluate(cfg: Config, sft_model: str, ppo_model: str, reward_model: str, ev
                 "eval_n": cfg.eval_n, "max_new_tokens": cfg.target_sequence_length, "seed": cfg.seed, "gold": cfg.gold,
                 "runs": lineage or {}}
     if done.exists() and used.exists() and json.loads(used.read_text()) == settings:
-        import pandas as pd
+        from rlxf.evaluate.report import read_sxs
 
-        return {"summary": json.loads(done.read_text()), "frame": pd.read_csv(out / "sxs.csv")}
+        frame = read_sxs(out / "sxs.csv")  # answers stay text, even "NA"
+        frame.attrs.update(name_a="sft", name_b="ppo")
+        return {"summary": json.loads(done.read_text()), "frame": frame}
     if done.exists():
         log.info("the evaluation's settings changed since it ran: evaluating again")
     prompts = list(load_prompts(eval_prompts))[:cfg.eval_n]
@@ -438,12 +442,12 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def write_outputs(result: dict, *, title: str) -> None:
     """``summary.json`` and ``report.html`` of a pipeline result."""
-    from rlxf.evaluate.report import write_report
+    from rlxf.evaluate.report import pipeline_win_rates, write_report
 
     out = result["out"]
     (out / "summary.json").write_text(json.dumps(result["summary"], indent=2, default=float) + "\n")
     write_report(out, _report_stages(out, result["stages"]), sxs=result["evaluation"]["frame"],
-                 win_rates=result.get("win_rates") or _win_rates(result["evaluation"]["summary"]),
+                 win_rates=result.get("win_rates") or pipeline_win_rates(result["evaluation"]["summary"]),
                  headline=result["summary"], title=title)
 
 
@@ -458,11 +462,3 @@ def _report_stages(out: Path, stages: dict) -> list[dict]:
     return views
 
 
-def _win_rates(sxs_summary: dict) -> dict:
-    rates = {}
-    for score, stats in sxs_summary.get("scores", {}).items():
-        if stats.get("n"):
-            low, high = stats["interval_b"]
-            rates[f"PPO over SFT by {score}"] = {"rate": stats["win_rate_b"], "low": low, "high": high,
-                                                 "n": stats["n"], "level": stats["level"]}
-    return rates

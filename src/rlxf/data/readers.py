@@ -117,6 +117,9 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
                 count += 1
             if out is not raw:
                 out.close()  # writes the gzip trailer; ``raw`` stays open until the with ends
+        mask = os.umask(0)  # mkstemp made the file for its owner only; give it what a new file gets
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -7,10 +7,11 @@
 
 Answers come either from two models, each sampling one answer per prompt of an
 eval prompt file (:func:`rlxf.models.generation.generate`, same seed for both), or
-from a JSONL/JSON/Parquet file with a prompt column and two answer columns (answers
-read from a file count as ended, unless a boolean column ``<column>_ended`` says
-otherwise). Each answer is scored by the reward model and by the ``gold`` function
-when they are configured.
+from a JSONL/JSON/Parquet/CSV file with a prompt column and two answer columns
+(answers read from a file count as ended, unless a boolean column ``<column>_ended``
+says otherwise; in the ``sxs.csv`` this command writes, ``ended_a``/``ended_b``). Each
+answer is scored by the reward model and by the ``gold`` function when they are
+configured.
 
 Output in ``out``: ``sxs.csv`` and ``sxs.html`` (the table; model output is text,
 always HTML-escaped), ``summary.json`` (per score: means, and win rates with ties
@@ -75,7 +76,7 @@ class AnswersConfig:
     """Where the two answers to each prompt come from: a file, or two models."""
 
     data: str | None = None
-    """A JSONL/JSON/Parquet file with a prompt column and two answer columns; null samples from model_a/model_b."""
+    """A JSONL/JSON/Parquet/CSV file with a prompt column and two answer columns; null samples from model_a/model_b."""
     prompt_column: str = "prompt"
     """Column of data holding the prompt (text, or a list of {role, content} messages)."""
     column_a: str = "answer_a"
@@ -272,11 +273,15 @@ def read_answers(path: str, *, prompt_column: str = "prompt", column_a: str = "a
 
 
 def _answer(row: dict, column: str, path, line: int) -> tuple[str, bool]:
-    value, ended = row.get(column), row.get(f"{column}_ended", True)
+    value = row.get(column)
+    flag = f"{column}_ended"
+    if flag not in row and column.startswith("answer_"):  # sxs.csv names it ended_a, ended_b
+        flag = "ended_" + column.removeprefix("answer_")
+    ended = row.get(flag, True)
     if not isinstance(value, str):
         raise DataError(f"must be the answer text, got {_kind(value)}", path=str(path), line=line, field=column)
     if not isinstance(ended, bool):
-        raise DataError(f"must be true or false, got {ended!r}", path=str(path), line=line, field=f"{column}_ended")
+        raise DataError(f"must be true or false, got {ended!r}", path=str(path), line=line, field=flag)
     return value, ended
 
 

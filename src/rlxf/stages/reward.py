@@ -55,7 +55,7 @@ LossChoice = Literal["auto", "bradley_terry", "kwise", "soft"]
 @dataclass(kw_only=True)
 class DataConfig:
     train: str
-    """Comparisons: JSONL/JSON/Parquet file or saved HF dataset dir (TRL pairs, Vertex AI,
+    """Comparisons: JSONL/JSON/Parquet/CSV file or saved HF dataset dir (TRL pairs, Vertex AI,
     Anthropic HH, rankings, soft labels)."""
     eval: str | None = None
     """Held-out comparisons; null holds out eval_fraction of the train prompts."""

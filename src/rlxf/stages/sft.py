@@ -32,7 +32,7 @@ log = logging.getLogger("rlxf")
 @dataclass(kw_only=True)
 class DataConfig:
     train: str
-    """Demonstrations: JSONL/JSON/Parquet file or saved HF dataset dir ({prompt, completion}, {messages} or {text})."""
+    """Demonstrations: JSONL/JSON/Parquet/CSV file or saved HF dataset ({prompt, completion}, {messages}, {text})."""
     eval: str | None = None
     """Held-out demonstrations for the eval loss; null holds out eval_fraction of train."""
     eval_fraction: float = 0.05

@@ -105,12 +105,10 @@ def run(cfg: Config) -> dict:
     gold = _gold_report(cfg, files, result, size["eval_n"])
     result["summary"]["seconds"]["gold_eval"] = timer.elapsed()
     result["summary"] = {**gold, **result["summary"]}
-    result["win_rates"] = {
-        "SFT over base (gold)": gold["win_rate"]["sft_vs_base"],
-        "PPO over SFT (gold)": gold["win_rate"]["ppo_vs_sft"],
-        "PPO over base (gold)": gold["win_rate"]["ppo_vs_base"],
-    }
-    pipeline.write_outputs(result, title="Tinyworld demo: base → SFT → reward model → PPO")
+    from rlxf.evaluate.report import DEMO_TITLE, demo_win_rates
+
+    result["win_rates"] = demo_win_rates(gold)
+    pipeline.write_outputs(result, title=DEMO_TITLE)
     _print_table(result["summary"], Path(cfg.out))
     return result["summary"]
 
