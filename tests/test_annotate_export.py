@@ -122,3 +122,18 @@ def test_agreement_file(tmp_path, voted):
     assert saved["percent_agreement"] == pytest.approx(6 / 15)
     assert "e" not in saved["per_labeller"]  # a skip is not a judgment
     assert summary["agreement"]["percent_agreement"] == pytest.approx(6 / 15)
+
+
+def test_a_borda_draw_exported_as_pairs_is_a_tie_not_a_certain_preference(tmp_path):
+    """Two labellers rank w > x > y and x > w > y: w and x draw (totals 1 and 1), so their
+    pair is a tie (prob_chosen 0.5, or no row with ties=exclude), never 1.0 for whichever
+    answer the import happened to store first; both beat y for sure."""
+    url, store = make_db(tmp_path / "a.db", [RANK], ["a", "b"])
+    label(store, "a", lambda task: ("ranked", ["w", "x", "y"]))
+    label(store, "b", lambda task: ("ranked", ["x", "w", "y"]))
+    _, pairs, _ = do_export(tmp_path, url, "rankings=pairs", "ties=half")
+    got = {(p["chosen"], p["rejected"]): p["prob_chosen"] for p in pairs}
+    drawn = {k: v for k, v in got.items() if set(k) == {"w", "x"}}
+    assert list(drawn.values()) == [0.5] and got[("w", "y")] == 1.0 and got[("x", "y")] == 1.0
+    _, pairs, _ = do_export(tmp_path, url, "rankings=pairs", "ties=exclude")
+    assert sorted((p["chosen"], p["rejected"]) for p in pairs) == [("w", "y"), ("x", "y")]

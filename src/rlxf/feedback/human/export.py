@@ -16,8 +16,10 @@ How several labels of one task become rows (``votes``):
 
 - ``majority``: one row per task. For a pair, the answer most labellers preferred; a
   tie wins, or two options draw, and the row is a tie. For a ranking, the Borda
-  consensus: answers ordered by their mean position over the labels (a draw goes to the
-  answer stored first).
+  consensus: answers ordered by their mean position over the labels. Exported as pairs
+  (``rankings: pairs``), two answers whose mean positions draw make a tie; a ranking
+  row cannot hold a tie, and orders them as they were stored (which the import
+  shuffled).
 - ``all``: one row per label, so the reward model sees the disagreement.
 
 A tie becomes ``prob_chosen: 0.5`` with ``ties: half`` and no row with ``ties: exclude``.
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rlxf.data import Ranking, write_jsonl
+from rlxf.data import write_jsonl
 from rlxf.errors import ConfigError
 from rlxf.feedback.human.agreement import agreement_report, comparison_items
 from rlxf.feedback.human.store import Label, Task, open_store, parse_database_url
@@ -77,11 +79,10 @@ def run(cfg: Config) -> dict:
         if task.k == 2:
             pairs += pair_rows(task, labels, cfg.votes, cfg.ties)
         else:
-            for row in ranking_rows(task, labels, cfg.votes):
-                if cfg.rankings == "rankings":
-                    rankings.append(row)
-                else:
-                    pairs += _expand(row)
+            if cfg.rankings == "rankings":
+                rankings += ranking_rows(task, labels, cfg.votes)
+            else:
+                pairs += ranking_pair_rows(task, labels, cfg.votes, cfg.ties)
     report = agreement_report(comparison_items(judged))
 
     out = Path(cfg.out)
@@ -134,23 +135,47 @@ def ranking_rows(task: Task, labels: list[Label], votes: str) -> list[dict]:
     return [row(borda(task.k, [label.ranking for label in labels]), len(labels))]
 
 
-def borda(k: int, rankings: list[tuple[int, ...]]) -> tuple[int, ...]:
-    """Consensus of several rankings of k answers (each best first): answers sorted by
-    their total position (the Borda count, de Borda 1781), a draw going to the lower index.
-    """
+def ranking_pair_rows(task: Task, labels: list[Label], votes: str, ties: str) -> list[dict]:
+    """A ranking task's C(K, 2) pairs as ``prompt/chosen/rejected/prob_chosen`` rows: per
+    label (``votes: all``), or from the Borda consensus, where two answers whose total
+    positions draw are a tie (``prob_chosen: 0.5``, or no row with ``ties: exclude``)."""
+    if votes == "all":
+        return [row | {"annotator": label.user_name} for label in labels
+                for row in _pairs(task, label.ranking, set(), 1, ties)]
+    rankings = [label.ranking for label in labels]
+    total = borda_totals(task.k, rankings)
+    drawn = {(a, b) for a in range(task.k) for b in range(task.k) if a != b and total[a] == total[b]}
+    return _pairs(task, borda(task.k, rankings), drawn, len(labels), ties)
+
+
+def _pairs(task: Task, ranking, drawn: set, n_votes: int, ties: str) -> list[dict]:
+    rows = []
+    for i, better in enumerate(ranking):
+        for worse in ranking[i + 1:]:
+            tie = (better, worse) in drawn
+            if tie and ties == "exclude":
+                continue
+            rows.append({"prompt": task.prompt, "chosen": task.answers[better], "rejected": task.answers[worse],
+                         "prob_chosen": 0.5 if tie else 1.0, "task_id": task.id, "votes": n_votes})
+    return rows
+
+
+def borda_totals(k: int, rankings: list[tuple[int, ...]]) -> list[int]:
+    """Each answer's total position over ``rankings`` (each best first): its Borda count."""
     total = [0] * k
     for ranking in rankings:
         for place, answer in enumerate(ranking):
             total[answer] += place
+    return total
+
+
+def borda(k: int, rankings: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """Consensus of several rankings of k answers (each best first): answers sorted by
+    their total position (the Borda count, de Borda 1781), a draw going to the lower index.
+    """
+    total = borda_totals(k, rankings)
     return tuple(sorted(range(k), key=lambda answer: (total[answer], answer)))
 
 
 def _winner(label: Label) -> int | str:
     return "tie" if label.outcome == "tie" else label.ranking[0]
-
-
-def _expand(row: dict) -> list[dict]:
-    ranking = Ranking(row["prompt"], tuple(row["completions"]), tuple(row["ranking"]))
-    extra = {key: row[key] for key in ("task_id", "votes", "annotator") if key in row}
-    return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
-             "prob_chosen": 1.0} | extra for p in ranking.pairs()]
