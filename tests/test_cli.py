@@ -31,6 +31,10 @@ def test_unknown_command_and_help(capsys):
     assert "sft" in capsys.readouterr().out
     assert main(["sft", "--help"]) == 0
     assert "data.packing (bool, default False)" in capsys.readouterr().out
+    # a group's name alone, or with --help, lists its commands
+    assert main(["tinyworld", "--help"]) == 0
+    assert "rlxf tinyworld has the commands: build, judge, preferences" in capsys.readouterr().out
+    assert main(["tinyworld"]) == 2 and "has the commands: build, judge, preferences" in capsys.readouterr().err
 
 
 def test_config_errors_are_one_line_and_exit_2(tmp_path):

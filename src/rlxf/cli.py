@@ -53,6 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         print(version("rlxf"))
         return 0
     words, module_name = _find_command(argv)
+    group = sorted(w[1] for w in COMMANDS if len(w) == 2 and w[0] == argv[0])
+    if module_name is None and group:  # `rlxf tinyworld`, `rlxf annotate --help`: name the group's commands
+        asked = len(argv) > 1 and argv[1] in ("-h", "--help", "help")
+        close = difflib.get_close_matches(argv[1], group, n=1) if len(argv) > 1 and not asked else []
+        hint = f"rlxf: error: unknown command '{argv[0]} {argv[1]}'; " if len(argv) > 1 and not asked else ""
+        hint += f"did you mean 'rlxf {argv[0]} {close[0]}'? " if close else ""
+        print(f"{hint}rlxf {argv[0]} has the commands: {', '.join(group)}; `rlxf {argv[0]} <command> --help` "
+              "describes one", file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     if module_name is None:
         names = [" ".join(w) for w in COMMANDS]
         close = difflib.get_close_matches(" ".join(argv[:2]), names, n=1) or difflib.get_close_matches(argv[0], names,

@@ -121,8 +121,9 @@ def run(cfg: Config) -> dict:
         write_jsonl(run_dir.out / f"pairs_{split}.jsonl", pairs)
         summary[split] = {"prompts": n, "dropped_prompts": n - len(rankings), "rankings": len(rankings),
                           "pairs": len(pairs), **_report(rankings, pairs, panel)}
+        agree = summary[split]["labels_vs_gold"]
         log.info("tinyworld preferences %s: %d rankings, %d pairs; labels agree with gold on %s of them",
-                 split, len(rankings), len(pairs), summary[split]["labels_vs_gold"])
+                 split, len(rankings), len(pairs), "no pair" if agree is None else f"{agree:.1%}")
     summary["seconds"] = timer.elapsed()
     summary["files"] = {p.stem: str(p) for p in sorted(run_dir.out.glob("*.jsonl"))}
     run_dir.write_summary(summary)
