@@ -9,7 +9,7 @@ import torch
 from conftest import make_model
 
 from rlxf.feedback.ai.cache import ResponseCache
-from rlxf.feedback.ai.fit import Room, fit_sample
+from rlxf.feedback.ai.fit import Room, fit_generated, fit_sample
 from rlxf.feedback.ai.hf_judge import HFJudge
 from rlxf.feedback.ai.judge import PromptTooLong
 from rlxf.feedback.ai.labeller import DirectScoreReward, JudgeSettings, check_template_fits, judge_pairs
@@ -173,6 +173,29 @@ def test_fit_sample_shortens_the_conversation_then_the_answers_by_hand():
     assert fit_sample(render, None, context, answers) == (whole, False)
 
 
+def test_fit_generated_cuts_generated_text_from_its_end_by_hand():
+    def follow(text):  # 4 words of prompt around the generated text
+        return f"Prompt words here {text} Ending"
+
+    text = "r1 r2 r3 r4 r5 r6"
+    # 4 + 6 = 10 words in a room of 10 - 2 = 8: the last 2 words go
+    assert fit_generated(follow, Room(10, 2, Words()), text) == ("r1 r2 r3 r4", True)
+    # text that fits (10 words in 10), or a judge with no known context, is left as it is
+    assert fit_generated(follow, Room(12, 2, Words()), text) == (text, False)
+    assert fit_generated(follow, None, text) == (text, False)
+    # room 3 < the 4 words of the prompt itself: too long whatever was generated
+    assert fit_generated(follow, Room(5, 2, Words()), text) == (None, True)
+
+
+class Overlong(HFJudge):
+    """Generates text that takes more tokens, tokenized again, than the ``max_tokens`` it was
+    generated in, as a generation stopped inside a character does: each U+FFFD it decodes to is
+    3 byte tokens in this tokenizer."""
+
+    def generate(self, prompts, *, max_tokens, n=1, **kw):
+        return [["\ufffd" * max_tokens] * n for _ in prompts]
+
+
 SHORT = Template(preamble="say hello to tom .", sample="question : {context} answer 1 : {response1} answer 2 : "
                  "{response2}", ending=" good answer :")
 
@@ -258,3 +281,34 @@ def test_cot_and_self_consistency_average_the_samples(tokenizer):
     scored = judge.answer_logprobs([after_rationale(t, cot_prompt, r) for r in verdict.rationales[:3]], ["1", "2"])
     p = [1 / (1 + math.exp(v.logprobs[1] - v.logprobs[0])) for v in scored]
     assert verdict.p_first_ab == pytest.approx(sum(p) / 3, abs=1e-9)
+
+
+def test_cot_rationales_longer_once_tokenized_are_cut_to_fit_and_counted(tokenizer, caplog, monkeypatch):
+    import logging
+
+    from rlxf.feedback.ai.templates import after_rationale
+
+    monkeypatch.setattr(logging.getLogger("rlxf"), "propagate", True)  # the CLI turns it off
+
+    judge = Overlong(make_model("gpt2", len(tokenizer), seed=1).eval(), tokenizer)
+    assert len(tokenizer("\ufffd" * 4)["input_ids"]) == 12  # 4 tokens generated, 12 once tokenized again
+    context = " ".join(["question : what does the bear eat ? answer : the bear eats fish ."] * 12)  # ~190 tokens
+    pair = (context, "the fox is red .", "the owl lives in the forest .")
+    s = JudgeSettings(template=SHORT, cot=True, rationale_max_tokens=4)
+    with caplog.at_level("WARNING", logger="rlxf"):
+        [verdict] = judge_pairs(judge, [pair], s)
+    # the prompts were fitted with room for 4 rationale tokens (+ 1): the 12 would overflow them; cut, both
+    # orders are scored, nothing is dropped as too long
+    assert verdict.methods == ("logprobs", "logprobs") and verdict.prob_a is not None
+    assert verdict.cut_rationales == 2 and verdict.shortened == 2
+    assert "2 of 2 rationales were more tokens re-tokenized than the 4 generated" in caplog.text
+    room = judge.room(answers=["1", "2"])
+    ask_room = room.less(4 + len(tokenizer(after_rationale(SHORT, "", ""))["input_ids"]) + 1)
+    for rationale, (first, second) in zip(verdict.rationales, (pair[1:], pair[:0:-1])):
+        prompt = fit_sample(lambda c, a: pairwise_prompt(SHORT, c, a[0], a[1], cot=True), ask_room, context,
+                            (first, second)).prompt
+        scored = after_rationale(SHORT, prompt, rationale)
+        # as much of the rationale as fits: one token more would not
+        assert ("\ufffd" * 4).startswith(rationale) and len(tokenizer(scored)["input_ids"]) <= room.tokens
+        longer = tokenizer("\ufffd" * 4)["input_ids"][:len(tokenizer(rationale)["input_ids"]) + 1]
+        assert len(tokenizer(after_rationale(SHORT, prompt, tokenizer.decode(longer)))["input_ids"]) > room.tokens

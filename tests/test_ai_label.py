@@ -155,6 +155,36 @@ def test_label_says_order_flips_were_not_measured_with_one_order(tmp_path, caplo
     assert "order flips not measured" in caplog.text and "0.0%" not in caplog.text
 
 
+def test_the_shortened_warning_counts_the_pairs_left_unlabelled_for_being_too_long(caplog, monkeypatch):
+    from types import SimpleNamespace
+
+    from rlxf.feedback.ai.fit import Room
+    from rlxf.feedback.ai.labeller import JudgeSettings, PairJudgement
+    from rlxf.feedback.ai.templates import Template
+
+    class Words:  # one token per word
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": text.split()}
+
+    class Judge:  # only its room is asked for: the verdicts below stand in for judge_pairs
+        def room(self, *, new_tokens=0, answers=()):
+            return Room(256, 2, Words())
+
+    # require_both_orders=false: the first pair is labelled from order AB though BA was too long; only the
+    # second stays unlabelled for being too long
+    verdicts = [PairJudgement(0.7, 0.7, None, ("logprobs", "too_long"), shortened=2),
+                PairJudgement(None, None, None, ("too_long", "too_long"), shortened=2)]
+    monkeypatch.setattr(label, "judge_pairs", lambda judge, chunk, s: verdicts[:len(chunk)])
+    monkeypatch.setattr(logging.getLogger("rlxf"), "propagate", True)
+    settings = JudgeSettings(template=Template(preamble="p", sample="{context} {response1} {response2}",
+                                               ending=" ="), require_both_orders=False)
+    pairs = [SimpleNamespace(prompt="q", a="a", b="b")] * 2
+    with caplog.at_level(logging.WARNING, logger="rlxf"):
+        results = label.label_all(Judge(), pairs, settings, chunk_size=2, max_failed=0, progress=False)
+    assert label.label_summary(results)["too_long_pairs"] == 1
+    assert "4 judge prompts were longer" in caplog.text and "; 1 pairs could not fit even so" in caplog.text
+
+
 def test_critique_and_revise_writes_sft_demonstrations(tmp_path):
     data = write_jsonl(tmp_path / "answers.jsonl", [
         {"prompt": "User: how do I greet a neighbour?", "completion": "Whatever, go away."},
@@ -341,6 +371,39 @@ def test_a_label_eval_run_that_could_read_no_answer_fails_and_stays_incomplete(t
                 f"judge.base_url={fake.url}", "progress=false"]))
     assert not (tmp_path / "eval" / "summary.json").exists()
     assert [r["unparsed"] for r in read(tmp_path / "eval" / "judged.jsonl")] == [["Hard to say."] * 2] * 3
+
+
+def test_a_critique_longer_once_tokenized_is_cut_to_fit_and_counted(tmp_path, tokenizer):
+    from conftest import make_model
+
+    from rlxf.feedback.ai.constitution import Constitution, Principle
+    from rlxf.feedback.ai.hf_judge import HFJudge
+
+    class Overlong(HFJudge):
+        """Critiques that take more tokens, tokenized again, than the max_tokens they were generated in
+        (as a generation stopped inside a character does: each U+FFFD is 3 byte tokens here)."""
+
+        def generate(self, prompts, *, max_tokens, **kw):
+            self.asked = getattr(self, "asked", []) + list(prompts)
+            if max_tokens == 8:  # the critique
+                return [["\ufffd" * max_tokens] for _ in prompts]
+            return [["the fox is brown ."] for _ in prompts]
+
+    judge = Overlong(make_model("gpt2", len(tokenizer)).eval(), tokenizer)
+    assert len(tokenizer("\ufffd" * 8)["input_ids"]) == 24  # 8 tokens generated, 24 once tokenized again
+    c = Constitution(principles=[Principle(name="p", judge="x", critique="what is wrong ?",
+                                           revision="say it better .")])
+    cfg = critique.Config(out=str(tmp_path), data="-", judge=None, critique_max_tokens=8, revision_max_tokens=9)
+    context = " ".join(["question : what does the bear eat ? answer : the bear eats fish ."] * 10)  # ~160 tokens
+    item = critique.Revision(context, "the fox is red .", "the fox is red .", [], [], [])
+    critique.revise(judge, [item], c, cfg)
+    # the critique prompt was fitted for 8 critique tokens (+ 1): the 24 would overflow; cut, the answer is
+    # revised, never dropped as too long
+    assert not item.too_long and item.revisions == ["the fox is brown ."] and item.cut_critiques == 1
+    [crit] = item.critiques
+    ask, revision_ask = judge.asked
+    assert ("\ufffd" * 8).startswith(crit) and crit and f"Critique: {crit}" in revision_ask
+    assert len(tokenizer(revision_ask)["input_ids"]) + 9 <= 128
 
 
 def test_a_critique_prompt_that_cannot_fit_fails_before_any_request(tmp_path, tiny_model_dir, monkeypatch):

@@ -21,7 +21,9 @@ Output, in ``out``:
 - ``summary.json`` and ``judge_cache.sqlite`` (re-running resumes from the cache).
 
 A prompt longer than the model's context has its sample shortened as in ``rlxf label``
-(:mod:`.fit`): the conversation from its start, then the answer from its end. A run
+(:mod:`.fit`): the conversation from its start, then the answer from its end; a critique
+that re-tokenizes longer than it was generated is cut from its end to leave the revision
+its room (:func:`~rlxf.feedback.ai.fit.fit_generated`, counted in ``cut_critiques``). A run
 where some answer *failed* is not complete: the two files are written, ``summary.json``
 is not, and the command fails saying how many; re-running it retries only those.
 """
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from rlxf.errors import ConfigError, RlxfError
 from rlxf.feedback.ai.backends import JudgeConfig, make_judge
 from rlxf.feedback.ai.constitution import Constitution, Principle, load_constitution
-from rlxf.feedback.ai.fit import Room, fit_sample
+from rlxf.feedback.ai.fit import Room, fit_generated, fit_sample
 from rlxf.feedback.ai.judge import Judge, JudgeRequestError, prompt_room
 from rlxf.runs import Run, Timer
 
@@ -102,6 +104,8 @@ class Revision:
     """Rounds whose prompt had its sample shortened to fit the model's context."""
     too_long: bool = False
     """A round's prompt did not fit even shortened: the item's rounds ended there."""
+    cut_critiques: int = 0
+    """Rounds whose critique was cut from its end to fit (re-tokenized longer than generated)."""
 
 
 def run(cfg: Config) -> dict:
@@ -151,6 +155,11 @@ def run(cfg: Config) -> dict:
             done.append({"prompt": plain_prompt(demo.prompt), "completion": item.answer, **extra})
     write_jsonl(run_dir.out / "demonstrations.jsonl", done)
     write_jsonl(run_dir.out / "unrevised.jsonl", undone)
+    cut_critiques = sum(i.cut_critiques for i in items)
+    if cut_critiques:
+        log.warning("%d critiques were more tokens re-tokenized than the %d generated (often a character cut in "
+                    "the middle, decoded as U+FFFD): cut from their end to leave the revision its room",
+                    cut_critiques, cfg.critique_max_tokens)
     shortened = sum(i.shortened for i in items)
     if shortened:
         log.warning("%d prompts were longer than the model's %d positions: their conversation and answer were "
@@ -166,7 +175,7 @@ def run(cfg: Config) -> dict:
                "refused": sum(1 for i in items if i.problem and i.problem.startswith("refused")),
                "empty_revisions": sum(1 for i in items if i.problem == "empty revision"),
                "too_long": sum(1 for i in items if i.problem == TOO_LONG),
-               "shortened_prompts": shortened,
+               "shortened_prompts": shortened, "cut_critiques": cut_critiques,
                "changed": sum(1 for i in items if not i.problem and i.answer.strip() != i.original.strip()),
                "rounds": cfg.rounds, **judge_stats(judge), "seconds": timer.elapsed(),
                "demonstrations": str(run_dir.out / "demonstrations.jsonl")}
@@ -240,16 +249,20 @@ def revise(judge: Judge, items: Sequence[Revision], constitution: Constitution, 
         ready = [(it, p, ask) for it, p, ask in zip(live, principles, asks) if ask is not None]
         if not ready:
             continue
-        critiques = [s[0].strip() for s in judge.generate([ask for _, _, ask in ready],
-                                                          max_tokens=cfg.critique_max_tokens,
-                                                          temperature=cfg.temperature, stop=c.critique_stop,
-                                                          seed=cfg.seed)]
-        revision_asks = [c.revision_format.format(critique_prompt=ask, critique=crit, revision=p.revision)
-                         for (_, p, ask), crit in zip(ready, critiques)]
-        fits = [room is None or room.fits(text) for text in revision_asks]
-        for (it, _, _), ok in zip(ready, fits):
-            it.too_long = not ok  # the critique re-tokenized longer than written: rare
-        asked = [text for text, ok in zip(revision_asks, fits) if ok]
+        generated = judge.generate([ask for _, _, ask in ready], max_tokens=cfg.critique_max_tokens,
+                                   temperature=cfg.temperature, stop=c.critique_stop, seed=cfg.seed)
+        critiques, revision_asks = [], []
+        for (it, p, ask), samples in zip(ready, generated):
+            def follow(crit: str, ask=ask, p=p) -> str:
+                return c.revision_format.format(critique_prompt=ask, critique=crit, revision=p.revision)
+
+            fitted = fit_generated(follow, room, samples[0].strip())
+            it.too_long = fitted.text is None  # the revision request alone does not fit after the prompt
+            it.cut_critiques += fitted.cut and fitted.text is not None
+            critiques.append(samples[0].strip() if fitted.text is None else fitted.text)
+            revision_asks.append(None if fitted.text is None else follow(fitted.text))
+        fits = [text is not None for text in revision_asks]
+        asked = [text for text in revision_asks if text is not None]
         written = iter(judge.generate(asked, max_tokens=cfg.revision_max_tokens, temperature=cfg.temperature,
                                       stop=c.revision_stop, seed=cfg.seed) if asked else [])
         for (it, p, _), crit, ok in zip(ready, critiques, fits):

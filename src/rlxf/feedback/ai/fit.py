@@ -14,6 +14,13 @@ sample instead:
 
 A prompt that does not fit even with an empty sample is not asked at all: the caller
 counts it as too long for the judge.
+
+A prompt that goes on after text the judge generated (a chain-of-thought rationale, a
+critique) is fitted with room for ``max_tokens`` generated tokens, but the generated text,
+decoded and tokenized again, can take more: generation that stops inside a multi-byte
+character decodes to U+FFFD replacement characters (several tokens each), and merges
+differ at the boundaries. :func:`fit_generated` cuts such text from its end until the
+prompt after it fits the room it was generated for.
 """
 
 from __future__ import annotations
@@ -88,6 +95,29 @@ def fit_sample(render: Callable[[str, list[str]], str], room: Room | None, conte
     if not room.fits(capped(longest)):
         return Fitted(None, True)
     return Fitted(capped(_fewest(lambda cut: room.fits(capped(cut)), longest)), True)
+
+
+class Generated(NamedTuple):
+    text: str | None
+    """The generated text to put in the follow-up prompt; ``None`` when that prompt does not
+    fit even with nothing generated (then it is too long for a reason of its own)."""
+    cut: bool
+    """Whether the text was cut (or, with ``text`` None, would have to be)."""
+
+
+def fit_generated(follow: Callable[[str], str], room: Room | None, text: str) -> Generated:
+    """The generated ``text``, cut from its end by as few tokens as make ``follow(text)`` (the
+    prompt that goes on after it) fit ``room``; ``room`` None: the text as it is."""
+    if room is None or room.fits(follow(text)):
+        return Generated(text, False)
+    ids = room.encode(text)
+
+    def without_end(k: int) -> str:  # the text with its last k tokens dropped
+        return room.decode(ids[:len(ids) - k]).rstrip()
+
+    if not room.fits(follow(without_end(len(ids)))):
+        return Generated(None, True)
+    return Generated(without_end(_fewest(lambda k: room.fits(follow(without_end(k))), len(ids))), True)
 
 
 def _fewest(ok: Callable[[int], bool], most: int) -> int:

@@ -66,7 +66,7 @@ class Config:
     skip_bad_rows: bool = False
     """Skip malformed input rows (counted) instead of stopping at the first one."""
     limit: int | None = None
-    """Label only the first this many pairs (a cheap trial run); null labels all."""
+    """Label only the first this many pairs (a cheap trial run; the whole file is still read and checked)."""
     template: str = "helpful"
     """Labelling prompt: a built-in (summarize, helpful, harmless, tinyworld) or a YAML file path."""
     constitution: str | None = None
@@ -304,7 +304,7 @@ def label_all(judge: Judge, pairs: Sequence[Pair], settings: JudgeSettings, *, c
         log.warning("%d judge prompts were longer than the judge's %d positions: their sample was shortened "
                     "to fit (the conversation from its start, then the answers from their end); %d pairs could "
                     "not fit even so and stay unlabelled", shortened, prompt_room(judge).positions,
-                    sum(r.too_long for r in judged))
+                    sum(r.prob_a is None and r.too_long for r in judged))
     failures = [r for r in results if isinstance(r, str) and r.startswith("failed")]
     if failures:
         raise IncompleteJudging(results, len(failures), failures[-1].removeprefix("failed: "))
@@ -363,6 +363,7 @@ def label_summary(results: Sequence[PairJudgement | str]) -> dict:
         "judgements": sum(methods.values()),
         "unparseable_judgements": methods["unparseable"],
         "shortened_prompts": sum(r.shortened for r in judged),
+        "cut_rationales": sum(r.cut_rationales for r in judged),
         "label_methods": dict(methods),
         "flip_rate": len(flips) / len(checked) if checked else None,
         "flips_to_first": sum(r.p_first_ab > 0.5 for r in flips),

@@ -20,7 +20,8 @@ order only would bring back the position bias the swap removes.
 
 With chain-of-thought the prompt is fitted so that it, the longest rationale
 (``rationale_max_tokens``) and the ending after it all fit; a rationale that still
-overflows (re-tokenized longer than it was written) makes that sample too long.
+overflows (re-tokenized longer than it was written: :func:`~rlxf.feedback.ai.fit.fit_generated`)
+is cut from its end until it fits, and counted in ``cut_rationales``.
 
 :class:`DirectScoreReward` rates single answers 1-10 and returns the expected rating,
 a reward function PPO can call.
@@ -28,18 +29,21 @@ a reward function PPO can call.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rlxf.errors import ConfigError
 from rlxf.feedback.ai.constitution import Constitution
-from rlxf.feedback.ai.fit import Room, fit_sample
+from rlxf.feedback.ai.fit import Room, fit_generated, fit_sample
 from rlxf.feedback.ai.judge import AnswerScores, Judge, NoLogprobs, prompt_room
 from rlxf.feedback.ai.parse import parse_rating
 from rlxf.feedback.ai.scoring import expected_rating, mean, order_flipped, rating_distribution, swap_average
 from rlxf.feedback.ai.templates import (LABELS, RATINGS, Template, after_rationale, load_template,
                                         pairwise_prompt, rating_choices, rating_prompt)
+
+log = logging.getLogger("rlxf")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class PairJudgement:
     """What the judge wrote where no answer could be read (for debugging templates)."""
     shortened: int = 0
     """How many of its prompts had their sample shortened to fit the judge's context."""
+    cut_rationales: int = 0
+    """How many of its rationales were cut from their end to fit (re-tokenized longer than written)."""
 
     @property
     def flipped(self) -> bool | None:
@@ -121,20 +127,28 @@ def judge_pairs(judge: Judge, pairs: Sequence[tuple[str, str, str]], s: JudgeSet
             shortened.append(fitted.shortened)
     asked = [k for k, p in enumerate(prompts) if p is not None]
     rationales: list[list[str]] = [[] for _ in prompts]
+    cut = [0] * len(prompts)
+    scored: list[tuple[int, str | None]] = []  # (prompt index, the prompt "1"/"2" is scored after; None: too long)
     if s.cot and asked:
         written = judge.generate([prompts[k] for k in asked], max_tokens=s.rationale_max_tokens,
                                  temperature=s.temperature, n=s.samples, stop=t.rationale_stop, seed=s.seed)
         for k, texts in zip(asked, written):
-            rationales[k] = texts
-        scored = [(k, after_rationale(t, prompts[k], r)) for k in asked for r in rationales[k]]
+            for text in texts:
+                fitted = fit_generated(lambda r, k=k: after_rationale(t, prompts[k], r), score_room, text)
+                cut[k] += fitted.cut and fitted.text is not None
+                rationales[k].append(text if fitted.text is None else fitted.text)
+                scored.append((k, None if fitted.text is None else after_rationale(t, prompts[k], fitted.text)))
+        if sum(cut):
+            log.warning("%d of %d rationales were more tokens re-tokenized than the %d generated (often a "
+                        "character cut in the middle, decoded as U+FFFD): cut from their end to fit the judge's "
+                        "%d positions", sum(cut), len(scored), s.rationale_max_tokens, score_room.positions)
     else:
         scored = [(k, prompts[k]) for k in asked]
-    fits = [score_room is None or score_room.fits(text) for _, text in scored]
-    sent = [text for (_, text), ok in zip(scored, fits) if ok]
+    sent = [text for _, text in scored if text is not None]
     verdicts = iter(judge.answer_logprobs(sent, LABELS) if sent else [])
     by_prompt: list[list[AnswerScores]] = [[] for _ in prompts]
-    for (k, _), ok in zip(scored, fits):
-        by_prompt[k].append(next(verdicts) if ok else AnswerScores("too_long"))
+    for k, text in scored:
+        by_prompt[k].append(next(verdicts) if text is not None else AnswerScores("too_long"))
     for k, prompt in enumerate(prompts):
         if prompt is None:
             by_prompt[k] = [AnswerScores("too_long")] * (s.samples if s.cot else 1)
@@ -153,9 +167,10 @@ def judge_pairs(judge: Judge, pairs: Sequence[tuple[str, str, str]], s: JudgeSet
             p_first.append(mean(parsed) if parsed else None)
         p_ab = p_first[0]
         p_ba = p_first[1] if s.both_orders else None
-        n_short = sum(shortened[i * len(orders):(i + 1) * len(orders)])
+        mine = slice(i * len(orders), (i + 1) * len(orders))
         out.append(PairJudgement(_combine(p_ab, p_ba, s), p_ab, p_ba, tuple(methods), tuple(reasons),
-                                 principle.name if principle else None, tuple(unparsed), n_short))
+                                 principle.name if principle else None, tuple(unparsed), sum(shortened[mine]),
+                                 sum(cut[mine])))
     return out
 
 
