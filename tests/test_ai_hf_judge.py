@@ -12,7 +12,8 @@ from rlxf.feedback.ai.cache import ResponseCache
 from rlxf.feedback.ai.fit import Room, fit_generated, fit_sample
 from rlxf.feedback.ai.hf_judge import HFJudge
 from rlxf.feedback.ai.judge import PromptTooLong
-from rlxf.feedback.ai.labeller import DirectScoreReward, JudgeSettings, check_template_fits, judge_pairs
+from rlxf.feedback.ai.labeller import (DirectScoreReward, JudgeSettings, PairJudgement, check_template_fits,
+                                       judge_pairs)
 from rlxf.feedback.ai.scoring import logsumexp
 from rlxf.feedback.ai.templates import Template, load_template, pairwise_prompt, rating_choices, rating_prompt
 
@@ -233,21 +234,32 @@ def test_a_pair_that_cannot_fit_is_counted_too_long_and_a_template_that_cannot_f
 
     judge = HFJudge(make_model("gpt2", len(tokenizer)).eval(), tokenizer)
     long = " ".join(["the fox is red ."] * 30)  # ~150 tokens: more than the 126 a prompt may have
-    wordy = Constitution(principles=[Principle(name="wordy", judge=long, critique="x", revision="y")])
     pair = ("say hello to tom .", "hello tom !", "go away .")
-    # the template fits, but not with this principle in the preamble: the pair is never asked
-    [verdict] = judge_pairs(judge, [pair], JudgeSettings(template=SHORT, constitution=wordy))
-    assert verdict.methods == ("too_long", "too_long") and verdict.prob_a is None
-    assert verdict.problem == "too long for the judge" and judge.stats()["forward_rows"] == 0
-    summary = label_summary([verdict])
-    assert (summary["too_long_pairs"], summary["unparseable_pairs"], summary["shortened_prompts"]) == (1, 0, 2)
     # a template too long by itself: no pair could be judged, so it fails before any is; the commands
     # run the same check alone, before any slow work (check_template_fits)
     too_long = JudgeSettings(template=Template(preamble=long, sample=SHORT.sample))
     for check in (lambda: judge_pairs(judge, [pair], too_long), lambda: check_template_fits(judge, too_long)):
-        with pytest.raises(ConfigError, match=r"template alone .* more than the 126 the judge's 128 positions"):
+        with pytest.raises(ConfigError, match=r"template alone \(no conversation, no answers\) is \d+ tokens, "
+                                              r"more than the 126 the judge's 128 positions"):
+            check()
+    # the template fits, but not with the constitution's longest principle in the preamble: the pairs that
+    # draw it could never be judged, so that fails first too, naming the principle
+    wordy = Constitution(principles=[Principle(name="brief", judge="be kind .", critique="x", revision="y"),
+                                     Principle(name="wordy", judge=long, critique="x", revision="y")])
+    with_wordy = JudgeSettings(template=SHORT, constitution=wordy)
+    for check in (lambda: judge_pairs(judge, [pair], with_wordy), lambda: check_template_fits(judge, with_wordy)):
+        with pytest.raises(ConfigError, match=r"template alone \(no conversation, no answers\) with principle "
+                                              r"'wordy' \(the constitution's longest\) is \d+ tokens, more than "
+                                              r"the 126 .* shorter principles"):
             check()
     assert judge.stats()["forward_rows"] == 0
+    brief = Constitution(principles=wordy.principles[:1])
+    check_template_fits(judge, JudgeSettings(template=SHORT, constitution=brief))  # fits without "wordy"
+    # a pair that no shortening makes fit is never asked; counted as too long (a verdict as judge_pairs makes it)
+    verdict = PairJudgement(None, None, None, ("too_long", "too_long"), shortened=2)
+    assert verdict.problem == "too long for the judge"
+    summary = label_summary([verdict])
+    assert (summary["too_long_pairs"], summary["unparseable_pairs"], summary["shortened_prompts"]) == (1, 0, 2)
     # a rationale longer than the context: the error names the key that was set
     with pytest.raises(ConfigError, match=r"rationale_max_tokens \(200\) leaves no room"):
         judge_pairs(judge, [pair], JudgeSettings(template=SHORT, cot=True, rationale_max_tokens=200))

@@ -132,6 +132,35 @@ def test_label_eval_against_human_labels(tmp_path, caplog, monkeypatch):
     assert f"accuracy 0.75, kappa {round(kappa, 3):g} (" in caplog.text
 
 
+def test_label_eval_refuses_and_skips_the_rows_label_refuses(tmp_path, caplog, monkeypatch):
+    # an HH row whose preferred answer is empty: `rlxf label` refuses it, so must `rlxf label-eval`
+    def hh(question, answer):
+        return f"\n\nHuman: {question}\n\nAssistant:{answer}"
+
+    rows = [{"chosen": hh(f"q{i}", " a good answer"), "rejected": hh(f"q{i}", " a bad answer")} for i in range(3)]
+    rows.insert(1, {"chosen": hh("how to steal?", ""), "rejected": hh("how to steal?", " Easy.")})
+    data = write_jsonl(tmp_path / "hh.jsonl", rows)
+    monkeypatch.setattr(logging.getLogger("rlxf"), "propagate", True)  # the CLI's setup turns it off
+    with FakeOpenAI() as fake:
+        args = [f"data={data}", "judge.backend=openai", "judge.model=fake", f"judge.base_url={fake.url}",
+                "progress=false"]
+        for command in (label, label_eval):
+            with pytest.raises(DataError) as err:
+                command.run(load_config(command.Config, None, [f"out={tmp_path / command.__name__}", *args]))
+            assert str(err.value) == f"{data}:2: field 'chosen': is empty; an answer needs some text"
+        args.append("skip_bad_rows=true")
+        labelled = label.run(load_config(label.Config, None, [f"out={tmp_path / 'l'}", *args]))
+        judged = label_eval.run(load_config(label_eval.Config, None, [f"out={tmp_path / 'le'}", *args]))
+        assert labelled["skipped_rows"] == judged["skipped_rows"] == 1
+        assert (judged["pairs"], judged["evaluated"]) == (3, 3)
+        assert all(r["answer_a"] and r["answer_b"] for r in read(tmp_path / "le" / "judged.jsonl"))
+        # a re-run of a complete directory returns its summary and says so, as label does
+        with caplog.at_level(logging.INFO, logger="rlxf"):
+            again = label_eval.run(load_config(label_eval.Config, None, [f"out={tmp_path / 'le'}", *args]))
+        assert again == judged and f"{tmp_path / 'le'} is already complete" in caplog.text
+        assert fake.requests == 2 * 3 * 2  # both commands, 3 pairs, both orders; the re-run asked nothing
+
+
 def test_label_eval_help_names_the_files_it_writes(capsys):
     """`out` of label-eval is documented with what label-eval writes, not what label writes."""
     from rlxf.cli import main
@@ -424,3 +453,34 @@ def test_a_critique_prompt_that_cannot_fit_fails_before_any_request(tmp_path, ti
             f"out={tmp_path / 'rev'}", f"data={data}", f"judge.model={tiny_model_dir}", "judge.device=cpu",
             f"constitution={principles}", "critique_max_tokens=60", "revision_max_tokens=8", "progress=false"]))
     assert asked == [] and not (tmp_path / "rev" / "summary.json").exists()
+
+
+def test_critique_says_what_it_did_and_warns_of_answers_too_long(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    from rlxf.feedback.ai.hf_judge import HFJudge
+
+    monkeypatch.setattr(HFJudge, "generate", lambda self, prompts, **kw: [["the fox is brown ."] for _ in prompts])
+    monkeypatch.setattr(logging.getLogger("rlxf"), "propagate", True)  # the CLI's setup turns it off
+    data = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": f"say hello to tom {i} .", "completion": "go away ."}
+                                                    for i in range(8)])
+    principles = tmp_path / "c.yaml"
+    # of the 128 positions, 8 go to the revision, 20 to the critique and ~30 to the revision request: the
+    # critique prompt may have ~70 tokens. "short" asks in ~39 of them; "long" (~39 + 12 * 4) never fits
+    principles.write_text('principles:\n'
+                          '  - {name: short, judge: x, critique: "what is wrong ?", revision: "say it better ."}\n'
+                          f'  - {{name: long, judge: x, critique: "{" ".join(["what is wrong ?"] * 12)}", '
+                          'revision: "say it better ."}\n')
+    args = [f"out={tmp_path / 'rev'}", f"data={data}", f"judge.model={tiny_model_dir}", "judge.device=cpu",
+            f"constitution={principles}", "critique_max_tokens=20", "revision_max_tokens=8", "progress=false"]
+    with caplog.at_level(logging.INFO, logger="rlxf"):
+        summary = critique.run(load_config(critique.Config, None, args))
+    assert 0 < summary["too_long"] < 8  # the premise: the seeded principles drew both
+    assert (summary["revised"], summary["unrevised"]) == (8 - summary["too_long"], summary["too_long"])
+    unrevised = read(tmp_path / "rev" / "unrevised.jsonl")
+    assert [r["reason"] for r in unrevised] == ["too long for the model"] * summary["too_long"]
+    assert f"{summary['too_long']} of 8 answers were too long for the model" in caplog.text
+    assert (f"revised {summary['revised']} of 8 answers ({summary['revised']} changed; {summary['too_long']} "
+            f"unrevised: 0 empty revisions, {summary['too_long']} too long for the model, 0 refused)") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rlxf"):
+        assert critique.run(load_config(critique.Config, None, args)) == summary
+    assert f"{tmp_path / 'rev'} is already complete" in caplog.text and "revised" not in caplog.text

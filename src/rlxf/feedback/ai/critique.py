@@ -123,6 +123,7 @@ def run(cfg: Config) -> dict:
     constitution = load_constitution(cfg.constitution)
     run_dir = Run.open(cfg.out, cfg)
     if run_dir.complete:
+        log.info("%s is already complete; delete it to revise again", run_dir.out)
         return run_dir.summary()
     judge = make_judge(cfg.judge, cfg.cache or run_dir.out / "judge_cache.sqlite")
     check_fits(judge, constitution, cfg)  # before the progress bar: a prompt that cannot fit fails every answer
@@ -165,6 +166,12 @@ def run(cfg: Config) -> dict:
         log.warning("%d prompts were longer than the model's %d positions: their conversation and answer were "
                     "shortened to fit (the conversation from its start, then the answer from its end)",
                     shortened, prompt_room(judge).positions)
+    too_long = sum(1 for i in items if i.problem == TOO_LONG)
+    if too_long:
+        log.warning("%d of %d answers were %s: their prompt did not fit its %d positions even with the "
+                    "conversation and answer shortened, and they have no revision (unrevised.jsonl); lower "
+                    "critique_max_tokens or revision_max_tokens, or use a model with a longer context",
+                    too_long, len(items), TOO_LONG, prompt_room(judge).positions)
     failures = [i.problem for i in items if i.problem and i.problem.startswith("failed")]
     if failures:
         raise RlxfError(f"{len(failures)} of {len(items)} answers failed after all retries (last: "
@@ -174,12 +181,15 @@ def run(cfg: Config) -> dict:
                "answers": len(items), "revised": len(done), "unrevised": len(undone),
                "refused": sum(1 for i in items if i.problem and i.problem.startswith("refused")),
                "empty_revisions": sum(1 for i in items if i.problem == "empty revision"),
-               "too_long": sum(1 for i in items if i.problem == TOO_LONG),
+               "too_long": too_long,
                "shortened_prompts": shortened, "cut_critiques": cut_critiques,
                "changed": sum(1 for i in items if not i.problem and i.answer.strip() != i.original.strip()),
                "rounds": cfg.rounds, **judge_stats(judge), "seconds": timer.elapsed(),
                "demonstrations": str(run_dir.out / "demonstrations.jsonl")}
     run_dir.write_summary(summary)
+    log.info("revised %d of %d answers (%d changed; %d unrevised: %d empty revisions, %d too long for the model, "
+             "%d refused)", summary["revised"], summary["answers"], summary["changed"], summary["unrevised"],
+             summary["empty_revisions"], summary["too_long"], summary["refused"])
     return summary
 
 

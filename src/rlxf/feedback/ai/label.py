@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
+from rlxf.data.records import Preference
 from rlxf.errors import ConfigError, DataError, RlxfError
 from rlxf.feedback.ai.backends import JudgeConfig, make_judge
 from rlxf.feedback.ai.judge import Judge, JudgeRequestError
@@ -193,10 +194,18 @@ def read_pairs(path: str, *, split: str | None = None, skip_bad: bool = False,
 
 def _preference_pairs(path: str, split: str | None, skip_bad: bool) -> tuple[list[Pair], int]:
     """Any :func:`rlxf.data.load_preferences` file's pairs, as unlabelled (A, B)."""
+    prefs, skipped = read_preferences(path, split=split, skip_bad=skip_bad)
+    return [Pair(p.prompt, p.chosen, p.rejected, p.source) for p in prefs], skipped
+
+
+def read_preferences(path: str, *, split: str | None = None, skip_bad: bool = False) -> tuple[list[Preference], int]:
+    """A :func:`rlxf.data.load_preferences` file's rows (labels kept) and the number of
+    skipped bad rows, where a row with an empty answer is bad too. ``rlxf label`` and
+    ``rlxf label-eval`` both read their pairs through here, so they refuse the same rows."""
     from rlxf.data.formats import load_preferences
 
     loaded = load_preferences(path, split=split, skip_bad=skip_bad)
-    pairs, skipped, first = [], loaded.skipped, None
+    prefs, skipped, first = [], loaded.skipped, None
     for p in loaded:
         empty = [field for field, answer in (("chosen", p.chosen), ("rejected", p.rejected)) if not answer.strip()]
         if empty:
@@ -208,10 +217,10 @@ def _preference_pairs(path: str, split: str | None, skip_bad: bool) -> tuple[lis
             skipped += 1
             first = first or err
             continue
-        pairs.append(Pair(p.prompt, p.chosen, p.rejected, p.source))
+        prefs.append(p)
     if first is not None:
         log.warning("%s: skipped %d pair(s) with an empty answer; first: %s", path, skipped - loaded.skipped, first)
-    return pairs, skipped
+    return prefs, skipped
 
 
 def _answer_lists(path: str, split: str | None, skip_bad: bool) -> tuple[list[Pair], int]:

@@ -16,6 +16,10 @@ e.g. a text-only judge that picked the same position in both orders -- have no j
 choice and are left out (``judge_ties``); ``coverage`` is the share that remains.
 When the judge labelled no pair at all, the run fails (no ``summary.json``), as ``rlxf label`` does.
 
+Rows are read as ``rlxf label`` reads them: a pair with an empty answer (Anthropic HH
+has a few) is a bad row, an error naming its file and line, or with
+``skip_bad_rows=true`` skipped and counted in ``summary.json`` as ``skipped_rows``.
+
 Output: ``judged.jsonl`` (per pair: both answers, the human and the judge choice,
 P(A), and ``unparsed``: what the judge wrote where no answer could be read) and
 ``summary.json`` (the agreement report under ``agreement``, plus the
@@ -28,6 +32,7 @@ import logging
 import random
 from dataclasses import dataclass
 
+from rlxf.errors import DataError
 from rlxf.feedback.ai import label
 from rlxf.feedback.ai.labeller import PairJudgement
 from rlxf.runs import Run, Timer
@@ -46,19 +51,22 @@ class Config(label.Config):
 
 
 def run(cfg: Config) -> dict:
-    from rlxf.data.formats import load_preferences
     from rlxf.data.readers import write_jsonl
     from rlxf.evaluate.agreement import binary_report
     from rlxf.feedback.ai.backends import make_judge
     from rlxf.feedback.ai.scoring import mean
 
     timer = Timer()
-    loaded = load_preferences(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows)
+    # read as rlxf label reads them: a pair with an empty answer is a bad row (skipped_rows)
+    prefs, skipped = label.read_preferences(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows)
+    if not prefs:
+        raise DataError("holds no pairs to judge", path=str(cfg.data))
+    prefs = prefs[:cfg.limit] if cfg.limit else prefs
     settings = label.settings_of(cfg)
     run_dir = Run.open(cfg.out, cfg)
     if run_dir.complete:
+        log.info("%s is already complete; delete it to judge again", run_dir.out)
         return run_dir.summary()
-    prefs = list(loaded)[:cfg.limit] if cfg.limit else list(loaded)
     decided = [p for p in prefs if p.prob_chosen != 0.5]
     pairs, human_a = [], []
     for p in decided:
@@ -94,7 +102,8 @@ def run(cfg: Config) -> dict:
     label.check_some_labelled(results, f"{run_dir.out / 'judged.jsonl'} holds what it wrote (field 'unparsed')")
     report = binary_report(truth, predicted)
     summary = {
-        "command": "label-eval", "input": cfg.data, "judge": judge.identity, "template": cfg.template,
+        "command": "label-eval", "input": cfg.data, "skipped_rows": skipped, "judge": judge.identity,
+        "template": cfg.template,
         "positive_class": "answer A (shown first in judged.jsonl) preferred",
         "pairs": len(prefs), "human_ties": len(prefs) - len(decided), "unlabelled": unlabelled,
         "judge_ties": judge_ties, "evaluated": len(truth), "coverage": len(truth) / len(prefs) if prefs else None,

@@ -192,15 +192,22 @@ def _rooms(judge: Judge, s: JudgeSettings) -> tuple[Room | None, Room | None]:
 
 def _check_template_fits(room: Room | None, s: JudgeSettings) -> None:
     """Fail before any judging when the template alone, with an empty sample, is too long:
-    then no pair could be judged, whatever is shortened."""
+    then no pair could be judged, whatever is shortened. With a constitution the check takes
+    the longest principle: any pair may draw it, and the pairs that do could never be judged."""
     if room is None:
         return
-    bare = room.length(pairwise_prompt(s.template, "", "", "", cot=s.cot))
+    principles = s.constitution.principles if s.constitution else [None]
+    sizes = [(room.length(pairwise_prompt(s.template, "", "", "", principle=p.judge if p else None, cot=s.cot)), p)
+             for p in principles]
+    bare, longest = max(sizes, key=lambda size: size[0])
     if bare > room.tokens:
         kept = f" ({room.reserved} kept for the answer" + (" and the rationale)" if s.cot else ")")
-        raise ConfigError(f"the labelling template alone (no conversation, no answers) is {bare} tokens, more than "
-                          f"the {room.tokens} the judge's {room.positions} positions leave for a prompt{kept}; use "
-                          "a judge with a longer context, or a shorter template (fewer exemplars, a shorter preamble)")
+        under = f" with principle '{longest.name}' (the constitution's longest)" if longest else ""
+        shorter = ", shorter principles" if longest else ""
+        raise ConfigError(f"the labelling template alone (no conversation, no answers){under} is {bare} tokens, "
+                          f"more than the {room.tokens} the judge's {room.positions} positions leave for a "
+                          f"prompt{kept}; use a judge with a longer context, or a shorter template (fewer "
+                          f"exemplars, a shorter preamble{shorter})")
 
 
 def _cot_room(score_room: Room | None, s: JudgeSettings) -> Room | None:
