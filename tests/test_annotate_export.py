@@ -137,3 +137,45 @@ def test_a_borda_draw_exported_as_pairs_is_a_tie_not_a_certain_preference(tmp_pa
     assert list(drawn.values()) == [0.5] and got[("w", "y")] == 1.0 and got[("x", "y")] == 1.0
     _, pairs, _ = do_export(tmp_path, url, "rankings=pairs", "ties=exclude")
     assert sorted((p["chosen"], p["rejected"]) for p in pairs) == [("w", "y"), ("x", "y")]
+
+
+def test_majority_rows_keep_the_tally(tmp_path, voted):
+    _, pairs, rankings = do_export(tmp_path, voted)
+    # yes 2 (a, b), no 1 (c), tie 1 (d); e's skip is not a vote.
+    assert pairs[0]["tally"] == {"chosen": 2, "rejected": 1, "tie": 1}
+    # Totals of positions over a: w x y, b: x w y, c: w y x (stored order w, x, y).
+    assert rankings[0]["borda_totals"] == [1, 3, 5]
+    _, pairs, _ = do_export(tmp_path, voted, "rankings=pairs")
+    tallies = {(p["chosen"], p["rejected"]): p["tally"] for p in pairs if p["task_id"] == 2}
+    assert tallies == {("w", "x"): {"chosen": 2, "rejected": 1, "tie": 0},   # b put x first
+                       ("w", "y"): {"chosen": 3, "rejected": 0, "tie": 0},
+                       ("x", "y"): {"chosen": 2, "rejected": 1, "tie": 0}}  # c put y above x
+    _, pairs, rankings = do_export(tmp_path, voted, "votes=all")
+    assert not any("tally" in p for p in pairs) and not any("borda_totals" in r for r in rankings)
+
+
+def test_rows_name_the_models_that_wrote_the_answers(tmp_path):
+    pair = ("Which is better?", ["yes", "no"], {"models": ["m-yes", "m-no"], "ended": [True, False]})
+    rank = ("Order these", ["w", "x", "y"], {"models": ["m-w", "m-x", "m-y"]})
+    url, store = make_db(tmp_path / "a.db", [pair, rank, ("From a file", ["yes", "no"], {})], ["a", "b", "c"])
+    for name in ("a", "b", "c"):
+        label(store, name, lambda task, n=name: ("ranked", ["no", "yes"] if n != "c" else ["yes", "no"])
+              if task.k == 2 else ("ranked", ["y", "w", "x"]))
+    _, pairs, rankings = do_export(tmp_path, url)
+    by_task = {p["task_id"]: p for p in pairs}
+    assert (by_task[1]["chosen"], by_task[1]["chosen_model"], by_task[1]["rejected_model"]) == ("no", "m-no", "m-yes")
+    assert by_task[1]["tally"] == {"chosen": 2, "rejected": 1, "tie": 0}  # a 2-1 majority, not 3-0
+    assert "chosen_model" not in by_task[3]  # imported from a file: no models to name
+    (row,) = rankings
+    assert row["completion_models"] == ["m-w", "m-x", "m-y"]
+    assert [row["completion_models"][i] for i in row["ranking"]] == ["m-y", "m-w", "m-x"]
+    _, pairs, _ = do_export(tmp_path, url, "rankings=pairs", "votes=all")
+    assert {(p["chosen_model"], p["rejected_model"]) for p in pairs if p["task_id"] == 2} == {
+        ("m-y", "m-w"), ("m-y", "m-x"), ("m-w", "m-x")}
+
+    # The loaders read the files with these extra fields.
+    do_export(tmp_path, url)
+    loaded = load_preferences(tmp_path / "out" / "pairs.jsonl")
+    assert sorted((p.chosen, p.rejected) for p in loaded) == [("no", "yes"), ("no", "yes")]
+    (ranking,) = load_comparisons(tmp_path / "out" / "rankings.jsonl")
+    assert isinstance(ranking, Ranking) and ranking.ranking == tuple(row["ranking"])

@@ -57,14 +57,16 @@ def test_generated_answers_become_tasks_naming_their_models(tmp_path, tokenizer,
         assert counts[models[0]] <= 2 and counts[models[1]] <= 1
 
     # The model named for an answer really wrote it: model 1's only turn uses seed
-    # 5 + 1000 * 1 + 0, so sampling again with that seed gives the same answers.
+    # 5 + 1000 * 1 + 0, so sampling again with that seed gives the same answers (once
+    # cleaned of control characters and cut at the default stop strings, as stored).
     from rlxf.models.generation import generate
     from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
 
     again = generate(load_causal_lm(ModelConfig(name_or_path=models[1])),
                      load_tokenizer(models[1], padding_side="left"), PROMPTS,
                      max_new_tokens=12, batch_size=16, seed=1005)
-    by_prompt = {g.prompt: g.text for g in again}
+    by_prompt = {g.prompt: importer.cut_at_stop(importer.clean_answer(g.text), list(importer.DIALOGUE_TURNS))[0]
+                 for g in again}
     for prompt, answers, names in tasks:
         if models[1] in names:
             assert answers[names.index(models[1])] == by_prompt[prompt]
@@ -85,3 +87,82 @@ def test_generate_limit_samples_for_the_first_prompts_only(tmp_path, tokenizer, 
     with pytest.raises(ConfigError, match="generate.limit must be >= 1"):
         load_config(importer.Config, None, [f"generate.models=[{folder}]", f"generate.prompts={prompts}",
                                             "generate.limit=0"])
+
+
+def scripted_model(tokenizer, prompt: str, answer: str, *, eos: bool, n_positions: int = 128):
+    """A real tiny GPT-2 that writes ``answer`` after ``prompt`` whatever the seed.
+
+    Its blocks and token embeddings are zero, so the hidden state at position t is
+    LayerNorm(wpe[t]) = LayerNorm(one-hot t), and lm_head row ``token`` is 100 at the
+    position whose next token it must be. LayerNorm of a one-hot vector in d = n_positions
+    dimensions is ~sqrt(d) there and ~-1/sqrt(d) elsewhere, so the scripted token leads by
+    a logit gap of ~100 * sqrt(128) > 1000: sampling at temperature 1 always picks it.
+    Positions past the script have all-zero logits (uniform sampling). The answer starts with the
+    separator " ", which ``generate`` removes.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlxf.models.generation import encode_prompts
+
+    start = len(encode_prompts([prompt], tokenizer, " ")[0])  # position of the first answer token
+    ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    ids += [tokenizer.eos_token_id] if eos else []
+    assert start + len(ids) <= n_positions
+    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_positions, n_layer=1,
+                     n_head=1, bos_token_id=1, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.transformer.ln_f.weight.fill_(1.0)
+        model.transformer.wpe.weight.copy_(torch.eye(n_positions))
+        for i, token in enumerate(ids):
+            model.lm_head.weight[token, start - 1 + i] = 100.0  # logits at t predict token t + 1
+    return model, len(ids)
+
+
+def test_generated_answers_stop_at_the_next_turn_and_lose_control_characters(tmp_path, tokenizer, one_thread):
+    prompt = "\n\nHuman: say hello to tom .\n\nAssistant:"
+    # Model a runs on into a turn it made up, past max_new_tokens (no EOS); model b
+    # ends with EOS and writes control characters: U+0014 (removed), a vertical tab
+    # (a space) and CR LF (LF).
+    runs_on = "I will not insult you .\n\nHuman: you insult me" + " ." * 8
+    scripts = {"a": (runs_on, False), "b": ("no\u0014 way\u000bat all\r\nbye", True)}
+    folders, lengths = {}, {}
+    for name, (answer, eos) in scripts.items():
+        model, lengths[name] = scripted_model(tokenizer, prompt, answer, eos=eos)
+        folders[name] = tmp_path / name
+        model.save_pretrained(folders[name])
+        tokenizer.save_pretrained(folders[name])
+    max_new_tokens = lengths["a"] - 4  # a is cut by max_new_tokens (inside the " ." run), not by EOS
+    assert lengths["b"] <= max_new_tokens
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": prompt}) + "\n")
+
+    def stored(db: str, *overrides: str) -> dict[str, tuple[str, bool]]:
+        importer.run(load_config(importer.Config, None, [
+            f"database={db}", f"generate.models=[{folders['a']},{folders['b']}]",
+            f"generate.prompts={prompts}", f"generate.max_new_tokens={max_new_tokens}", *overrides]))
+        ((answers, meta),) = sql(open_store(db), "SELECT answers, meta FROM tasks")
+        answers, meta = json.loads(answers), json.loads(meta)
+        return {str(m)[-1]: (text, ended) for text, m, ended in zip(answers, meta["models"], meta["ended"])}
+
+    got = stored(f"sqlite:///{tmp_path / 'stop.db'}")
+    # Cut before "\n\nHuman:" and marked ended though it never emitted EOS.
+    assert got["a"] == ("I will not insult you .", True)
+    assert got["b"] == ("no way at all\nbye", True)
+
+    got = stored(f"sqlite:///{tmp_path / 'no-stop.db'}", "generate.stop=[]")
+    text, ended = got["a"]
+    assert text.startswith("I will not insult you .\n\nHuman: you insult me") and not ended
+    assert got["b"] == ("no way at all\nbye", True)  # cleaned with or without stop strings
+
+    with pytest.raises(ConfigError, match="generate.stop must not hold an empty string"):
+        load_config(importer.Config, None, [f"generate.models=[{folders['a']}]", f"generate.prompts={prompts}",
+                                            "generate.stop=['']"])
+
+
+def test_clean_answer_and_cut_at_stop():
+    assert importer.clean_answer("a\u0000b\u007fc\u0085d\u000ce\tf\rg\r\nh") == "abc d e\tf g\nh"
+    assert importer.cut_at_stop("x\nUser: y\n\nHuman: z", list(importer.DIALOGUE_TURNS)) == ("x", True)
+    assert importer.cut_at_stop("x Human: y", list(importer.DIALOGUE_TURNS)) == ("x Human: y", False)

@@ -9,8 +9,13 @@ Writes into the folder ``out``:
 - ``agreement.json``: pairwise percent agreement, Krippendorff's alpha, Fleiss' kappa
   and each labeller's agreement with the others (see ``agreement.py``).
 
-Rows also carry ``task_id`` and ``votes`` (labels behind the row), and with
-``votes: all`` the ``annotator``; the loaders ignore these extra fields.
+Rows also carry ``task_id`` and ``votes`` (labels behind the row); with ``votes: all``
+the ``annotator``; with ``votes: majority`` how the votes split (pairs: ``tally``, the
+labels that preferred the chosen answer, the rejected one, or called a tie; ranking rows:
+``borda_totals``, each completion's total position, lower is better); and, when the
+task was sampled from models (``generate.models``), the model of each answer
+(``chosen_model``/``rejected_model``, or ``completion_models``). The loaders ignore
+these extra fields.
 
 How several labels of one task become rows (``votes``):
 
@@ -102,10 +107,10 @@ def run(cfg: Config) -> dict:
 
 def pair_rows(task: Task, labels: list[Label], votes: str, ties: str) -> list[dict]:
     """Rows for a pairwise task from its (non-skip) labels; see the module doc."""
+    tally = Counter(_winner(label) for label in labels)
     if votes == "all":
         results = [(_winner(label), 1, label.user_name) for label in labels]
     else:
-        tally = Counter(_winner(label) for label in labels)
         (top, n), *rest = tally.most_common()
         drawn = bool(rest) and rest[0][1] == n
         results = [("tie" if drawn else top, len(labels), None)]
@@ -117,9 +122,11 @@ def pair_rows(task: Task, labels: list[Label], votes: str, ties: str) -> list[di
         row = {"prompt": task.prompt, "chosen": task.answers[first],
                "rejected": task.answers[1 - first],
                "prob_chosen": 0.5 if winner == "tie" else 1.0,
-               "task_id": task.id, "votes": n_votes}
+               "task_id": task.id, "votes": n_votes, **_pair_models(task, first, 1 - first)}
         if annotator is not None:
             row["annotator"] = annotator
+        else:  # 3-0 and 2-1 majorities differ in strength
+            row["tally"] = {"chosen": tally[first], "rejected": tally[1 - first], "tie": tally["tie"]}
         rows.append(row)
     return rows
 
@@ -127,37 +134,59 @@ def pair_rows(task: Task, labels: list[Label], votes: str, ties: str) -> list[di
 def ranking_rows(task: Task, labels: list[Label], votes: str) -> list[dict]:
     """``prompt/completions/ranking`` rows for a ranking task; see the module doc."""
     def row(ranking, n_votes: int) -> dict:
+        models = _models(task)
         return {"prompt": task.prompt, "completions": list(task.answers),
-                "ranking": list(ranking), "task_id": task.id, "votes": n_votes}
+                "ranking": list(ranking), "task_id": task.id, "votes": n_votes,
+                **({"completion_models": models} if models else {})}
 
     if votes == "all":
         return [row(label.ranking, 1) | {"annotator": label.user_name} for label in labels]
-    return [row(borda(task.k, [label.ranking for label in labels]), len(labels))]
+    rankings = [label.ranking for label in labels]
+    return [row(borda(task.k, rankings), len(labels)) | {"borda_totals": borda_totals(task.k, rankings)}]
 
 
 def ranking_pair_rows(task: Task, labels: list[Label], votes: str, ties: str) -> list[dict]:
     """A ranking task's C(K, 2) pairs as ``prompt/chosen/rejected/prob_chosen`` rows: per
     label (``votes: all``), or from the Borda consensus, where two answers whose total
-    positions draw are a tie (``prob_chosen: 0.5``, or no row with ``ties: exclude``)."""
+    positions draw are a tie (``prob_chosen: 0.5``, or no row with ``ties: exclude``).
+    Consensus rows carry the ``tally`` of labels that put chosen above rejected or below."""
     if votes == "all":
         return [row | {"annotator": label.user_name} for label in labels
                 for row in _pairs(task, label.ranking, set(), 1, ties)]
     rankings = [label.ranking for label in labels]
     total = borda_totals(task.k, rankings)
     drawn = {(a, b) for a in range(task.k) for b in range(task.k) if a != b and total[a] == total[b]}
-    return _pairs(task, borda(task.k, rankings), drawn, len(labels), ties)
+    return _pairs(task, borda(task.k, rankings), drawn, len(labels), ties, tally_of=rankings)
 
 
-def _pairs(task: Task, ranking, drawn: set, n_votes: int, ties: str) -> list[dict]:
+def _pairs(task: Task, ranking, drawn: set, n_votes: int, ties: str,
+           tally_of: list[tuple[int, ...]] | None = None) -> list[dict]:
+    """The pairs of ``ranking``; with ``tally_of`` (the labels' rankings) each row's tally."""
     rows = []
     for i, better in enumerate(ranking):
         for worse in ranking[i + 1:]:
             tie = (better, worse) in drawn
             if tie and ties == "exclude":
                 continue
-            rows.append({"prompt": task.prompt, "chosen": task.answers[better], "rejected": task.answers[worse],
-                         "prob_chosen": 0.5 if tie else 1.0, "task_id": task.id, "votes": n_votes})
+            row = {"prompt": task.prompt, "chosen": task.answers[better], "rejected": task.answers[worse],
+                   "prob_chosen": 0.5 if tie else 1.0, "task_id": task.id, "votes": n_votes,
+                   **_pair_models(task, better, worse)}
+            if tally_of is not None:
+                above = sum(r.index(better) < r.index(worse) for r in tally_of)
+                row["tally"] = {"chosen": above, "rejected": len(tally_of) - above, "tie": 0}
+            rows.append(row)
     return rows
+
+
+def _models(task: Task) -> list[str] | None:
+    """The model that wrote each answer, when the import sampled them (``generate.models``)."""
+    models = task.meta.get("models")
+    return list(models) if isinstance(models, list) and len(models) == task.k else None
+
+
+def _pair_models(task: Task, chosen: int, rejected: int) -> dict:
+    models = _models(task)
+    return {"chosen_model": models[chosen], "rejected_model": models[rejected]} if models else {}
 
 
 def borda_totals(k: int, rankings: list[tuple[int, ...]]) -> list[int]:

@@ -11,7 +11,10 @@ skip), more make a ranking task. Sources:
   "completions": [...]}`` (JSONL, JSON, Parquet);
 - ``generate.models``: sample K answers per prompt of ``generate.prompts`` from one or
   more local Hugging Face causal LMs (answer i from model i mod M, so two models and K=2
-  give a model-vs-model comparison).
+  give a model-vs-model comparison). Each answer is cut at the first ``generate.stop``
+  string (by default the next dialogue turn, so an answer to an Anthropic HH prompt does
+  not run on into a "Human:" turn the model made up) and cleaned of control characters
+  (see :func:`clean_answer`).
 
 Importing the same task twice adds it once, so an import can simply be re-run.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import random
+import unicodedata
 from dataclasses import dataclass, field
 
 from rlxf.data import Preference, Prompt, load_comparisons, load_prompts, read_rows
@@ -30,6 +34,11 @@ from rlxf.feedback.human.store import open_store, parse_database_url
 from rlxf.models.loading import DType  # light: torch is imported only when sampling
 
 log = logging.getLogger("rlxf")
+
+DIALOGUE_TURNS = ("\n\nHuman:", "\nHuman:", "\n\nAssistant:", "\nAssistant:", "\n\nUser:", "\nUser:")
+# The default generate.stop: the start of a next dialogue turn. Anthropic HH prompts end in
+# "\n\nAssistant:" and a sampled answer often goes on to "\n\nHuman: ...". The answer is
+# cut at the earliest match, so the double-newline forms leave no newline at its end.
 
 
 @dataclass
@@ -52,6 +61,9 @@ class GenerateConfig:
     """Prompts per generate() call."""
     separator: str = " "
     """Text between a plain-text prompt and its answer (as in training)."""
+    stop: list[str] = field(default_factory=lambda: list(DIALOGUE_TURNS))
+    """Cut each answer before the first of these strings (the answer then counts as ended);
+    []: keep all max_new_tokens tokens."""
     dtype: DType = "float32"
     """Weight dtype: float32, bfloat16, float16 or auto."""
     device: str = "cpu"
@@ -70,6 +82,9 @@ class GenerateConfig:
             raise ConfigError("generate.max_new_tokens and generate.batch_size must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"generate.limit must be >= 1 or null, got {self.limit}")
+        if any(not s for s in self.stop):
+            raise ConfigError("generate.stop must not hold an empty string (it would cut every "
+                              "answer to nothing); use generate.stop=[] for no stop strings")
 
 
 @dataclass
@@ -130,6 +145,9 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int
                    ) -> tuple[list[tuple[Prompt, list[str], dict]], int]:
     """Sample ``answers_per_prompt`` answers per prompt, in turn from each model.
 
+    Each answer is cleaned (:func:`clean_answer`) and cut before its first ``cfg.stop``
+    string; the task's meta names the model of each answer (``models``) and says whether
+    it ended (``ended``: EOS or a stop string) rather than hitting ``max_new_tokens``.
     Duplicate and empty answers are dropped; a prompt left with fewer than two distinct
     answers makes no task and is counted as skipped.
     """
@@ -138,7 +156,7 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int
     from rlxf.training import resolve_device
 
     prompts = list(load_prompts(cfg.prompts))[:cfg.limit]
-    answers: list[list[tuple[str, str]]] = [[] for _ in prompts]  # per prompt: (text, model)
+    answers: list[list[tuple[str, str, bool]]] = [[] for _ in prompts]  # per prompt: (text, model, ended)
     for m, name in enumerate(cfg.models):
         count = len(range(m, cfg.answers_per_prompt, len(cfg.models)))  # turns of model m
         if count == 0:
@@ -156,23 +174,42 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int
                            batch_size=cfg.batch_size, separator=cfg.separator,
                            seed=seed + 1000 * m + turn)
             for i, g in enumerate(out):
-                answers[i].append((g.text, name))
+                text, stopped = cut_at_stop(clean_answer(g.text), cfg.stop)
+                answers[i].append((text, name, g.ended or stopped))
         del model
     tasks, skipped = [], 0
     for prompt, sampled in zip(prompts, answers):
-        distinct: dict[str, tuple[str, str]] = {}
-        for text, name in sampled:
+        distinct: dict[str, tuple[str, str, bool]] = {}
+        for text, name, ended in sampled:
             if text.strip():
-                distinct.setdefault(text.strip(), (text, name))
+                distinct.setdefault(text.strip(), (text, name, ended))
         if len(distinct) < 2:
             skipped += 1
             continue
         kept = list(distinct.values())
-        tasks.append((prompt, [t for t, _ in kept], {"models": [n for _, n in kept]}))
+        tasks.append((prompt, [t for t, _, _ in kept],
+                      {"models": [n for _, n, _ in kept], "ended": [e for _, _, e in kept]}))
     if skipped:
         log.warning("%d prompt(s) got fewer than 2 distinct non-empty answers; no task made",
                     skipped)
     return tasks, skipped
+
+
+def clean_answer(text: str) -> str:
+    """``text`` without control characters other than newline and tab, which the page
+    would show as boxes or not at all: a carriage return before a newline is dropped,
+    other whitespace controls (vertical tab, form feed, lone carriage return, the
+    separators U+001C-U+001F, U+0085) become a space, and the rest (U+0000-U+001F,
+    U+007F-U+009F) are removed."""
+    text = text.replace("\r\n", "\n")
+    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc"
+                   else " " if c.isspace() else "" for c in text)
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``(text before the first stop string, whether one was found)``."""
+    end = min((i for s in stop if (i := text.find(s)) >= 0), default=None)
+    return (text, False) if end is None else (text[:end], True)
 
 
 def _read_answer_rows(path: str, skip_bad: bool
@@ -213,14 +250,19 @@ def _answer_row(row: dict, path: str, line: int) -> tuple[Prompt, list[str], dic
     return prompt, answers, {"source": f"{path}:{line}"}
 
 
+PER_ANSWER = ("models", "ended")
+"""Task meta keys holding one value per answer, in the order of the answers."""
+
+
 def _add(store, tasks: list, rng: random.Random, summary: dict, skipped: int) -> None:
     # Shuffle the stored order too (the screen order is shuffled again per labeller):
     # files often list the chosen or best-ranked answer first.
     shuffled = []
     for prompt, answers, meta in tasks:
         order = rng.sample(range(len(answers)), len(answers))
-        if "models" in meta:  # keeps naming the model of each answer
-            meta = {**meta, "models": [meta["models"][i] for i in order]}
+        # Per-answer metadata keeps naming the model of each answer and whether it ended.
+        meta = {key: [value[i] for i in order] if key in PER_ANSWER else value
+                for key, value in meta.items()}
         shuffled.append((prompt, [answers[i] for i in order], meta))
     added, duplicates = store.add_tasks(shuffled)
     summary["added"] += added
