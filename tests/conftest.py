@@ -58,6 +58,50 @@ def make_model(arch: str, vocab_size: int, seed: int = 0):
     raise ValueError(arch)
 
 
+def scripted_model(tokenizer, prompt: str, answer: str, *, eos: bool, n_positions: int = 128):
+    """A real tiny GPT-2 that writes ``answer`` after ``prompt`` whatever the seed.
+
+    Its blocks and token embeddings are zero, so the hidden state at position t is
+    LayerNorm(wpe[t]) = LayerNorm(one-hot t), and lm_head row ``token`` is 100 at the
+    position whose next token it must be. LayerNorm of a one-hot vector in d = n_positions
+    dimensions is ~sqrt(d) there and ~-1/sqrt(d) elsewhere, so the scripted token leads by
+    a logit gap of ~100 * sqrt(128) > 1000: sampling at temperature 1 always picks it.
+    Positions past the script have all-zero logits (uniform sampling). The answer starts with the
+    separator " ", which ``generate`` removes.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rlxf.models.generation import encode_prompts
+
+    start = len(encode_prompts([prompt], tokenizer, " ")[0])  # position of the first answer token
+    ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    ids += [tokenizer.eos_token_id] if eos else []
+    assert start + len(ids) <= n_positions
+    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_positions, n_layer=1,
+                     n_head=1, bos_token_id=1, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.transformer.ln_f.weight.fill_(1.0)
+        model.transformer.wpe.weight.copy_(torch.eye(n_positions))
+        for i, token in enumerate(ids):
+            model.lm_head.weight[token, start - 1 + i] = 100.0  # logits at t predict token t + 1
+    return model, len(ids)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run ~30x faster on one thread than on two contended cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()

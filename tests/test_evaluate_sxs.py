@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import write_jsonl
+from conftest import scripted_model, write_jsonl
 
 from rlxf.config import load_config
 from rlxf.errors import ConfigError, RlxfError, DataError
@@ -174,3 +174,40 @@ def test_run_from_two_models_samples_seeded_answers_and_scores_them(tmp_path, ti
     other, _ = sxs.sample_answers(str(tiny_model_dir), list(load_prompts(prompts)),
                                   sxs.GenerationConfig(max_new_tokens=6, device="cpu", seed=1))
     assert other != table["answer_a"].tolist()
+
+
+def test_sampled_answers_stop_at_the_next_dialogue_turn(tmp_path, tokenizer, one_thread):
+    prompt = "\n\nHuman: say hello to tom .\n\nAssistant:"
+    # Model a runs on into a turn it made up, past max_new_tokens (no EOS); model b ends
+    # with EOS and has no stop string in its answer.
+    scripts = {"a": ("I will not insult you .\n\nHuman: you insult me" + " ." * 8, False),
+               "b": ("hello tom .", True)}
+    folders, lengths = {}, {}
+    for name, (answer, eos) in scripts.items():
+        model, lengths[name] = scripted_model(tokenizer, prompt, answer, eos=eos)
+        folders[name] = tmp_path / name
+        model.save_pretrained(folders[name])
+        tokenizer.save_pretrained(folders[name])
+    max_new_tokens = lengths["a"] - 4  # a is cut by max_new_tokens (inside the " ." run), not by EOS
+    assert lengths["b"] <= max_new_tokens
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": prompt}])
+
+    def sampled(*overrides: str) -> dict[str, tuple[str, bool]]:
+        cfg = load_config(sxs.AnswersConfig, None, [
+            f"model_a={folders['a']}", f"model_b={folders['b']}", f"prompts={prompts}", "generation.device=cpu",
+            f"generation.max_new_tokens={max_new_tokens}", "progress=false", *overrides])
+        answers = sxs.collect_answers(cfg)
+        return {"a": (answers.a[0], answers.ended_a[0]), "b": (answers.b[0], answers.ended_b[0])}
+
+    got = sampled()
+    # Cut before "\n\nHuman:" and counted as ended though it never emitted EOS.
+    assert got == {"a": ("I will not insult you .", True), "b": ("hello tom .", True)}
+
+    got = sampled("generation.stop=[]")
+    text, ended = got["a"]
+    assert text.startswith("I will not insult you .\n\nHuman: you insult me") and not ended
+    assert got["b"] == ("hello tom .", True)
+
+    with pytest.raises(ConfigError, match="generation.stop must not hold an empty string"):
+        load_config(sxs.AnswersConfig, None, [f"model_a={folders['a']}", f"model_b={folders['b']}",
+                                              f"prompts={prompts}", "generation.stop=['']"])

@@ -17,6 +17,7 @@ first row, say) takes any new config.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -159,6 +160,15 @@ class Run:
 
 _LOCK = ".rlxf.lock"
 _held: dict[Path, Any] = {}  # the lock files this process holds open, by run directory
+
+
+@atexit.register
+def _release() -> None:
+    """Close the lock files at exit (the locks go with the process anyway; closing them
+    says so, instead of leaving the interpreter to warn of unclosed files)."""
+    for handle in _held.values():
+        handle.close()
+    _held.clear()
 
 
 def _lock(out: Path) -> None:

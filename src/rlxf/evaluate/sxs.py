@@ -9,9 +9,11 @@ Answers come either from two models, each sampling one answer per prompt of an
 eval prompt file (:func:`rlxf.models.generation.generate`, same seed for both), or
 from a JSONL/JSON/Parquet/CSV file with a prompt column and two answer columns
 (answers read from a file count as ended, unless a boolean column ``<column>_ended``
-says otherwise; in the ``sxs.csv`` this command writes, ``ended_a``/``ended_b``). Each
-answer is scored by the reward model and by the ``gold`` function when they are
-configured.
+says otherwise; in the ``sxs.csv`` this command writes, ``ended_a``/``ended_b``). A
+sampled answer is cut before its first ``generation.stop`` string (by default the next
+dialogue turn, so an answer to an Anthropic HH prompt is not scored together with a
+"Human:" turn the model made up) and then counts as ended. Each answer is scored by the
+reward model and by the ``gold`` function when they are configured.
 
 Output in ``out``: ``sxs.csv`` and ``sxs.html`` (the table; model output is text,
 always HTML-escaped), ``summary.json`` (per score: means, and win rates with ties
@@ -36,6 +38,7 @@ from statistics import NormalDist
 from rlxf.config import import_scorer
 from rlxf.data.records import Prompt
 from rlxf.errors import ConfigError, DataError
+from rlxf.models.generation import DIALOGUE_TURNS, check_stop, cut_at_stop  # light: torch only in generate()
 from rlxf.models.loading import DType, checkpoint
 from rlxf.runs import Run, Timer
 
@@ -55,6 +58,10 @@ class GenerationConfig:
     """Nucleus sampling threshold (1 = off)."""
     separator: str = " "
     """Text between a plain-text prompt and its answer (as in training)."""
+    stop: list[str] = field(default_factory=lambda: list(DIALOGUE_TURNS))
+    """Cut each answer before the first of these strings (the answer then counts as ended);
+    default: the next dialogue turn (rlxf.models.generation.DIALOGUE_TURNS); []: keep all
+    max_new_tokens tokens."""
     batch_size: int = 32
     """Prompts per generation batch."""
     seed: int = 0
@@ -69,6 +76,7 @@ class GenerationConfig:
             raise ConfigError("generation.temperature must be ≥ 0 and generation.top_p in (0, 1]")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ConfigError("generation.max_new_tokens and generation.batch_size must be ≥ 1")
+        check_stop(self.stop, "generation.stop")
 
 
 @dataclass(kw_only=True)
@@ -287,7 +295,8 @@ def _answer(row: dict, column: str, path, line: int) -> tuple[str, bool]:
 
 def sample_answers(model_path: str, prompts: list[Prompt], gen: GenerationConfig, *,
                    progress: bool = False) -> tuple[list[str], list[bool]]:
-    """One answer per prompt from the model at ``model_path``, and whether each ended (EOS)."""
+    """One answer per prompt from the model at ``model_path``, cut before its first
+    ``gen.stop`` string, and whether each ended (EOS or a stop string)."""
     import torch
 
     from rlxf.models.generation import generate
@@ -304,7 +313,8 @@ def sample_answers(model_path: str, prompts: list[Prompt], gen: GenerationConfig
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return [g.text for g in gens], [g.ended for g in gens]
+    cut = [cut_at_stop(g.text, gen.stop) for g in gens]
+    return [text for text, _ in cut], [g.ended or stopped for g, (_, stopped) in zip(gens, cut)]
 
 
 def _prompt(value, path, line: int, column: str) -> Prompt:

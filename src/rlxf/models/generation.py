@@ -3,7 +3,12 @@
 Prompts are rendered and split from answers exactly as in training (see
 ``rlxf.data.tokenize``), left-padded, and sampled in length-sorted batches. Each
 answer reports whether the model ended it (emitted EOS) — the gold oracle and the
-PPO EOS penalty both need to know.
+PPO EOS penalty both need to know. :func:`cut_at_stop` cuts an answer at a stop string
+such as the next dialogue turn (:data:`DIALOGUE_TURNS`, the default ``stop`` of ``rlxf
+sxs``/``autosxs`` sampling and of ``rlxf annotate import``).
+
+Torch is imported inside :func:`generate` only, so that config modules can read
+:data:`DIALOGUE_TURNS` without it.
 
 This is for evaluation and data generation; PPO samples its rollouts through
 :mod:`rlxf.models.rollout_backends` (HF ``generate`` by default, vLLM optionally).
@@ -14,13 +19,29 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
-
 from rlxf.data.records import Prompt
 from rlxf.data.tokenize import prompt_text
 from rlxf.errors import ConfigError
 
 log = logging.getLogger("rlxf")
+
+DIALOGUE_TURNS = ("\n\nHuman:", "\nHuman:", "\n\nAssistant:", "\nAssistant:", "\n\nUser:", "\nUser:")
+# The default stop strings: the start of a next dialogue turn. Anthropic HH prompts end in
+# "\n\nAssistant:" and a sampled answer often goes on to "\n\nHuman: ...". The answer is
+# cut at the earliest match, so the double-newline forms leave no newline at its end.
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``(text before the first stop string, whether one was found)``."""
+    end = min((i for s in stop if (i := text.find(s)) >= 0), default=None)
+    return (text, False) if end is None else (text[:end], True)
+
+
+def check_stop(stop: list[str], key: str) -> None:
+    """Refuse an empty stop string (``key``: the config key that set ``stop``)."""
+    if any(not s for s in stop):
+        raise ConfigError(f"{key} must not hold an empty string (it would cut every answer to nothing); "
+                          f"use {key}=[] for no stop strings")
 
 
 @dataclass(frozen=True)
@@ -71,12 +92,13 @@ def _warn_once(message: str) -> None:
         log.warning(message)
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, greedy: bool = False, batch_size: int = 32, separator: str = " ",
              seed: int | None = None, progress: bool = False, key: str = "max_new_tokens") -> list[Generation]:
     """One sampled (or greedy) answer per prompt, in the order of ``prompts`` (``key``: the
     config key of ``max_new_tokens``, named if it leaves no room for a prompt)."""
+    import torch
+
     from rlxf.progress import progress as bar
 
     if seed is not None:
@@ -98,8 +120,9 @@ def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, te
             n = len(encoded[i])
             ids[row, width - n:] = torch.tensor(encoded[i])
             mask[row, width - n:] = 1
-        seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=not greedy,
-                              max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)
+        with torch.no_grad():
+            seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=not greedy,
+                                  max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)
         for row, i in enumerate(idx):
             answer = seqs[row, width:].tolist()
             ended = eos in answer

@@ -112,7 +112,8 @@ def prompt_room(judge: Judge, *, new_tokens: int = 0, answers: Sequence[str] = (
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """``text`` up to the first occurrence of any stop string."""
-    end = min((i for s in stop if s and (i := text.find(s)) >= 0), default=len(text))
-    return text[:end]
+    """``text`` up to the first occurrence of any (non-empty) stop string."""
+    from rlxf.models.generation import cut_at_stop as cut
+
+    return cut(text, [s for s in stop if s])[0]
 

@@ -31,14 +31,10 @@ from dataclasses import dataclass, field
 from rlxf.data import Preference, Prompt, load_comparisons, load_prompts, read_rows
 from rlxf.errors import ConfigError, DataError
 from rlxf.feedback.human.store import open_store, parse_database_url
+from rlxf.models.generation import DIALOGUE_TURNS, check_stop, cut_at_stop  # light: torch only in generate()
 from rlxf.models.loading import DType  # light: torch is imported only when sampling
 
 log = logging.getLogger("rlxf")
-
-DIALOGUE_TURNS = ("\n\nHuman:", "\nHuman:", "\n\nAssistant:", "\nAssistant:", "\n\nUser:", "\nUser:")
-# The default generate.stop: the start of a next dialogue turn. Anthropic HH prompts end in
-# "\n\nAssistant:" and a sampled answer often goes on to "\n\nHuman: ...". The answer is
-# cut at the earliest match, so the double-newline forms leave no newline at its end.
 
 
 @dataclass
@@ -63,7 +59,8 @@ class GenerateConfig:
     """Text between a plain-text prompt and its answer (as in training)."""
     stop: list[str] = field(default_factory=lambda: list(DIALOGUE_TURNS))
     """Cut each answer before the first of these strings (the answer then counts as ended);
-    []: keep all max_new_tokens tokens."""
+    default: the next dialogue turn (rlxf.models.generation.DIALOGUE_TURNS); []: keep all
+    max_new_tokens tokens."""
     dtype: DType = "float32"
     """Weight dtype: float32, bfloat16, float16 or auto."""
     device: str = "cpu"
@@ -82,9 +79,7 @@ class GenerateConfig:
             raise ConfigError("generate.max_new_tokens and generate.batch_size must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"generate.limit must be >= 1 or null, got {self.limit}")
-        if any(not s for s in self.stop):
-            raise ConfigError("generate.stop must not hold an empty string (it would cut every "
-                              "answer to nothing); use generate.stop=[] for no stop strings")
+        check_stop(self.stop, "generate.stop")
 
 
 @dataclass
@@ -204,12 +199,6 @@ def clean_answer(text: str) -> str:
     text = text.replace("\r\n", "\n")
     return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc"
                    else " " if c.isspace() else "" for c in text)
-
-
-def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    """``(text before the first stop string, whether one was found)``."""
-    end = min((i for s in stop if (i := text.find(s)) >= 0), default=None)
-    return (text, False) if end is None else (text[:end], True)
 
 
 def _read_answer_rows(path: str, skip_bad: bool
