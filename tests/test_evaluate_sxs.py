@@ -134,7 +134,8 @@ def test_a_tokenizer_without_chat_template_is_named_by_its_sxs_key(tmp_path, tin
     keys = {f.name for f in dataclasses.fields(sxs.Config)}
     for args, key in ([f"model_a={tiny_model_dir}", f"model_b={tiny_model_dir}", f"prompts={prompts}"], "model_a"), \
                      ([f"data={answers}", f"reward_model={tmp_path / 'rm'}"], "reward_model"):
-        with pytest.raises(ConfigError, match=r"no chat template; use a chat model's tokenizer \((\w+)=\.\.\.\)") as err:
+        pattern = r"no chat template; use a chat model's tokenizer \((\w+)=\.\.\.\)"
+        with pytest.raises(ConfigError, match=pattern) as err:
             sxs.run(load_config(sxs.Config, None, [f"out={tmp_path / key}", *args]))
         named = re.search(r"\((\w+)=\.\.\.\)", str(err.value)).group(1)
         assert named == key and named in keys, str(err.value)
