@@ -91,6 +91,18 @@ def scripted_model(tokenizer, prompt: str, answer: str, *, eos: bool, n_position
     return model, len(ids)
 
 
+def save_scripted_models(root: Path, tokenizer, prompt: str, scripts: dict[str, tuple[str, bool]]):
+    """Each ``name: (answer, eos)`` of ``scripts`` as a :func:`scripted_model` saved in
+    ``root/name``; returns the folders and each script's length in tokens, by name."""
+    folders, lengths = {}, {}
+    for name, (answer, eos) in scripts.items():
+        model, lengths[name] = scripted_model(tokenizer, prompt, answer, eos=eos)
+        folders[name] = root / name
+        model.save_pretrained(folders[name])
+        tokenizer.save_pretrained(folders[name])
+    return folders, lengths
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run ~30x faster on one thread than on two contended cores."""

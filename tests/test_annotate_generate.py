@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 from annotate_helpers import sql
-from conftest import make_model, scripted_model
+from conftest import make_model, save_scripted_models
 
 from rlxf.config import load_config
 from rlxf.errors import ConfigError
@@ -86,12 +86,7 @@ def test_generated_answers_stop_at_the_next_turn_and_lose_control_characters(tmp
     # (a space) and CR LF (LF).
     runs_on = "I will not insult you .\n\nHuman: you insult me" + " ." * 8
     scripts = {"a": (runs_on, False), "b": ("no\u0014 way\u000bat all\r\nbye", True)}
-    folders, lengths = {}, {}
-    for name, (answer, eos) in scripts.items():
-        model, lengths[name] = scripted_model(tokenizer, prompt, answer, eos=eos)
-        folders[name] = tmp_path / name
-        model.save_pretrained(folders[name])
-        tokenizer.save_pretrained(folders[name])
+    folders, lengths = save_scripted_models(tmp_path, tokenizer, prompt, scripts)
     max_new_tokens = lengths["a"] - 4  # a is cut by max_new_tokens (inside the " ." run), not by EOS
     assert lengths["b"] <= max_new_tokens
     prompts = tmp_path / "prompts.jsonl"

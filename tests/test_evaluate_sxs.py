@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import scripted_model, write_jsonl
+from conftest import save_scripted_models, write_jsonl
 
 from rlxf.config import load_config
 from rlxf.errors import ConfigError, RlxfError, DataError
@@ -183,12 +183,7 @@ def test_sampled_answers_stop_at_the_next_dialogue_turn(tmp_path, tokenizer, one
     # with EOS and has no stop string in its answer.
     scripts = {"a": ("I will not insult you .\n\nHuman: you insult me" + " ." * 8, False),
                "b": ("hello tom .", True)}
-    folders, lengths = {}, {}
-    for name, (answer, eos) in scripts.items():
-        model, lengths[name] = scripted_model(tokenizer, prompt, answer, eos=eos)
-        folders[name] = tmp_path / name
-        model.save_pretrained(folders[name])
-        tokenizer.save_pretrained(folders[name])
+    folders, lengths = save_scripted_models(tmp_path, tokenizer, prompt, scripts)
     max_new_tokens = lengths["a"] - 4  # a is cut by max_new_tokens (inside the " ." run), not by EOS
     assert lengths["b"] <= max_new_tokens
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": prompt}])
