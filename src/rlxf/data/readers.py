@@ -117,9 +117,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
                 count += 1
             if out is not raw:
                 out.close()  # writes the gzip trailer; ``raw`` stays open until the with ends
-        mask = os.umask(0)  # mkstemp made the file for its owner only; give it what a new file gets
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
+        share_as_new(tmp)  # mkstemp made the file for its owner only
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -131,6 +129,15 @@ def _raise_bad(line: int, row: dict | DataError) -> tuple[int, dict]:
     if isinstance(row, DataError):
         raise row
     return line, row
+
+
+def share_as_new(path: str | os.PathLike) -> None:
+    """Give ``path`` the permissions the umask gives any new file (tools that write through
+    a temporary file, mkstemp or transformers' safetensors, leave it readable by its owner
+    only, so a teammate could not read a run's outputs)."""
+    mask = os.umask(0)  # read the umask, then put it back
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _parse_split(path: str, split: str | None) -> tuple[str, str | None]:

@@ -371,8 +371,8 @@ def save_model(model, tokenizer, out: str | Path, *, merge_lora: bool = True, st
     model.save_pretrained(out, **({} if state_dict is None else {"state_dict": state_dict}))
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    mask = os.umask(0)  # read it, then put it back
-    os.umask(mask)
+    from rlxf.data.readers import share_as_new
+
     for weights in out.glob("*.safetensors"):
-        os.chmod(weights, 0o666 & ~mask)
+        share_as_new(weights)
     return out
