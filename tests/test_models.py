@@ -321,3 +321,44 @@ def test_saved_weights_are_as_readable_as_any_new_file(tmp_path, tiny_model_dir)
     finally:
         os.umask(old)
     assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_kv_cache_goes_by_the_name_the_models_forward_takes():
+    """transformers 5.25 renamed ``past_key_values`` to ``cache`` (the old name warns, and goes
+    in 5.40): rlxf asks the forward's signature, and reads a returned cache by either name."""
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+    from rlxf.models.loading import cache_keyword, returned_cache
+
+    class Before(torch.nn.Module):  # the signature of transformers < 5.25
+        def forward(self, input_ids, past_key_values=None, use_cache=None):
+            return input_ids
+
+    class After(torch.nn.Module):
+        def forward(self, input_ids, cache=None, use_cache=None):
+            return input_ids
+
+    class Wrapper(torch.nn.Module):  # names neither: the installed transformers' name
+        def forward(self, **kwargs):
+            return kwargs
+
+    assert cache_keyword(Before()) == "past_key_values"
+    assert cache_keyword(After()) == "cache"
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8)).eval()
+    name = cache_keyword(model)
+    assert name == cache_keyword(GPT2Model(model.config))  # the backbone takes the same name
+    import inspect
+
+    assert name in inspect.signature(type(model).forward).parameters
+    assert cache_keyword(Wrapper()) == name
+    before, after = object(), object()
+    assert returned_cache(SimpleNamespace(past_key_values=before)) is before
+    assert returned_cache(SimpleNamespace(cache=after, past_key_values=before)) is after
+    # a real forward: the cache it returns feeds the next step under that name, without a warning
+    ids = torch.tensor([[1, 2, 3]])
+    out = model(input_ids=ids, use_cache=True)
+    step = model(input_ids=torch.tensor([[4]]), use_cache=True, **{name: returned_cache(out)})
+    full = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits[:, -1]
+    torch.testing.assert_close(step.logits[:, -1], full, atol=1e-5, rtol=1e-5)

@@ -282,6 +282,37 @@ def _forward_keeps_logits(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
+def cache_keyword(model) -> str:
+    """The keyword under which ``model`` (maybe wrapped by DDP or peft, or a bare backbone)
+    takes a KV cache: ``cache`` since transformers 5.25 renamed it, ``past_key_values``
+    before. 5.25 still takes the old name with a FutureWarning; 5.40 will not."""
+    return _cache_keyword(type(base_model(getattr(model, "module", model))))
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    """Answered once per model class: this runs on every decoding step. A forward that
+    names neither (a wrapper taking ``**kwargs``) passes it on to a model of the installed
+    transformers, whose output classes tell its name."""
+    import dataclasses
+    import inspect
+
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    named = inspect.signature(model_class.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in named:
+            return name
+    return "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+def returned_cache(output):
+    """The KV cache a forward pass with ``use_cache=True`` returned, under the name the
+    installed transformers gives it (see :func:`cache_keyword`)."""
+    cache = getattr(output, "cache", None)  # transformers ≥ 5.25
+    return cache if cache is not None else output.past_key_values
+
+
 def fuse_gelu(model):
     """Replace GPT-2's ``gelu_new`` (tanh GELU written as seven element-wise ops, each kept
     for the backward pass) by PyTorch's one-kernel tanh GELU: the same formula, outputs

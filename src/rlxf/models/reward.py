@@ -30,8 +30,9 @@ import torch
 from rlxf.data.records import Prompt
 from rlxf.data.tokenize import encode_pair
 from rlxf.errors import ConfigError
-from rlxf.models.loading import (LoraConfig, ModelConfig, _torch_dtype, base_model, checkpoint, disable_dropout,
-                                 fuse_gelu, load_model_tokenizer, max_positions, peft_model)
+from rlxf.models.loading import (LoraConfig, ModelConfig, _torch_dtype, base_model, cache_keyword, checkpoint,
+                                 disable_dropout, fuse_gelu, load_model_tokenizer, max_positions, peft_model,
+                                 returned_cache)
 
 NORMALIZATION_KEY = "rlxf_reward_normalization"
 
@@ -263,13 +264,13 @@ def shared_prefix_values(model, prefix_ids: torch.Tensor, prefix_mask: torch.Ten
     hf = base_model(model)
     backbone = getattr(hf, hf.base_model_prefix)
     prefix_pos = (prefix_mask.long().cumsum(-1) - 1).clamp(min=0)  # (G, P)
-    cache = backbone(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_pos,
-                     use_cache=True).past_key_values
+    cache = returned_cache(backbone(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=prefix_pos,
+                                    use_cache=True))
     cache.reorder_cache(owner)  # every layer's keys and values: (G, ...) -> (N, ...)
     suffix_pos = prefix_mask.long().sum(-1)[owner, None] + suffix_mask.long().cumsum(-1) - 1  # (N, S)
     mask = torch.cat([prefix_mask[owner], suffix_mask], dim=1)  # (N, P + S)
     hidden = backbone(input_ids=suffix_ids, attention_mask=mask, position_ids=suffix_pos.clamp(min=0),
-                      past_key_values=cache, use_cache=True).last_hidden_state  # (N, S, H)
+                      use_cache=True, **{cache_keyword(backbone): cache}).last_hidden_state  # (N, S, H)
     values = _head(hf)(hidden).squeeze(-1).float()  # (N, S)
     return (values, hidden) if return_hidden else values
 

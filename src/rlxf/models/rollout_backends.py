@@ -13,7 +13,7 @@ repetition penalty: PPO's log-probs would not be those of the sampler).
   distribution than the one PPO's log-probs assume.
 - ``rlxf``: rlxf's own sampling loop over the policy's forward pass with a KV cache,
   drawing from the same distribution as ``hf`` with less work per token. For
-  decoder-only transformers whose forward takes ``position_ids`` and ``past_key_values``
+  decoder-only transformers whose forward takes ``position_ids`` and a KV cache
   (GPT-2, Llama, Qwen, Mistral, ...).
 - ``vllm`` (``pip install 'rlxf[vllm]'``, GPU only): a vLLM engine holding a copy of the
   policy; after each update the policy's state dict is loaded into the engine's model.
@@ -135,13 +135,14 @@ class LoopBackend:
                  temperature: float) -> torch.Tensor:
         from transformers import DynamicCache
 
-        from rlxf.models.loading import base_model, keeps_logits
+        from rlxf.models.loading import base_model, cache_keyword, keeps_logits, returned_cache
 
         self.policy.eval()
         b = query.shape[0]
         position = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
-        out = self.policy(input_ids=query, attention_mask=attention_mask, position_ids=position,
-                          past_key_values=DynamicCache(config=base_model(self.policy).config), use_cache=True,
+        cache = cache_keyword(self.policy)  # the forward's name for the KV cache
+        out = self.policy(input_ids=query, attention_mask=attention_mask, position_ids=position, use_cache=True,
+                          **{cache: DynamicCache(config=base_model(self.policy).config)},
                           **({"logits_to_keep": 1} if keeps_logits(self.policy) else {}))
         position = position[:, -1:]  # (B, 1)
         unfinished = torch.ones(b, dtype=torch.bool, device=query.device)
@@ -158,7 +159,7 @@ class LoopBackend:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
             position = position + 1
             out = self.policy(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position,
-                              past_key_values=out.past_key_values, use_cache=True)
+                              use_cache=True, **{cache: returned_cache(out)})
         return torch.stack(tokens, dim=1)  # (B, R)
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
