@@ -251,8 +251,21 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
         check_mixed_precision("bf16", CPU)
         check_mixed_precision("no", CPU)
     assert [r.message for r in caplog.records] == [
-        "mixed_precision=bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); bf16 will be slower than "
-        "float32 here"]
+        "mixed_precision=bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so bf16 matmuls are "
+        "emulated, 10-100x slower than float32; set mixed_precision=no"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_tinyworld_build_takes_bf16_only_where_it_is_native(monkeypatch, native):
+    """`rlxf tinyworld build` defaults to mixed_precision=auto: on a CPU that emulates bf16
+    (AVX2 only) pre-training in bf16 would be 10-100x slower than float32."""
+    from rlxf.tinyworld import build
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert build.Config(out="x").mixed_precision == "auto"
+    assert build._precision("auto") == ("bf16" if native else "no")
+    assert build._precision("bf16") == "bf16" and build._precision("no") == "no"  # asked for: kept
 
 
 def test_bf16_is_refused_on_devices_autocast_does_not_cover():

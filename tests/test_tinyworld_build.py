@@ -24,7 +24,9 @@ def test_small_build_end_to_end_and_reuse(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "tw" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
     assert len(evals) >= 4 and evals[-1] < 0.8 * evals[0], evals  # pre-training learnt something
-    assert yaml.safe_load((files["base"] / "build.json").read_text()) == to_dict(cfg)
+    # build.json records the precision that ran: auto resolved for this machine
+    ran = {**to_dict(cfg), "mixed_precision": build._precision(cfg.mixed_precision)}
+    assert yaml.safe_load((files["base"] / "build.json").read_text()) == ran
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,7 +70,10 @@ def test_claim_and_terse_shares_reach_the_data(tmp_path):
 def test_shipped_base_model_was_built_by_the_default_recipe():
     recipe = yaml.safe_load((build.SHIPPED / "build.json").read_text())
     defaults = to_dict(build.Config())
-    assert {k: v for k, v in recipe.items() if k not in ("out", "progress")} == \
-           {k: v for k, v in defaults.items() if k not in ("out", "progress")}
+    # built where bf16 is native, which the default mixed_precision=auto resolves to bf16
+    assert recipe["mixed_precision"] == "bf16" and defaults["mixed_precision"] == "auto"
+    ignored = ("out", "progress", "mixed_precision")
+    assert {k: v for k, v in recipe.items() if k not in ignored} == \
+           {k: v for k, v in defaults.items() if k not in ignored}
     assert (build.SHIPPED / "model.safetensors").stat().st_size < 8_000_000
     assert not list(build.SHIPPED.glob("*.bin")) and not list(build.SHIPPED.glob("*.pt"))

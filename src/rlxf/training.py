@@ -121,6 +121,16 @@ def autocast(mixed_precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 matmuls natively: a CUDA GPU with bf16 support,
+    or a CPU with AVX512-BF16 or AMX. Elsewhere they are emulated, and far slower than
+    float32 (below)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # a private op: may be absent
+    return device.type == "cpu" and (native is None or bool(native()))
+
+
 def check_mixed_precision(mixed_precision: str, device: torch.device) -> None:
     """Refuse bf16 where the device cannot compute it; warn where it can only emulate it."""
     if mixed_precision != "bf16":
@@ -128,14 +138,16 @@ def check_mixed_precision(mixed_precision: str, device: torch.device) -> None:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"mixed_precision=bf16 runs on CPU and CUDA devices, not {device.type}; "
                           "set mixed_precision=no")
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and not native_bf16(device):
         raise ConfigError(f"mixed_precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
                           "set mixed_precision=no")
-    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # a private op: may be absent
-    if device.type == "cpu" and native is not None and not native():
+    if device.type == "cpu" and not native_bf16(device):
+        # measured on an AVX2 AMD EPYC (2 threads): a 448×256 by 256×768 matmul takes 14 ms in bf16
+        # with the weight in nn.Linear's layout and 140 ms in GPT-2's Conv1D layout, against 1.3 ms
+        # in float32; a GPT-2 4×256 forward pass 2.5 s against 0.09 s
         logging.getLogger("rlxf").warning(
-            "mixed_precision=bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); bf16 will be slower "
-            "than float32 here")
+            "mixed_precision=bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so bf16 matmuls are "
+            "emulated, 10-100x slower than float32; set mixed_precision=no")
 
 
 def seed_everything(seed: int) -> None:

@@ -19,7 +19,7 @@ reuses whatever of it is finished.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -78,9 +78,10 @@ class Config:
     """Packed sequences per step."""
     lr: float = 3e-3
     """Peak pre-training learning rate."""
-    mixed_precision: Literal["no", "bf16"] = "bf16"
-    """Pre-train with bf16 matmuls (see ``rlxf sft``'s key of that name); float32 weights. About 2.5×
-    faster where bf16 is native (recent GPUs, CPUs with AVX512-BF16 or AMX); 'no' elsewhere."""
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """Pre-train with bf16 matmuls (see ``rlxf sft``'s key of that name; float32 weights): about 2.5×
+    faster where bf16 is native (recent GPUs, CPUs with AVX512-BF16 or AMX), 10-100× slower where it is
+    emulated. 'auto' picks bf16 where it is native and 'no' elsewhere (the shipped base: bf16)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -98,6 +99,7 @@ def run(cfg: Config) -> dict:
     """Build (or reuse) everything under ``cfg.out``; returns paths and timings."""
     out = Path(cfg.out)
     timer = Timer()
+    cfg = replace(cfg, mixed_precision=_precision(cfg.mixed_precision))  # build.json says what ran
     data = write_data(cfg, out)
     init = out / "init"
     if not (init / "config.json").exists():
@@ -173,6 +175,18 @@ def _initial_model(cfg: Config, data: Path, init: Path) -> None:
     save_model(model, tokenizer, init)
     log.info("tinyworld: %d-token tokenizer, %.2fM-parameter GPT-2", len(tokenizer),
              sum(p.numel() for p in model.parameters()) / 1e6)
+
+
+def _precision(mixed_precision: str) -> str:
+    """``mixed_precision`` with 'auto' resolved for the device pre-training runs on."""
+    from rlxf.training import native_bf16, resolve_device
+
+    if mixed_precision != "auto":
+        return mixed_precision
+    native = native_bf16(resolve_device("auto"))
+    log.info("tinyworld: mixed_precision=auto: %s", "bf16 (native here)" if native else
+             "float32 (bf16 is not native here)")
+    return "bf16" if native else "no"
 
 
 def _pretrain(cfg: Config, data: Path, init: Path, run_dir: Path) -> dict:
