@@ -324,3 +324,21 @@ def test_cot_rationales_longer_once_tokenized_are_cut_to_fit_and_counted(tokeniz
         assert ("\ufffd" * 4).startswith(rationale) and len(tokenizer(scored)["input_ids"]) <= room.tokens
         longer = tokenizer("\ufffd" * 4)["input_ids"][:len(tokenizer(rationale)["input_ids"]) + 1]
         assert len(tokenizer(after_rationale(SHORT, prompt, tokenizer.decode(longer)))["input_ids"]) > room.tokens
+
+
+def test_a_local_judges_completion_ended_at_eos_or_a_stop_string_not_at_max_tokens(tmp_path, tokenizer):
+    from conftest import scripted_model
+
+    from rlxf.feedback.ai.hf_judge import HFJudge
+    from rlxf.feedback.ai.judge import Completion
+
+    prompt = "say hello to tom ."
+    ends, n = scripted_model(tokenizer, prompt, "hello tom .", eos=True)
+    judge = HFJudge(ends.eval(), tokenizer)
+    # the judge writes after the prompt with no separator: the script's own " " comes first
+    assert judge.complete([prompt], max_tokens=n, temperature=1.0) == [[Completion(" hello tom .", True)]]
+    # one token short of its EOS: cut at max_tokens
+    assert judge.complete([prompt], max_tokens=n - 1, temperature=1.0) == [[Completion(" hello tom .", False)]]
+    # a stop string found in it: it ended there, whatever the length
+    assert judge.complete([prompt], max_tokens=2, temperature=1.0, stop=[" tom"]) == [[Completion(" hello", True)]]
+    assert judge.generate([prompt], max_tokens=n - 1, temperature=1.0) == [[" hello tom ."]]

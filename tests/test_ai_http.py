@@ -356,3 +356,29 @@ def test_context_length_is_for_server_judges(tmp_path):
     with pytest.raises(ConfigError, match=r"judge.tokenizer .null: judge.model., which did not load"):
         label.run(label_config(tmp_path, "http://x/v1", data, "judge.context_length=512",
                                f"judge.model={tmp_path / 'nothing'}"))
+
+
+def test_a_completion_the_server_stopped_for_its_length_did_not_end():
+    """finish_reason "length" is a text cut at max_tokens; "stop" (EOS or a stop string) ended,
+    and so did a "length" text in which the client finds a stop string the server ignored."""
+    import httpx
+
+    from rlxf.feedback.ai.http_judge import OpenAIJudge
+    from rlxf.feedback.ai.judge import Completion
+
+    replies = {"a": [("the fox is red .", "stop")], "b": [("the fox is", "length")],
+               "c": [("the fox is red .\nHuman: hi", "length")], "d": [("red", "length"), ("red .", "stop")]}
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        choices = [{"index": i, "text": text, "finish_reason": reason}
+                   for i, (text, reason) in enumerate(replies[body["prompt"]])]
+        return httpx.Response(200, json={"choices": choices})
+
+    judge = OpenAIJudge("http://judge.invalid/v1", "fake", transport=httpx.MockTransport(serve), concurrency=1)
+    got = judge.complete(["a", "b", "c"], max_tokens=4, temperature=1.0, stop=["\nHuman:"])
+    assert got == [[Completion("the fox is red .", True)], [Completion("the fox is", False)],
+                   [Completion("the fox is red .", True)]]
+    assert judge.complete(["d"], max_tokens=4, temperature=1.0, n=2) == [[Completion("red", False),
+                                                                          Completion("red .", True)]]
+    assert judge.generate(["b"], max_tokens=4, temperature=1.0) == [["the fox is"]]

@@ -16,6 +16,7 @@ from rlxf.data import load_demonstrations, load_preferences
 from rlxf.errors import ConfigError, DataError, RlxfError
 from rlxf.evaluate.agreement import binary_report
 from rlxf.feedback.ai import critique, label, label_eval
+from rlxf.feedback.ai.judge import Completion
 from rlxf.feedback.ai.scoring import swap_average
 
 
@@ -287,9 +288,9 @@ def test_critique_of_a_long_conversation_shortens_it_and_keeps_the_requests(tmp_
     from rlxf.feedback.ai.hf_judge import HFJudge
 
     class Recording(HFJudge):
-        def generate(self, prompts, **kw):
+        def complete(self, prompts, **kw):  # generate (the critiques) calls it too
             self.asked = getattr(self, "asked", []) + list(prompts)
-            return super().generate(prompts, **kw)
+            return super().complete(prompts, **kw)
 
     judge = Recording(make_model("gpt2", len(tokenizer)).eval(), tokenizer)
     # words this tiny tokenizer knows: the bare critique prompt is 43 tokens, the revision request 29
@@ -412,11 +413,11 @@ def test_a_critique_longer_once_tokenized_is_cut_to_fit_and_counted(tmp_path, to
         """Critiques that take more tokens, tokenized again, than the max_tokens they were generated in
         (as a generation stopped inside a character does: each U+FFFD is 3 byte tokens here)."""
 
-        def generate(self, prompts, *, max_tokens, **kw):
+        def complete(self, prompts, *, max_tokens, **kw):  # generate (the critiques) calls it too
             self.asked = getattr(self, "asked", []) + list(prompts)
             if max_tokens == 8:  # the critique
-                return [["\ufffd" * max_tokens] for _ in prompts]
-            return [["the fox is brown ."] for _ in prompts]
+                return [[Completion("\ufffd" * max_tokens, False)] for _ in prompts]
+            return [[Completion("the fox is brown .", True)] for _ in prompts]
 
     judge = Overlong(make_model("gpt2", len(tokenizer)).eval(), tokenizer)
     assert len(tokenizer("\ufffd" * 8)["input_ids"]) == 24  # 8 tokens generated, 24 once tokenized again
@@ -458,7 +459,8 @@ def test_a_critique_prompt_that_cannot_fit_fails_before_any_request(tmp_path, ti
 def test_critique_says_what_it_did_and_warns_of_answers_too_long(tmp_path, tiny_model_dir, monkeypatch, caplog):
     from rlxf.feedback.ai.hf_judge import HFJudge
 
-    monkeypatch.setattr(HFJudge, "generate", lambda self, prompts, **kw: [["the fox is brown ."] for _ in prompts])
+    monkeypatch.setattr(HFJudge, "complete", lambda self, prompts, **kw: [[Completion("the fox is brown .", True)]
+                                                                         for _ in prompts])
     monkeypatch.setattr(logging.getLogger("rlxf"), "propagate", True)  # the CLI's setup turns it off
     data = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": f"say hello to tom {i} .", "completion": "go away ."}
                                                     for i in range(8)])
@@ -479,8 +481,43 @@ def test_critique_says_what_it_did_and_warns_of_answers_too_long(tmp_path, tiny_
     assert [r["reason"] for r in unrevised] == ["too long for the model"] * summary["too_long"]
     assert f"{summary['too_long']} of 8 answers were too long for the model" in caplog.text
     assert (f"revised {summary['revised']} of 8 answers ({summary['revised']} changed; {summary['too_long']} "
-            f"unrevised: 0 empty revisions, {summary['too_long']} too long for the model, 0 refused)") in caplog.text
+            f"unrevised: 0 empty revisions, 0 cut revisions, {summary['too_long']} too long for the model, "
+            "0 refused)") in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="rlxf"):
         assert critique.run(load_config(critique.Config, None, args)) == summary
     assert f"{tmp_path / 'rev'} is already complete" in caplog.text and "revised" not in caplog.text
+
+
+def test_a_revision_cut_at_revision_max_tokens_is_never_the_answer(tmp_path):
+    """Round by round: a cut revision is kept in ``revisions`` and counted, the answer stays the
+    round before's; an item whose every revision was cut is unrevised, with that reason."""
+    from rlxf.feedback.ai.constitution import Constitution, Principle
+
+    class Scripted:
+        identity = "scripted"
+
+        def __init__(self, revisions):
+            self.revisions = iter(revisions)
+
+        def generate(self, prompts, **kw):
+            return [["it is rude ."] for _ in prompts]
+
+        def complete(self, prompts, **kw):
+            return [[next(self.revisions)] for _ in prompts]
+
+    # round 0 for items a, b, c, then round 1 for a, b, c
+    judge = Scripted([Completion("the fox", False), Completion("the fox is red .", True), Completion("the", False),
+                      Completion("the fox is red .", True), Completion("the fox is red . and", False),
+                      Completion("the fox is", False)])
+    c = Constitution(principles=[Principle(name="p", judge="x", critique="what is wrong ?", revision="say it better .")])
+    cfg = critique.Config(out=str(tmp_path), data="-", judge=None, rounds=2)
+    items = [critique.Revision("what color is the fox ?", "go away .", "go away .", [], [], []) for _ in range(3)]
+    critique.revise(judge, items, c, cfg)
+    a, b, cut = items
+    assert (a.answer, a.revisions, a.cut_revisions, a.problem) == (
+        "the fox is red .", ["the fox", "the fox is red ."], 1, None)
+    assert (b.answer, b.revisions, b.cut_revisions, b.problem) == (
+        "the fox is red .", ["the fox is red .", "the fox is red . and"], 1, None)
+    assert (cut.answer, cut.revisions, cut.cut_revisions, cut.problem) == (
+        "go away .", ["the", "the fox is"], 2, "revision cut at revision_max_tokens")

@@ -14,10 +14,13 @@ Output, in ``out``:
   completion, ready for ``rlxf sft``; extra fields keep ``original``, ``critiques``,
   ``revisions`` and ``principles``.
 - ``unrevised.jsonl``: items with no usable revision, with the ``reason``: "empty
-  revision" (the model wrote nothing in every round), "too long for the model" (the
+  revision" (the model wrote nothing in every round), "revision cut at
+  revision_max_tokens" (no revision ended before that length: a demonstration cut
+  mid-way would teach the SFT model to stop mid-way), "too long for the model" (the
   prompt did not fit even with the conversation and answer shortened), "refused: ..."
   or "failed: ..." (a request the server refused, or whose retries ran out); never
-  passed off as revised. An empty revision in a later round keeps the one before it.
+  passed off as revised. An empty or cut revision in a later round keeps the one before
+  it (cut ones are counted in ``cut_revisions``).
 - ``summary.json`` and ``judge_cache.sqlite`` (re-running resumes from the cache).
 
 A prompt longer than the model's context has its sample shortened as in ``rlxf label``
@@ -106,6 +109,11 @@ class Revision:
     """A round's prompt did not fit even shortened: the item's rounds ended there."""
     cut_critiques: int = 0
     """Rounds whose critique was cut from its end to fit (re-tokenized longer than generated)."""
+    cut_revisions: int = 0
+    """Rounds whose revision reached revision_max_tokens without ending: kept in ``revisions``,
+    never taken as the answer (a demonstration cut mid-way teaches stopping mid-way)."""
+    revised: bool = False
+    """Some round's revision was taken as the answer."""
 
 
 def run(cfg: Config) -> dict:
@@ -161,6 +169,12 @@ def run(cfg: Config) -> dict:
         log.warning("%d critiques were more tokens re-tokenized than the %d generated (often a character cut in "
                     "the middle, decoded as U+FFFD): cut from their end to leave the revision its room",
                     cut_critiques, cfg.critique_max_tokens)
+    cut_revisions = sum(i.cut_revisions for i in items)
+    if cut_revisions:
+        log.warning("%d revisions reached revision_max_tokens (%d) without ending and were not taken (the answer "
+                    "kept the round before; %d answers have no revision at all, in unrevised.jsonl); raise "
+                    "revision_max_tokens", cut_revisions, cfg.revision_max_tokens,
+                    sum(1 for i in items if i.problem == CUT))
     shortened = sum(i.shortened for i in items)
     if shortened:
         log.warning("%d prompts were longer than the model's %d positions: their conversation and answer were "
@@ -182,18 +196,21 @@ def run(cfg: Config) -> dict:
                "refused": sum(1 for i in items if i.problem and i.problem.startswith("refused")),
                "empty_revisions": sum(1 for i in items if i.problem == "empty revision"),
                "too_long": too_long,
+               "cut_revisions": cut_revisions, "revisions_cut": sum(1 for i in items if i.problem == CUT),
                "shortened_prompts": shortened, "cut_critiques": cut_critiques,
                "changed": sum(1 for i in items if not i.problem and i.answer.strip() != i.original.strip()),
                "rounds": cfg.rounds, **judge_stats(judge), "seconds": timer.elapsed(),
                "demonstrations": str(run_dir.out / "demonstrations.jsonl")}
     run_dir.write_summary(summary)
-    log.info("revised %d of %d answers (%d changed; %d unrevised: %d empty revisions, %d too long for the model, "
-             "%d refused)", summary["revised"], summary["answers"], summary["changed"], summary["unrevised"],
-             summary["empty_revisions"], summary["too_long"], summary["refused"])
+    log.info("revised %d of %d answers (%d changed; %d unrevised: %d empty revisions, %d cut revisions, %d too long "
+             "for the model, %d refused)", summary["revised"], summary["answers"], summary["changed"],
+             summary["unrevised"], summary["empty_revisions"], summary["revisions_cut"], summary["too_long"],
+             summary["refused"])
     return summary
 
 
 TOO_LONG = "too long for the model"
+CUT = "revision cut at revision_max_tokens"
 
 
 def check_fits(judge: Judge, c: Constitution, cfg: Config) -> Room | None:
@@ -273,17 +290,19 @@ def revise(judge: Judge, items: Sequence[Revision], constitution: Constitution, 
             revision_asks.append(None if fitted.text is None else follow(fitted.text))
         fits = [text is not None for text in revision_asks]
         asked = [text for text in revision_asks if text is not None]
-        written = iter(judge.generate(asked, max_tokens=cfg.revision_max_tokens, temperature=cfg.temperature,
+        written = iter(judge.complete(asked, max_tokens=cfg.revision_max_tokens, temperature=cfg.temperature,
                                       stop=c.revision_stop, seed=cfg.seed) if asked else [])
         for (it, p, _), crit, ok in zip(ready, critiques, fits):
             if not ok:
                 continue
-            rev = next(written)[0].strip()
+            revision = next(written)[0]
+            rev = revision.text.strip()
             it.principles.append(p.name)
             it.critiques.append(crit)
             it.revisions.append(rev)
-            if rev:
-                it.answer = rev
+            it.cut_revisions += bool(rev) and not revision.ended
+            if rev and revision.ended:
+                it.answer, it.revised = rev, True
     for it in items:
-        if it.problem is None and not any(it.revisions):
-            it.problem = TOO_LONG if it.too_long else "empty revision"
+        if it.problem is None and not it.revised:
+            it.problem = (TOO_LONG if it.too_long else CUT if it.cut_revisions else "empty revision")

@@ -24,7 +24,7 @@ import torch
 
 from rlxf.feedback.ai.cache import ResponseCache, cached_batch, request_key
 from rlxf.feedback.ai.fit import Room
-from rlxf.feedback.ai.judge import AnswerScores, PromptTooLong, cut_at_stop
+from rlxf.feedback.ai.judge import AnswerScores, Completion, PromptTooLong, cut_at_stop
 from rlxf.feedback.ai.scoring import ChoiceScore, logsumexp
 from rlxf.models.loading import ModelConfig
 
@@ -122,6 +122,12 @@ class HFJudge:
     def generate(self, prompts: Sequence[str], *, max_tokens: int, temperature: float, n: int = 1,
                  stop: Sequence[str] = (), seed: int = 0) -> list[list[str]]:
         """``n`` samples per prompt (greedy when ``temperature`` is 0), cut at ``stop``."""
+        return [[c.text for c in cs] for cs in self.complete(prompts, max_tokens=max_tokens, temperature=temperature,
+                                                             n=n, stop=stop, seed=seed)]
+
+    def complete(self, prompts: Sequence[str], *, max_tokens: int, temperature: float, n: int = 1,
+                 stop: Sequence[str] = (), seed: int = 0) -> list[list[Completion]]:
+        """:meth:`generate`'s samples, each ended by EOS or a stop string or cut at ``max_tokens``."""
         from rlxf.models.generation import generate
 
         keys = [request_key(model=self.identity, kind="generate", prompt=p, max_tokens=max_tokens,
@@ -135,10 +141,13 @@ class HFJudge:
                             temperature=max(temperature, 1e-5), greedy=temperature == 0,
                             batch_size=self.batch_size, separator="", seed=seed)
             self._counts["generated"] += len(gens)
-            texts = [cut_at_stop(g.text, stop) for g in gens]
-            return [{"texts": texts[j * n:(j + 1) * n]} for j in range(len(idx))]
+            cut = [cut_at_stop(g.text, stop) for g in gens]
+            texts, ended = [t for t, _ in cut], [g.ended or found for g, (_, found) in zip(gens, cut)]
+            return [{"texts": texts[j * n:(j + 1) * n], "ended": ended[j * n:(j + 1) * n]} for j in range(len(idx))]
 
-        return [v["texts"] for v in cached_batch(self.cache, keys, compute)]
+        # a cache written before rlxf recorded the ending has no "ended": those texts count as ended
+        return [[Completion(t, e) for t, e in zip(v["texts"], v.get("ended", [True] * len(v["texts"])))]
+                for v in cached_batch(self.cache, keys, compute)]
 
     # -- tokens ------------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ import httpx
 
 from rlxf.feedback.ai.cache import ResponseCache, request_key
 from rlxf.feedback.ai.fit import Room
-from rlxf.feedback.ai.judge import AnswerScores, JudgeRequestError, NoLogprobs, cut_at_stop
+from rlxf.feedback.ai.judge import AnswerScores, Completion, JudgeRequestError, NoLogprobs, cut_at_stop
 from rlxf.feedback.ai.parse import parse_choice
 from rlxf.feedback.ai.scoring import ChoiceScore, logsumexp
 
@@ -166,13 +166,21 @@ class OpenAIJudge:
     def generate(self, prompts: Sequence[str], *, max_tokens: int, temperature: float, n: int = 1,
                  stop: Sequence[str] = (), seed: int = 0) -> list[list[str]]:
         """``n`` completions per prompt; the seed is sent (servers that honour it are reproducible)."""
-        def one(prompt: str) -> list[str]:
+        return [[c.text for c in cs] for cs in self.complete(prompts, max_tokens=max_tokens, temperature=temperature,
+                                                             n=n, stop=stop, seed=seed)]
+
+    def complete(self, prompts: Sequence[str], *, max_tokens: int, temperature: float, n: int = 1,
+                 stop: Sequence[str] = (), seed: int = 0) -> list[list[Completion]]:
+        """:meth:`generate`'s completions; one the server stopped for its length
+        (``finish_reason`` "length") did not end, unless a stop string is found in it."""
+        def one(prompt: str) -> list[Completion]:
             body = self._body(prompt, max_tokens=max_tokens, temperature=temperature)
             body.update(n=n, seed=seed)
             if stop:
                 body["stop"] = list(stop)
             out = sorted(self._post(body)["choices"], key=lambda c: c.get("index", 0))
-            return [cut_at_stop(_text(c), stop) for c in out]  # also here: not every server honours stop
+            cut = [cut_at_stop(_text(c), stop) for c in out]  # also here: not every server honours stop
+            return [Completion(text, found or c.get("finish_reason") != "length") for c, (text, found) in zip(out, cut)]
 
         return self._map(one, prompts)
 

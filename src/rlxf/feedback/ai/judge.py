@@ -8,7 +8,9 @@ both orders, chain-of-thought, averaging -- is built on top, in :mod:`.labeller`
   answer ("1" or "2"), summed over every way its tokenizer can write that answer;
 - ``score_choices(prompts, choices)``: the log-probability of whole candidate
   continuations (the ratings "1".."10" of direct scoring, "10" possibly two tokens);
-- ``generate(prompts, ...)``: sampled text (rationales, critiques, revisions).
+- ``generate(prompts, ...)``: sampled text (rationales, critiques), and ``complete``, the
+  same with whether each text ended by itself (revisions: one cut at ``max_tokens`` is
+  no answer to learn from).
 
 A backend that knows its context length also has ``room(...)``: how many tokens a
 prompt may have (:class:`~rlxf.feedback.ai.fit.Room`), so that callers shorten the
@@ -79,6 +81,15 @@ class AnswerScores:
         return None
 
 
+@dataclass(frozen=True)
+class Completion:
+    """A text the judge wrote. ``ended``: it stopped by itself (EOS, or a stop string),
+    not because it reached ``max_tokens``."""
+
+    text: str
+    ended: bool
+
+
 class Judge(Protocol):
     """What :mod:`.labeller` needs from a backend. ``identity`` names the model for
     summaries; ``stats()`` returns counters (requests, cache hits, retries, ...).
@@ -99,6 +110,11 @@ class Judge(Protocol):
         """``n`` completions per prompt (greedy at temperature 0), each cut before any ``stop``."""
         ...
 
+    def complete(self, prompts: Sequence[str], *, max_tokens: int, temperature: float, n: int = 1,
+                 stop: Sequence[str] = (), seed: int = 0) -> list[list[Completion]]:
+        """What :meth:`generate` writes, with whether each text ended by itself."""
+        ...
+
     def stats(self) -> dict[str, int]:
         ...
 
@@ -111,9 +127,9 @@ def prompt_room(judge: Judge, *, new_tokens: int = 0, answers: Sequence[str] = (
     return room(new_tokens=new_tokens, answers=answers) if room is not None else None
 
 
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """``text`` up to the first occurrence of any (non-empty) stop string."""
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``(text up to the first occurrence of any (non-empty) stop string, whether one was found)``."""
     from rlxf.models.generation import cut_at_stop as cut
 
-    return cut(text, [s for s in stop if s])[0]
+    return cut(text, [s for s in stop if s])
 
