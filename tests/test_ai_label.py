@@ -449,40 +449,50 @@ def test_a_critique_prompt_that_cannot_fit_fails_before_any_request(tmp_path, ti
     # the revision request 29; of the 128 positions, 8 go to the revision, 60 to the critique and 29 + 1 to the
     # request (and its boundary): 30 are left, fewer than 39, so no answer could ever be revised
     with pytest.raises(ConfigError, match=r"critique prompt alone \(no conversation, no answer\) is 39 tokens "
-                                          r".* more than the 30 the model's 128 positions"):
+                                          r"under principle 'p', more than the 30 the model's 128 positions"):
         critique.run(load_config(critique.Config, None, [
             f"out={tmp_path / 'rev'}", f"data={data}", f"judge.model={tiny_model_dir}", "judge.device=cpu",
             f"constitution={principles}", "critique_max_tokens=60", "revision_max_tokens=8", "progress=false"]))
     assert asked == [] and not (tmp_path / "rev" / "summary.json").exists()
 
 
-def test_critique_says_what_it_did_and_warns_of_answers_too_long(tmp_path, tiny_model_dir, monkeypatch, caplog):
+def test_critique_says_what_it_did_and_refuses_a_principle_that_never_fits(tmp_path, tiny_model_dir, monkeypatch,
+                                                                          caplog):
     from rlxf.feedback.ai.hf_judge import HFJudge
 
-    monkeypatch.setattr(HFJudge, "complete", lambda self, prompts, **kw: [[Completion("the fox is brown .", True)]
-                                                                         for _ in prompts])
+    asked = []
+
+    def complete(self, prompts, **kw):
+        asked.extend(prompts)
+        return [[Completion("the fox is brown .", True)] for _ in prompts]
+
+    monkeypatch.setattr(HFJudge, "complete", complete)
     monkeypatch.setattr(logging.getLogger("rlxf"), "propagate", True)  # the CLI's setup turns it off
     data = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": f"say hello to tom {i} .", "completion": "go away ."}
                                                     for i in range(8)])
     principles = tmp_path / "c.yaml"
     # of the 128 positions, 8 go to the revision, 20 to the critique and ~30 to the revision request: the
     # critique prompt may have ~70 tokens. "short" asks in ~39 of them; "long" (~39 + 12 * 4) never fits
-    principles.write_text('principles:\n'
-                          '  - {name: short, judge: x, critique: "what is wrong ?", revision: "say it better ."}\n'
+    short = '  - {name: short, judge: x, critique: "what is wrong ?", revision: "say it better ."}\n'
+    principles.write_text('principles:\n' + short +
                           f'  - {{name: long, judge: x, critique: "{" ".join(["what is wrong ?"] * 12)}", '
                           'revision: "say it better ."}\n')
     args = [f"out={tmp_path / 'rev'}", f"data={data}", f"judge.model={tiny_model_dir}", "judge.device=cpu",
             f"constitution={principles}", "critique_max_tokens=20", "revision_max_tokens=8", "progress=false"]
+    # any answer may draw "long", and none that does could be revised: refused before any request (before,
+    # the answers that drew it came out "too long for the model" after the others had been revised)
+    with pytest.raises(ConfigError, match=r"under principle 'long', more than the \d+ the model's 128 positions .* "
+                                          r"shorten or drop that principle"):
+        critique.run(load_config(critique.Config, None, args))
+    assert asked == []
+    principles.write_text('principles:\n' + short)
     with caplog.at_level(logging.INFO, logger="rlxf"):
         summary = critique.run(load_config(critique.Config, None, args))
-    assert 0 < summary["too_long"] < 8  # the premise: the seeded principles drew both
-    assert (summary["revised"], summary["unrevised"]) == (8 - summary["too_long"], summary["too_long"])
-    unrevised = read(tmp_path / "rev" / "unrevised.jsonl")
-    assert [r["reason"] for r in unrevised] == ["too long for the model"] * summary["too_long"]
-    assert f"{summary['too_long']} of 8 answers were too long for the model" in caplog.text
-    assert (f"revised {summary['revised']} of 8 answers ({summary['revised']} changed; {summary['too_long']} "
-            f"unrevised: 0 empty revisions, 0 cut revisions, {summary['too_long']} too long for the model, "
-            "0 refused)") in caplog.text
+    assert (summary["revised"], summary["unrevised"], summary["too_long"]) == (8, 0, 0)
+    assert len(asked) == 16  # a critique and a revision per answer
+    assert read(tmp_path / "rev" / "unrevised.jsonl") == []
+    assert ("revised 8 of 8 answers (8 changed; 0 unrevised: 0 empty revisions, 0 cut revisions, 0 too long for the "
+            "model, 0 refused)") in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="rlxf"):
         assert critique.run(load_config(critique.Config, None, args)) == summary

@@ -217,7 +217,9 @@ def check_fits(judge: Judge, c: Constitution, cfg: Config) -> Room | None:
     """The room of a revision prompt and its revision on ``judge`` (``None``: no known context
     length). Raises :class:`ConfigError` when no answer could be revised: the token limits leave
     no room for a prompt, or the critique prompt with an empty conversation and answer does not
-    fit under any principle. :func:`revise` checks this itself; ``run`` checks it before any work."""
+    fit under some principle: any answer may draw that one, and those that do could never be
+    revised (as ``rlxf label`` checks its template with the constitution's longest principle).
+    :func:`revise` checks this itself; ``run`` checks it before any work."""
     room = prompt_room(judge, new_tokens=cfg.revision_max_tokens)
     if room is None:
         return None
@@ -226,16 +228,18 @@ def check_fits(judge: Judge, c: Constitution, cfg: Config) -> Room | None:
                           f"({cfg.revision_max_tokens}) leave no room for a prompt in the model's "
                           f"{room.positions} positions; lower them")
     conversation = c.conversation_format.format(context="", response="")
-    # (tokens of the bare critique prompt, tokens it may have) under each principle
+    # (tokens of the bare critique prompt, tokens it may have, principle) under each principle
     sizes = [(room.length(c.critique_format.format(conversation=conversation, critique=p.critique)),
-              _ask_room(room, c, p, cfg).tokens) for p in c.principles]
-    if all(bare > tokens for bare, tokens in sizes):
-        bare, tokens = min(sizes, key=lambda size: size[0] - size[1])
-        raise ConfigError(f"the critique prompt alone (no conversation, no answer) is {bare} tokens even under "
-                          f"the principle that comes closest, more than the {tokens} the model's {room.positions} "
-                          "positions leave for it (the rest is kept for the critique, the revision request and "
-                          "the revision); lower critique_max_tokens or revision_max_tokens, use a model with a "
-                          "longer context, or shorter principles")
+              _ask_room(room, c, p, cfg).tokens, p) for p in c.principles]
+    over = [(bare, tokens, p) for bare, tokens, p in sizes if bare > tokens]
+    if over:
+        bare, tokens, p = max(over, key=lambda size: size[0] - size[1])
+        others = f" (and {len(over) - 1} more of the {len(sizes)} principles)" if len(over) > 1 else ""
+        raise ConfigError(f"the critique prompt alone (no conversation, no answer) is {bare} tokens under principle "
+                          f"'{p.name}'{others}, more than the {tokens} the model's {room.positions} positions leave "
+                          "for it (the rest is kept for the critique, the revision request and the revision); any "
+                          "answer may draw it: lower critique_max_tokens or revision_max_tokens, use a model with a "
+                          "longer context, or shorten or drop that principle")
     return room
 
 
