@@ -151,6 +151,9 @@ def main() -> None:
 
 def rlxf_side(spec: dict) -> None:
     """rlxf's real PPO stage (``rlxf.stages.ppo.run``), configured as the CLI would be."""
+    from rlxf.cli import keep_freed_memory
+
+    keep_freed_memory()  # as the rlxf command does for its process
     out = c.fresh_side(spec)
     w = spec["workload"]
     from rlxf.config import from_dict

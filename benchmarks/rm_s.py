@@ -51,6 +51,9 @@ def header(args, shape: c.Shape) -> list[str]:
 
 def rlxf_side(spec: dict) -> None:
     """rlxf's real reward stage (``rlxf.stages.reward.run``), configured as the CLI would be."""
+    from rlxf.cli import keep_freed_memory
+
+    keep_freed_memory()  # as the rlxf command does for its process
     out = c.fresh_side(spec)
     from rlxf.config import from_dict
     from rlxf.models.loading import load_tokenizer

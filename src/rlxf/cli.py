@@ -39,6 +39,31 @@ COMMANDS = {
 }
 
 
+def keep_freed_memory() -> bool:
+    """Let this process's heap keep the memory PyTorch frees, for its next tensors (Linux,
+    glibc). By default glibc serves every block over 32 MB with its own mmap and unmaps
+    it when freed, so each training step faults the pages of its large tensors in again
+    (a GPT-2 124M's token-embedding gradient alone is 154 MB). ``rlxf ppo`` at that shape
+    (PPO-M's, 4 rollouts of 64 + 8 tokens) on 2 CPU cores: 7.2-7.5M page faults in 5 steps,
+    1.1M with this; system time 57-63 s -> 25-28 s, wall 139-143 s -> 114-118 s, the same
+    peak memory; PPO-S's small tensors: no change beyond noise.
+    Skipped when the environment sets glibc's own ``MALLOC_*`` tunables or
+    ``RLXF_MALLOC=default``. Returns whether it applied."""
+    if sys.platform != "linux" or os.environ.get("RLXF_MALLOC") == "default" or \
+            any(key.startswith("MALLOC_") for key in os.environ):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
+    # no block gets its own mapping, and the heap's free top is kept up to 2 GiB
+    return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
@@ -70,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlxf: error: unknown command '{' '.join(argv[:2])}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     rest = argv[len(words):]
+    keep_freed_memory()  # before the command's module imports torch
     from rlxf.config import dump_yaml, help_text, load_config
     from rlxf.progress import setup_logging
 
