@@ -169,12 +169,12 @@ def run(cfg: Config) -> dict:
         log.warning("%d critiques were more tokens re-tokenized than the %d generated (often a character cut in "
                     "the middle, decoded as U+FFFD): cut from their end to leave the revision its room",
                     cut_critiques, cfg.critique_max_tokens)
-    cut_revisions = sum(i.cut_revisions for i in items)
+    cut_revisions = sum(i.cut_revisions for i in items)  # rounds, as cut_critiques
+    all_cut = sum(1 for i in items if i.problem == CUT)  # answers left with no revision that ended
     if cut_revisions:
         log.warning("%d revisions reached revision_max_tokens (%d) without ending and were not taken (the answer "
                     "kept the round before; %d answers have no revision at all, in unrevised.jsonl); raise "
-                    "revision_max_tokens", cut_revisions, cfg.revision_max_tokens,
-                    sum(1 for i in items if i.problem == CUT))
+                    "revision_max_tokens", cut_revisions, cfg.revision_max_tokens, all_cut)
     shortened = sum(i.shortened for i in items)
     if shortened:
         log.warning("%d prompts were longer than the model's %d positions: their conversation and answer were "
@@ -196,7 +196,7 @@ def run(cfg: Config) -> dict:
                "refused": sum(1 for i in items if i.problem and i.problem.startswith("refused")),
                "empty_revisions": sum(1 for i in items if i.problem == "empty revision"),
                "too_long": too_long,
-               "cut_revisions": cut_revisions, "revisions_cut": sum(1 for i in items if i.problem == CUT),
+               "cut_revisions": cut_revisions, "all_revisions_cut": all_cut,
                "shortened_prompts": shortened, "cut_critiques": cut_critiques,
                "changed": sum(1 for i in items if not i.problem and i.answer.strip() != i.original.strip()),
                "rounds": cfg.rounds, **judge_stats(judge), "seconds": timer.elapsed(),
@@ -204,7 +204,7 @@ def run(cfg: Config) -> dict:
     run_dir.write_summary(summary)
     log.info("revised %d of %d answers (%d changed; %d unrevised: %d empty revisions, %d cut revisions, %d too long "
              "for the model, %d refused)", summary["revised"], summary["answers"], summary["changed"],
-             summary["unrevised"], summary["empty_revisions"], summary["revisions_cut"], summary["too_long"],
+             summary["unrevised"], summary["empty_revisions"], summary["all_revisions_cut"], summary["too_long"],
              summary["refused"])
     return summary
 
