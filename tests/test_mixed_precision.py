@@ -34,9 +34,26 @@ def test_autocast_runs_matmuls_in_bf16_and_nothing_with_no():
     assert layer.weight.dtype == torch.float32  # weights are never converted
 
 
-def test_mixed_precision_accepts_only_no_and_bf16(tmp_path):
-    with pytest.raises(ConfigError, match="mixed_precision"):
+def test_mixed_precision_accepts_only_no_bf16_and_auto(tmp_path):
+    with pytest.raises(ConfigError, match="'mixed_precision' must be one of 'no', 'bf16', 'auto'; got 'fp16'"):
         load_config(sft.Config, None, ["out=x", "model.name_or_path=m", "data.train=t", "mixed_precision=fp16"])
+    assert load_config(sft.Config, None, ["out=x", "model.name_or_path=m", "data.train=t",
+                                          "mixed_precision=auto"]).mixed_precision == "auto"
+
+
+def test_autocast_refuses_an_unresolved_auto():
+    with pytest.raises(ValueError, match="resolve 'auto' with precision_for"):
+        autocast("auto", CPU)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, native):
+    from rlxf.training import precision_for
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    assert precision_for("auto", CPU) == ("bf16" if native else "no")
+    assert precision_for("auto", torch.device("mps")) == "no"  # autocast covers CPU and CUDA only
+    assert precision_for("no", CPU) == "no" and precision_for("bf16", CPU) == "bf16"  # asked for: kept
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -101,6 +118,23 @@ def test_sft_in_bf16_follows_the_float32_loss_curve(tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(half["final"]).dtype == torch.float32  # saved as trained: float32
+
+
+def test_a_stage_records_what_auto_resolved_to_and_a_resume_elsewhere_is_refused(tmp_path, tiny_model_dir,
+                                                                                 monkeypatch):
+    """config.yaml holds the precision that ran, so a run started where bf16 is native and
+    resumed where it is not (or the reverse) is refused rather than finished differently."""
+    import yaml
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    cfg = _sft_config(tmp_path, tiny_model_dir, "auto", "mixed_precision=auto", "max_steps=4", "save_every=2")
+    summary = sft.run(cfg)
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["mixed_precision"] == "no"
+    assert sft.run(cfg) == summary  # the same machine resolves it the same: the complete run is returned
+    (tmp_path / "auto" / "summary.json").unlink()  # as if it had stopped after its last checkpoint
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    with pytest.raises(ConfigError, match="mixed_precision changed"):
+        sft.run(cfg)
 
 
 def test_reward_model_in_bf16_follows_the_float32_run(tmp_path, tiny_model_dir):
@@ -231,6 +265,16 @@ def _reward_model(arch, tokenizer):
     lm.config.num_labels, lm.config.pad_token_id = 1, 0
     torch.manual_seed(0)
     return AutoModelForSequenceClassification.from_config(lm.config).eval()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_ppo_resolves_auto_for_its_device(ppo_setup, monkeypatch, native):
+    root, model_dir = ppo_setup
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    trainer = ppo.PPO(_ppo_config(root, model_dir, "unused", "mixed_precision=auto"), CPU)
+    assert trainer.cfg.mixed_precision == ("bf16" if native else "no")
+    frozen = torch.bfloat16 if native else torch.float32
+    assert trainer.ref.transformer.h[0].attn.c_attn.weight.dtype == frozen
 
 
 def test_ppo_in_bf16_stores_frozen_models_in_bf16_and_trained_ones_in_float32(ppo_setup):

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -156,29 +157,31 @@ def rng_state() -> dict:
             "python": random.getstate()}
 
 
-def start_stage(cfg, accelerator: "Accelerator") -> tuple["Run", torch.device]:
-    """A training stage's run directory and this process's device.
+def start_stage(cfg, accelerator: "Accelerator") -> tuple["Run", torch.device, Any]:
+    """A training stage's run directory, this process's device and ``cfg`` as it runs.
 
-    The directory is opened (created, or checked against ``cfg``) by the main process
-    only; the others wait for it and then only read it. A complete run is logged and
-    returned as it is (the caller returns its summary); otherwise this process is seeded
-    with ``cfg.seed + rank``. The device is ``cfg.device`` for a single process, and the
-    one accelerate assigned under ``accelerate launch``; ``cfg.mixed_precision`` is
-    checked against it before any work.
+    The device is ``cfg.device`` for a single process, and the one accelerate assigned
+    under ``accelerate launch``; ``mixed_precision='auto'`` is resolved for it (the
+    returned config, the one saved as config.yaml, says 'bf16' or 'no'), and bf16 is
+    checked against it before any work. The directory is opened (created, or checked
+    against that config) by the main process only; the others wait for it and then only
+    read it. A complete run is logged and returned as it is (the caller returns its
+    summary); otherwise this process is seeded with ``cfg.seed + rank``.
     """
     from rlxf.runs import Run
-    from rlxf.training import check_mixed_precision, resolve_device, seed_everything
+    from rlxf.training import check_mixed_precision, precision_for, resolve_device, seed_everything
 
+    device = accelerator.device if accelerator.num_processes > 1 else resolve_device(cfg.device)
+    cfg = replace(cfg, mixed_precision=precision_for(cfg.mixed_precision, device))
     run = Run.open(cfg.out, cfg) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     run = run or Run(Path(cfg.out))
-    device = accelerator.device if accelerator.num_processes > 1 else resolve_device(cfg.device)
     if run.complete:
         log.info("%s is already complete; delete it to train again", run.out)
     else:
         seed_everything(cfg.seed + accelerator.process_index)
         check_mixed_precision(cfg.mixed_precision, device)
-    return run, device
+    return run, device, cfg
 
 
 def save_final(wrapped, tokenizer, out: Path, accelerator: "Accelerator") -> None:

@@ -22,6 +22,9 @@ import torch
 from rlxf.errors import ConfigError
 
 
+PRECISIONS = ("no", "bf16", "auto")
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     out: str
@@ -58,10 +61,12 @@ class TrainConfig:
     """How many of the newest checkpoints to keep."""
     device: str = "auto"
     """'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps'."""
-    mixed_precision: Literal["no", "bf16"] = "no"
+    mixed_precision: Literal["no", "bf16", "auto"] = "no"
     """'bf16': matrix multiplies in bfloat16 (torch.autocast); weights, optimiser state,
     log-probs and losses stay float32. Several times faster on CPUs with AVX512-BF16 or
-    AMX and on GPUs from Ampere on; 'no' computes everything in the weights' dtype."""
+    AMX and on GPUs from Ampere on; 'no' computes everything in the weights' dtype;
+    'auto': bf16 where the device computes it natively, else 'no' (config.yaml records
+    which ran, so a resume on a machine that resolves it otherwise is refused)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -77,8 +82,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.max_steps is None and self.epochs <= 0:
             raise ConfigError(f"epochs must be > 0 when max_steps is null, got {self.epochs}")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ConfigError(f"mixed_precision must be 'no', 'bf16' or 'auto', got {self.mixed_precision!r}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {list(self.adam_betas)}")
 
@@ -118,6 +123,8 @@ def autocast(mixed_precision: str, device: torch.device):
     stays float32. Callers cast logits and values to float32 before a loss, and run
     ``backward`` outside the context.
     """
+    if mixed_precision not in ("no", "bf16"):
+        raise ValueError(f"autocast takes 'no' or 'bf16', got {mixed_precision!r}: resolve 'auto' with precision_for")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
 
@@ -129,6 +136,14 @@ def native_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # a private op: may be absent
     return device.type == "cpu" and (native is None or bool(native()))
+
+
+def precision_for(mixed_precision: str, device: torch.device) -> str:
+    """``mixed_precision`` with 'auto' resolved for ``device``: 'bf16' where it computes
+    bfloat16 natively (:func:`native_bf16`), else 'no'. 'no' and 'bf16' pass through."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    return "bf16" if device.type in ("cpu", "cuda") and native_bf16(device) else "no"
 
 
 def check_mixed_precision(mixed_precision: str, device: torch.device) -> None:

@@ -44,8 +44,8 @@ from rlxf.progress import progress
 from rlxf.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_k1, kl_k3,
                      logprobs_from_logits, masked_mean, penalised_rewards, policy_loss, value_loss)
 from rlxf.runs import Timer
-from rlxf.training import (TrainConfig, autocast, full_batch_indices, grad_sync, make_optimizer, resume,
-                            save_checkpoint)
+from rlxf.training import (TrainConfig, autocast, full_batch_indices, grad_sync, make_optimizer, precision_for,
+                            resume, save_checkpoint)
 
 log = logging.getLogger("rlxf")
 
@@ -264,6 +264,7 @@ class PPO:
     """
 
     def __init__(self, cfg: Config, device: torch.device, accelerator=None) -> None:
+        cfg = replace(cfg, mixed_precision=precision_for(cfg.mixed_precision, device))
         self.cfg, self.device = cfg, device
         self.acc = accelerator or make_accelerator(cfg.device)
         self.tokenizer = load_model_tokenizer(cfg.model, padding_side="left")
@@ -626,7 +627,7 @@ def run(cfg: Config) -> dict:
     check_divisible(acc, **{"rollout.batch_size": cfg.rollout.batch_size, "batch_size": cfg.batch_size},
                     **({"ptx.batch_size": cfg.ptx.batch_size} if cfg.ptx.coef > 0 else {}))
     _check_micro_batches(cfg, acc.num_processes)
-    run_dir, device = start_stage(cfg, acc)
+    run_dir, device, cfg = start_stage(cfg, acc)
     if run_dir.complete:
         return run_dir.summary()
     prompts = list(load_prompts(cfg.rollout.prompts))

@@ -163,7 +163,7 @@ def run(cfg: Config) -> dict:
     """
     acc = make_accelerator(cfg.device)
     refuse_sharded_lora(acc, cfg.model.lora.enabled)
-    run_dir, device = start_stage(cfg, acc)
+    run_dir, device, cfg = start_stage(cfg, acc)
     if run_dir.complete:
         return run_dir.summary()
     tokenizer = load_model_tokenizer(cfg.model)

@@ -179,14 +179,13 @@ def _initial_model(cfg: Config, data: Path, init: Path) -> None:
 
 def _precision(mixed_precision: str) -> str:
     """``mixed_precision`` with 'auto' resolved for the device pre-training runs on."""
-    from rlxf.training import native_bf16, resolve_device
+    from rlxf.training import precision_for, resolve_device
 
-    if mixed_precision != "auto":
-        return mixed_precision
-    native = native_bf16(resolve_device("auto"))
-    log.info("tinyworld: mixed_precision=auto: %s", "bf16 (native here)" if native else
-             "float32 (bf16 is not native here)")
-    return "bf16" if native else "no"
+    resolved = precision_for(mixed_precision, resolve_device("auto"))
+    if mixed_precision == "auto":
+        log.info("tinyworld: mixed_precision=auto: %s", "bf16 (native here)" if resolved == "bf16" else
+                 "float32 (bf16 is not native here)")
+    return resolved
 
 
 def _pretrain(cfg: Config, data: Path, init: Path, run_dir: Path) -> dict:

@@ -45,9 +45,10 @@ class Config:
     With `world`, the build's own demonstrations are used and this must stay 0."""
     kl_coeff: float = 0.05
     """β of PPO's KL penalty."""
-    mixed_precision: Literal["no", "bf16"] = "no"
+    mixed_precision: Literal["no", "bf16", "auto"] = "no"
     """'bf16' runs SFT, reward and PPO with bfloat16 matmuls (float32 weights): faster on
-    CPUs with AVX512-BF16/AMX and on recent GPUs; the gold evaluation stays float32."""
+    CPUs with AVX512-BF16/AMX and on recent GPUs; the gold evaluation stays float32.
+    'auto': bf16 where the device computes it natively, float32 elsewhere."""
     rollout_backend: Literal["hf", "rlxf"] = "hf"
     """What samples PPO's answers: 'hf' (the policy's generate) or 'rlxf' (rlxf's sampling
     loop: the same distribution, faster)."""
