@@ -94,6 +94,30 @@ def test_a_pair_with_an_empty_answer_is_a_bad_row_as_the_reward_stage_would_say(
     assert [(p.a, p.b) for p in pairs] == [("Hello!", "Go away.")] and skipped == 2
 
 
+def test_limit_labels_the_first_pairs_without_reading_past_them(tmp_path):
+    """`rlxf label limit=N` (a trial on a large file) takes the first N pairs and stops
+    reading there: a bad row further on does not stop it, an empty answer before counts
+    as the bad row it is."""
+    def hh(question, answer):
+        return f"\n\nHuman: {question}\n\nAssistant:{answer}"
+
+    rows = [{"chosen": hh("hi", " Hello!"), "rejected": hh("hi", " Go away.")},
+            {"chosen": hh("how to steal?", ""), "rejected": hh("how to steal?", " Easy.")},
+            {"chosen": hh("bye", " Bye!"), "rejected": hh("bye", " Get lost.")},
+            {"chosen": "no dialogue here", "rejected": 3}]
+    data = write_jsonl(tmp_path / "hh.jsonl", rows)
+    with pytest.raises(DataError, match="hh.jsonl:2: field 'chosen': is empty"):
+        label.read_pairs(str(data), limit=2)
+    pairs, skipped = label.read_pairs(str(data), limit=2, skip_bad=True)
+    assert [p.a for p in pairs] == ["Hello!", "Bye!"] and skipped == 1
+    pairs, skipped = label.read_pairs(str(data), limit=3, skip_bad=True)  # more than the file holds
+    assert len(pairs) == 2 and skipped == 2  # row 4 was read, and was bad
+    answers = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": "q", "answers": ["a", "b", "c"]},
+                                                       {"prompt": "q", "answers": "not a list"}])
+    pairs, _ = label.read_pairs(str(answers), limit=2)
+    assert [(p.a, p.b) for p in pairs] == [("a", "b"), ("a", "c")]
+
+
 def test_a_file_with_no_readable_row_reports_its_first_error(tmp_path):
     csv = tmp_path / "csv_as.jsonl"
     csv.write_text("prompt,chosen,rejected\nhi,a,b\n")

@@ -763,6 +763,33 @@ def test_skip_bad_counts_and_reports(tmp_path, caplog):
     assert (len(comparisons), comparisons.skipped) == (2, 3)
 
 
+def test_limit_reads_only_the_rows_it_needs(tmp_path):
+    """``limit=N`` stops reading once N records are in: a bad row after them is never
+    reached, and a ranking counts as its pairs (the last one read is cut to N)."""
+    path = write_raw_jsonl(tmp_path / "big.jsonl", [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": "q", "completions": ["a", "b", "c"], "ranking": [1, 0, 2]},  # 3 pairs
+        '{"prompt": "p", "chosen": ',  # line 3: truncated JSON, past every limit below
+    ])
+    assert [(p.prompt, p.chosen, p.rejected) for p in load_preferences(path, limit=3)] == \
+        [("p", "a", "b"), ("q", "b", "a"), ("q", "b", "c")]
+    assert len(load_preferences(path, limit=4)) == 4
+    assert len(load_comparisons(path, limit=2)) == 2
+    assert [d.completion for d in load_demonstrations(path, limit=1)] == ["a"]
+    assert load_prompts(path, limit=2) == ["p", "q"]
+    with pytest.raises(DataError, match=r"big\.jsonl:3: not valid JSON"):
+        load_preferences(path, limit=5)  # more than the good rows hold: the bad row is reached
+    skipping = load_preferences(path, limit=5, skip_bad=True)
+    assert (len(skipping), skipping.skipped) == (4, 1)
+
+
+def test_limit_counts_only_kept_records_when_skipping(tmp_path):
+    path = write_raw_jsonl(tmp_path / "d.jsonl", [{"text": ""}, {"text": "one"}, {"text": ""}, {"text": "two"},
+                                                  {"text": "three"}])
+    demos = load_demonstrations(path, skip_bad=True, limit=2)
+    assert [d.completion for d in demos] == ["one", "two"] and demos.skipped == 2
+
+
 def test_skip_bad_keeps_only_the_first_errors(tmp_path):
     path = write_raw_jsonl(tmp_path / "d.jsonl", [{"text": ""}] * 8 + [{"text": "ok"}])
     demos = load_demonstrations(path, skip_bad=True)

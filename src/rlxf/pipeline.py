@@ -355,7 +355,7 @@ def _evaluate(cfg: Config, sft_model: str, ppo_model: str, reward_model: str, ev
         return {"summary": json.loads(done.read_text()), "frame": frame}
     if done.exists():
         log.info("the evaluation's settings changed since it ran: evaluating again")
-    prompts = list(load_prompts(eval_prompts))[:cfg.eval_n]
+    prompts = list(load_prompts(eval_prompts, limit=cfg.eval_n))
     answers = {}
     for name, path in (("sft", sft_model), ("ppo", ppo_model)):
         model = load_causal_lm(ModelConfig(name_or_path=path))

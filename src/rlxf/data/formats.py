@@ -46,6 +46,10 @@ this use (an HH comparison whose preferred answer is empty is no demonstration) 
 can be skipped, naming ``skip_key``: the caller's config key for ``skip_bad``
 (``data.skip_bad_rows`` in ``rlxf sft``), given by the caller because each command
 spells it its own way.
+
+``limit=N`` reads rows only until N records are in (pairs, for
+:func:`load_preferences`): a trial on the first rows of a large file neither waits for
+the rest nor stops at a bad row after them.
 """
 
 from __future__ import annotations
@@ -82,47 +86,58 @@ class Loaded(list):
 
 
 def load_demonstrations(path: str | os.PathLike, *, split: str | None = None,
-                        skip_bad: bool = False, skip_key: str | None = None) -> Loaded:
+                        skip_bad: bool = False, skip_key: str | None = None, limit: int | None = None) -> Loaded:
     """Read SFT data: a :class:`Loaded` list of :class:`Demonstration` (shapes: module doc).
 
     ``skip_key``: the config key that sets ``skip_bad`` (e.g. ``data.skip_bad_rows``),
-    named in the error of a row that may be skipped; null names none.
+    named in the error of a row that may be skipped; null names none. ``limit``: the
+    first that many demonstrations (module doc).
     """
-    return _load(path, split, skip_bad, _DEMONSTRATION_SHAPES, skip_key)
+    return _load(path, split, skip_bad, _DEMONSTRATION_SHAPES, skip_key, limit=limit)
+
+
+Check = Callable[[Any, "_Where"], None]
+"""A caller's own test of a parsed record: raises ``where.error(field, problem)`` for one
+it refuses, which then counts as a bad row (raised, or skipped with ``skip_bad``)."""
 
 
 def load_comparisons(path: str | os.PathLike, *, split: str | None = None,
-                     skip_bad: bool = False) -> Loaded:
+                     skip_bad: bool = False, limit: int | None = None, check: Check | None = None) -> Loaded:
     """Read reward-model data keeping each ranking whole: :class:`Preference` for pairwise
     rows, :class:`Ranking` for ranking rows, in file order.
 
     Use this for the K-wise loss, where all pairs of one ranking share a batch element
     (InstructGPT §3.5); :func:`load_preferences` flattens rankings into pairs.
+    ``limit``: the first that many comparisons; ``check``: see :data:`Check`.
     """
-    return _load(path, split, skip_bad, _COMPARISON_SHAPES)
+    return _load(path, split, skip_bad, _COMPARISON_SHAPES, limit=limit, check=check)
 
 
 def load_preferences(path: str | os.PathLike, *, split: str | None = None,
-                     skip_bad: bool = False) -> Loaded:
+                     skip_bad: bool = False, limit: int | None = None, check: Check | None = None) -> Loaded:
     """Read reward-model data as a :class:`Loaded` list of :class:`Preference` pairs.
 
     A ranking of K answers becomes its C(K, 2) (better, worse) pairs, in the order of
-    :meth:`Ranking.pairs`; ``skipped`` still counts rows, not pairs.
+    :meth:`Ranking.pairs`; ``skipped`` still counts rows, not pairs. ``limit``: the first
+    that many pairs (the last ranking read may be cut); ``check``: see :data:`Check`
+    (it sees a ranking whole).
     """
-    comparisons = load_comparisons(path, split=split, skip_bad=skip_bad)
+    comparisons = _load(path, split, skip_bad, _COMPARISON_SHAPES, limit=limit, check=check,
+                        size=lambda c: len(c.pairs()) if isinstance(c, Ranking) else 1)
     pairs = [pair for c in comparisons
              for pair in (c.pairs() if isinstance(c, Ranking) else [c])]
-    return Loaded(pairs, skipped=comparisons.skipped, errors=comparisons.errors)
+    return Loaded(pairs[:limit], skipped=comparisons.skipped, errors=comparisons.errors)
 
 
 def load_prompts(path: str | os.PathLike, *, split: str | None = None,
-                 skip_bad: bool = False) -> Loaded:
+                 skip_bad: bool = False, limit: int | None = None) -> Loaded:
     """Read prompts for PPO or generation: a :class:`Loaded` list of text or message tuples.
 
     Any answers in the rows (``completion``, ``chosen``, a final assistant message) are
-    ignored, so SFT and preference files double as prompt sets.
+    ignored, so SFT and preference files double as prompt sets. ``limit``: the first that
+    many prompts.
     """
-    return _load(path, split, skip_bad, _PROMPT_SHAPES)
+    return _load(path, split, skip_bad, _PROMPT_SHAPES, limit=limit)
 
 
 def render_prompt(prompt: Prompt, tokenizer: Any, *, tokenizer_key: str | None = None) -> str:
@@ -177,9 +192,14 @@ class _Shape:
         return f"{self.name} ({', '.join(self.needs)})" if self.needs else self.name
 
 
-def _load(path, split: str | None, skip_bad: bool, shapes: list[_Shape], skip_key: str | None = None) -> Loaded:
+def _load(path, split: str | None, skip_bad: bool, shapes: list[_Shape], skip_key: str | None = None, *,
+          limit: int | None = None, check: Check | None = None, size: Callable[[Any], int] | None = None) -> Loaded:
+    """The records of ``path`` (see the module doc); with ``limit``, rows are read only
+    until the records' ``size`` (1 each unless given) adds up to it."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit}")
     name = str(path) if split is None else f"{path}:{split}"
-    records, errors, skipped, seen = [], [], 0, 0
+    records, errors, skipped, seen, held = [], [], 0, 0, 0
     for line, row in iter_rows(path, split=split):
         seen += 1
         try:
@@ -187,13 +207,20 @@ def _load(path, split: str | None, skip_bad: bool, shapes: list[_Shape], skip_ke
                 raise row
             where = _Where(name, line, None if skip_bad else skip_key)  # a skipped row needs no hint
             present = {k: v for k, v in row.items() if v is not None}
-            records.append(_detect(present, where, shapes).parse(present, where))
+            record = _detect(present, where, shapes).parse(present, where)
+            if check is not None:
+                check(record, where)
         except DataError as e:
             if not skip_bad:
                 raise
             skipped += 1
             if len(errors) < KEPT_ERRORS:
                 errors.append(e)
+            continue
+        records.append(record)
+        held += 1 if size is None else size(record)
+        if limit is not None and held >= limit:
+            break
     if skipped:
         logger.warning("%s: skipped %d bad row(s) of %d; first: %s", name, skipped, seen, errors[0])
     return Loaded(records, skipped=skipped, errors=errors)

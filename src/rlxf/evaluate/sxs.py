@@ -218,7 +218,7 @@ def collect_answers(cfg: AnswersConfig, *, extra_columns: Sequence[str] = (),
         return answers
     from rlxf.data.formats import load_prompts
 
-    prompts = list(load_prompts(cfg.prompts))[:cfg.limit]
+    prompts = list(load_prompts(cfg.prompts, limit=cfg.limit))
     if not prompts:
         raise DataError("holds no prompts", path=cfg.prompts)
     for path in (cfg.model_a, cfg.model_b):  # both exist before either samples

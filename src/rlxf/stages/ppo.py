@@ -633,7 +633,7 @@ def run(cfg: Config) -> dict:
     prompts = list(load_prompts(cfg.rollout.prompts))
     if not prompts:
         raise ConfigError(f"rollout.prompts ({cfg.rollout.prompts}) holds no prompts")
-    eval_prompts = list(load_prompts(cfg.eval.prompts))[:cfg.eval.n] if cfg.eval.prompts else []
+    eval_prompts = list(load_prompts(cfg.eval.prompts, limit=cfg.eval.n)) if cfg.eval.prompts and cfg.eval.n > 0 else []
     ppo = PPO(cfg, device, acc)
     cfg = ppo.cfg  # its lengths fitted to the models
     # every prompt is rendered now, by the tokenizer that samples for it and the one that scores

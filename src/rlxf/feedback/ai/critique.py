@@ -124,8 +124,9 @@ def run(cfg: Config) -> dict:
     from rlxf.progress import progress
 
     timer = Timer()
-    loaded = load_demonstrations(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows, skip_key="skip_bad_rows")
-    demos = list(loaded)[:cfg.limit] if cfg.limit else list(loaded)
+    loaded = load_demonstrations(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows, skip_key="skip_bad_rows",
+                                 limit=cfg.limit or None)
+    demos = list(loaded)
     if not demos:
         raise RlxfError(f"{cfg.data} holds no answers to revise")
     constitution = load_constitution(cfg.constitution)

@@ -166,7 +166,8 @@ def settings_of(cfg: Config) -> JudgeSettings:
 
 def read_pairs(path: str, *, split: str | None = None, skip_bad: bool = False,
                limit: int | None = None) -> tuple[list[Pair], int]:
-    """The pairs to label and the number of skipped bad rows (see the module docstring).
+    """The pairs to label and the number of skipped bad rows (see the module docstring);
+    with ``limit``, the first that many pairs, reading no further rows than they take.
 
     A pair with an empty answer is a bad row, as ``rlxf reward`` would refuse its label
     (Anthropic HH has a few: the labeller preferred saying nothing)."""
@@ -184,47 +185,45 @@ def read_pairs(path: str, *, split: str | None = None, skip_bad: bool = False,
     if first is None:
         raise first_error or DataError("holds no rows", path=str(path))
     if "answers" in first:
-        pairs, skipped = _answer_lists(path, split, skip_bad)
+        pairs, skipped = _answer_lists(path, split, skip_bad, limit)
     else:
-        pairs, skipped = _preference_pairs(path, split, skip_bad)
+        pairs, skipped = _preference_pairs(path, split, skip_bad, limit)
     if not pairs:
         raise DataError("holds no pairs to label", path=str(path))
-    return pairs[:limit] if limit else pairs, skipped
+    return pairs, skipped
 
 
-def _preference_pairs(path: str, split: str | None, skip_bad: bool) -> tuple[list[Pair], int]:
+def _preference_pairs(path: str, split: str | None, skip_bad: bool, limit: int | None) -> tuple[list[Pair], int]:
     """Any :func:`rlxf.data.load_preferences` file's pairs, as unlabelled (A, B)."""
-    prefs, skipped = read_preferences(path, split=split, skip_bad=skip_bad)
+    prefs, skipped = read_preferences(path, split=split, skip_bad=skip_bad, limit=limit)
     return [Pair(p.prompt, p.chosen, p.rejected, p.source) for p in prefs], skipped
 
 
-def read_preferences(path: str, *, split: str | None = None, skip_bad: bool = False) -> tuple[list[Preference], int]:
+def read_preferences(path: str, *, split: str | None = None, skip_bad: bool = False,
+                     limit: int | None = None) -> tuple[list[Preference], int]:
     """A :func:`rlxf.data.load_preferences` file's rows (labels kept) and the number of
-    skipped bad rows, where a row with an empty answer is bad too. ``rlxf label`` and
-    ``rlxf label-eval`` both read their pairs through here, so they refuse the same rows."""
+    skipped bad rows, where a row with an empty answer is bad too; with ``limit``, the
+    first that many pairs. ``rlxf label`` and ``rlxf label-eval`` both read their pairs
+    through here, so they refuse the same rows."""
     from rlxf.data.formats import load_preferences
 
-    loaded = load_preferences(path, split=split, skip_bad=skip_bad)
-    prefs, skipped, first = [], loaded.skipped, None
-    for p in loaded:
-        empty = [field for field, answer in (("chosen", p.chosen), ("rejected", p.rejected)) if not answer.strip()]
-        if empty:
-            # the words of rlxf.data.formats for an empty answer; only HH dialogue rows can have one
-            name, _, line = p.source.rpartition(":")
-            err = DataError("is empty; an answer needs some text", path=name, line=int(line), field=empty[0])
-            if not skip_bad:
-                raise err
-            skipped += 1
-            first = first or err
-            continue
-        prefs.append(p)
-    if first is not None:
-        log.warning("%s: skipped %d pair(s) with an empty answer; first: %s", path, skipped - loaded.skipped, first)
-    return prefs, skipped
+    loaded = load_preferences(path, split=split, skip_bad=skip_bad, limit=limit, check=_has_answers)
+    return list(loaded), loaded.skipped
 
 
-def _answer_lists(path: str, split: str | None, skip_bad: bool) -> tuple[list[Pair], int]:
-    """Rows ``{"prompt", "answers": [K >= 2 different answers]}`` -> all C(K, 2) pairs."""
+def _has_answers(comparison, where) -> None:
+    """Refuse a comparison with an empty answer (only HH dialogue rows can have one), in
+    the words :mod:`rlxf.data.formats` uses for an empty answer."""
+    answers = ([("chosen", comparison.chosen), ("rejected", comparison.rejected)] if isinstance(comparison, Preference)
+               else [(f"completions[{i}]", a) for i, a in enumerate(comparison.completions)])
+    for field, answer in answers:
+        if not answer.strip():
+            raise where.error(field, "is empty; an answer needs some text")
+
+
+def _answer_lists(path: str, split: str | None, skip_bad: bool, limit: int | None) -> tuple[list[Pair], int]:
+    """Rows ``{"prompt", "answers": [K >= 2 different answers]}`` -> all C(K, 2) pairs;
+    with ``limit``, rows are read until that many pairs are in."""
     from rlxf.data.readers import iter_rows
 
     pairs, skipped = [], 0
@@ -237,7 +236,9 @@ def _answer_lists(path: str, split: str | None, skip_bad: bool) -> tuple[list[Pa
             if not skip_bad:
                 raise
             skipped += 1
-    return pairs, skipped
+        if limit is not None and len(pairs) >= limit:
+            break
+    return pairs[:limit], skipped
 
 
 def _row_pairs(row: dict, source: str, path: str, line: int) -> list[Pair]:

@@ -58,10 +58,10 @@ def run(cfg: Config) -> dict:
 
     timer = Timer()
     # read as rlxf label reads them: a pair with an empty answer is a bad row (skipped_rows)
-    prefs, skipped = label.read_preferences(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows)
+    prefs, skipped = label.read_preferences(cfg.data, split=cfg.split, skip_bad=cfg.skip_bad_rows,
+                                            limit=cfg.limit or None)
     if not prefs:
         raise DataError("holds no pairs to judge", path=str(cfg.data))
-    prefs = prefs[:cfg.limit] if cfg.limit else prefs
     settings = label.settings_of(cfg)
     run_dir = Run.open(cfg.out, cfg)
     if run_dir.complete:

@@ -150,7 +150,7 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int
     from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
     from rlxf.training import resolve_device
 
-    prompts = list(load_prompts(cfg.prompts))[:cfg.limit]
+    prompts = list(load_prompts(cfg.prompts, limit=cfg.limit))
     answers: list[list[tuple[str, str, bool]]] = [[] for _ in prompts]  # per prompt: (text, model, ended)
     for m, name in enumerate(cfg.models):
         count = len(range(m, cfg.answers_per_prompt, len(cfg.models)))  # turns of model m
