@@ -46,6 +46,8 @@ def test_reply_share_reaches_the_corpus(tmp_path):
     assert sum("reply : that is" in t for t in texts) > 50
     held_out = (data / "pretrain_heldout.jsonl").read_text()
     assert "reply :" not in held_out  # the LM-loss yardstick of PPO-ptx stays the plain corpus
+    assert len(held_out.splitlines()) == 20  # a tenth of a small corpus, not more documents than it has
+    assert build.heldout_documents(100_000) == 500 and build.heldout_documents(3) == 1
     with pytest.raises(ConfigError, match="reply_share"):
         from_dict(build.Config, {"reply_share": 1.5})
 

@@ -119,6 +119,13 @@ DATA_KEYS = ("seed", "n_pretrain", "reply_share", "claim_share", "terse_share", 
              "n_prompts_train", "n_prompts_heldout")
 
 
+def heldout_documents(n_pretrain: int) -> int:
+    """How many held-out pre-training documents a build writes: 500 (the shipped base's),
+    or a tenth of a smaller corpus, so a small trial build does not spend longer
+    evaluating than training."""
+    return max(1, min(500, n_pretrain // 10))
+
+
 def write_data(cfg: Config, out: Path) -> Path:
     """The data files alone (pure Python, seconds), into ``out/data``, with the keys that
     made them in ``recipe.yaml``. Data already there is reused if those keys match, and
@@ -137,7 +144,8 @@ def write_data(cfg: Config, out: Path) -> Path:
                               + ", ".join(f"{k}: {a} there, {b} asked" for k, (a, b) in differ.items())
                               + "); choose another out directory or delete that one")
         return data
-    write_dataset(data, cfg.seed, n_pretrain=cfg.n_pretrain, n_sft_train=cfg.n_sft_train,
+    write_dataset(data, cfg.seed, n_pretrain=cfg.n_pretrain, n_pretrain_heldout=heldout_documents(cfg.n_pretrain),
+                  n_sft_train=cfg.n_sft_train,
                   n_sft_eval=cfg.n_sft_eval, n_prompts_train=cfg.n_prompts_train,
                   n_prompts_heldout=cfg.n_prompts_heldout, reply_share=cfg.reply_share,
                   claim_share=cfg.claim_share, terse_share=cfg.terse_share)
