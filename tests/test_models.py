@@ -226,6 +226,37 @@ def test_generation_reports_ending_and_strips_separator(tiny_model_dir):
     assert len({g.text for g in greedy}) == 1
 
 
+@pytest.mark.parametrize("pad_is_eos", [False, True])
+def test_generation_stops_sampling_an_answer_at_a_stop_string(tokenizer, pad_is_eos):
+    """With ``stop``, sampling ends at the stop string (HF ``stop_strings``): the batch
+    takes as many forward passes as the script up to it, not ``max_new_tokens``; the text
+    is cut before it and the answer counts as ended, also where the pad token is EOS (GPT-2
+    style) and the padding after a stopped answer reads as EOS."""
+    import copy
+
+    from conftest import scripted_model
+
+    tok = copy.deepcopy(tokenizer)
+    if pad_is_eos:
+        tok.pad_token = tok.eos_token
+    prompt = "question : what color is the fox ? answer :"
+    model, length = scripted_model(tok, prompt, "the fox is red . the owl is blue .", eos=False)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    free = generate(model, tok, [prompt] * 2, max_new_tokens=30, seed=0)
+    assert len(calls) == 30 and not any(g.ended or g.stopped for g in free)
+    assert all(g.text.startswith("the fox is red . the owl is blue .") for g in free)
+    calls.clear()
+    stopped = generate(model, tok, [prompt] * 2, max_new_tokens=30, seed=0, stop=[" the owl"])
+    upto = len(tok(" the fox is red . the owl", add_special_tokens=False)["input_ids"])
+    assert len(calls) == upto < length < 30  # sampling ended at the stop string
+    for g in stopped:
+        assert (g.text, g.ended, g.stopped) == ("the fox is red .", True, True)
+        assert tok.decode(g.token_ids) == " the fox is red . the owl"  # no padding, no EOS that was padding
+    never = generate(model, tok, [prompt], max_new_tokens=12, seed=0, stop=["zebra"])[0]
+    assert (never.ended, never.stopped, len(never.token_ids)) == (False, False, 12)
+
+
 def test_loaded_gpt2_uses_the_one_kernel_tanh_gelu_with_the_same_outputs(tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from transformers.activations import GELUTanh, NewGELUActivation

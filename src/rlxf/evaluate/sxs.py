@@ -38,7 +38,7 @@ from statistics import NormalDist
 from rlxf.config import import_scorer
 from rlxf.data.records import Prompt
 from rlxf.errors import ConfigError, DataError
-from rlxf.models.generation import DIALOGUE_TURNS, check_stop, cut_at_stop  # light: torch only in generate()
+from rlxf.models.generation import DIALOGUE_TURNS, check_stop  # light: torch only in generate()
 from rlxf.models.loading import DType, checkpoint
 from rlxf.runs import Run, Timer
 
@@ -309,12 +309,12 @@ def sample_answers(model_path: str, prompts: list[Prompt], gen: GenerationConfig
     log.info("sampling %d answers from %s", len(prompts), model_path)
     gens = generate(model, tokenizer, prompts, max_new_tokens=gen.max_new_tokens, key="generation.max_new_tokens",
                     temperature=max(gen.temperature, 1e-5), top_p=gen.top_p, greedy=gen.temperature == 0,
-                    batch_size=gen.batch_size, separator=gen.separator, seed=gen.seed, progress=progress)
+                    batch_size=gen.batch_size, separator=gen.separator, seed=gen.seed, progress=progress,
+                    stop=gen.stop)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    cut = [cut_at_stop(g.text, gen.stop) for g in gens]
-    return [text for text, _ in cut], [g.ended or stopped for g, (_, stopped) in zip(gens, cut)]
+    return [g.text for g in gens], [g.ended for g in gens]
 
 
 def _prompt(value, path, line: int, column: str) -> Prompt:

@@ -5,7 +5,9 @@ Prompts are rendered and split from answers exactly as in training (see
 answer reports whether the model ended it (emitted EOS) — the gold oracle and the
 PPO EOS penalty both need to know. :func:`cut_at_stop` cuts an answer at a stop string
 such as the next dialogue turn (:data:`DIALOGUE_TURNS`, the default ``stop`` of ``rlxf
-sxs``/``autosxs`` sampling and of ``rlxf annotate import``).
+sxs``/``autosxs`` sampling and of ``rlxf annotate import``); :func:`generate` given
+``stop`` also stops sampling an answer there (``generate``'s ``stop_strings``), so a
+batch ends when its every answer has ended instead of running to ``max_new_tokens``.
 
 Torch is imported inside :func:`generate` only, so that config modules can read
 :data:`DIALOGUE_TURNS` without it.
@@ -17,6 +19,7 @@ This is for evaluation and data generation; PPO samples its rollouts through
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rlxf.data.records import Prompt
@@ -31,7 +34,7 @@ DIALOGUE_TURNS = ("\n\nHuman:", "\nHuman:", "\n\nAssistant:", "\nAssistant:", "\
 # cut at the earliest match, so the double-newline forms leave no newline at its end.
 
 
-def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """``(text before the first stop string, whether one was found)``."""
     end = min((i for s in stop if (i := text.find(s)) >= 0), default=None)
     return (text, False) if end is None else (text[:end], True)
@@ -48,11 +51,15 @@ def check_stop(stop: list[str], key: str) -> None:
 class Generation:
     prompt: Prompt
     text: str
-    """The answer, decoded, without the separator and without EOS."""
+    """The answer, decoded, without the separator and without EOS; cut before the first
+    stop string when :func:`generate` was given ``stop``."""
     ended: bool
-    """True when the model emitted EOS within ``max_new_tokens``."""
+    """True when the answer ended within ``max_new_tokens``: the model emitted EOS, or
+    wrote one of ``stop``."""
     token_ids: tuple[int, ...]
-    """The answer's tokens up to and including EOS."""
+    """The answer's tokens up to and including EOS, or up to the stop string's last token."""
+    stopped: bool = False
+    """True when it ended at a stop string (``text`` is cut before it)."""
 
 
 def encode_prompts(prompts: list[Prompt], tokenizer, separator: str) -> list[list[int]]:
@@ -94,9 +101,11 @@ def _warn_once(message: str) -> None:
 
 def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, greedy: bool = False, batch_size: int = 32, separator: str = " ",
-             seed: int | None = None, progress: bool = False, key: str = "max_new_tokens") -> list[Generation]:
+             seed: int | None = None, progress: bool = False, key: str = "max_new_tokens",
+             stop: Sequence[str] = ()) -> list[Generation]:
     """One sampled (or greedy) answer per prompt, in the order of ``prompts`` (``key``: the
-    config key of ``max_new_tokens``, named if it leaves no room for a prompt)."""
+    config key of ``max_new_tokens``, named if it leaves no room for a prompt). An answer
+    that writes one of ``stop`` ends there: it is sampled no further and cut before it."""
     import torch
 
     from rlxf.progress import progress as bar
@@ -111,6 +120,7 @@ def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, te
     model.eval()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
+    stopping = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
     for start in bar(range(0, len(order), batch_size), desc="generate", enabled=progress):
         idx = order[start:start + batch_size]
         width = max(len(encoded[i]) for i in idx)
@@ -122,13 +132,24 @@ def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, te
             mask[row, width - n:] = 1
         with torch.no_grad():
             seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=not greedy,
-                                  max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling)
+                                  max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling,
+                                  **stopping)
         for row, i in enumerate(idx):
-            answer = seqs[row, width:].tolist()
-            ended = eos in answer
-            answer = answer[:answer.index(eos) + 1] if ended else answer
-            text = tokenizer.decode([t for t in answer if t != eos], skip_special_tokens=True)
-            sep = prompt_text(prompts[i], tokenizer, separator)[1]
-            out[i] = Generation(prompts[i], text.removeprefix(sep) if sep else text, ended, tuple(answer))
+            out[i] = _answer(prompts[i], seqs[row, width:].tolist(), tokenizer, separator, stop)
     model.train(was_training)
     return out
+
+
+def _answer(prompt: Prompt, answer: list[int], tokenizer, separator: str, stop: Sequence[str]) -> Generation:
+    """The :class:`Generation` of one row of ``generate``'s output (the tokens after the prompt)."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ended = eos in answer
+    answer = answer[:answer.index(eos) + 1] if ended else answer
+    text = tokenizer.decode([t for t in answer if t != eos], skip_special_tokens=True)
+    sep = prompt_text(prompt, tokenizer, separator)[1]
+    text = text.removeprefix(sep) if sep else text
+    text, stopped = cut_at_stop(text, stop)
+    if stopped:  # sampling stopped there: what follows is padding (an "EOS" where the pad token is EOS)
+        while answer and answer[-1] == pad:
+            answer = answer[:-1]
+    return Generation(prompt, text, ended or stopped, tuple(answer), stopped)

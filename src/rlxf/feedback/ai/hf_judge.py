@@ -24,7 +24,7 @@ import torch
 
 from rlxf.feedback.ai.cache import ResponseCache, cached_batch, request_key
 from rlxf.feedback.ai.fit import Room
-from rlxf.feedback.ai.judge import AnswerScores, Completion, PromptTooLong, cut_at_stop
+from rlxf.feedback.ai.judge import AnswerScores, Completion, PromptTooLong
 from rlxf.feedback.ai.scoring import ChoiceScore, logsumexp
 from rlxf.models.loading import ModelConfig
 
@@ -139,10 +139,9 @@ class HFJudge:
             repeated = [prompts[i] for i in idx for _ in range(n)]
             gens = generate(self.model, self.tokenizer, repeated, max_new_tokens=max_tokens,
                             temperature=max(temperature, 1e-5), greedy=temperature == 0,
-                            batch_size=self.batch_size, separator="", seed=seed)
+                            batch_size=self.batch_size, separator="", seed=seed, stop=stop)
             self._counts["generated"] += len(gens)
-            cut = [cut_at_stop(g.text, stop) for g in gens]
-            texts, ended = [t for t, _ in cut], [g.ended or found for g, (_, found) in zip(gens, cut)]
+            texts, ended = [g.text for g in gens], [g.ended for g in gens]  # ended: EOS or a stop string
             return [{"texts": texts[j * n:(j + 1) * n], "ended": ended[j * n:(j + 1) * n]} for j in range(len(idx))]
 
         # a cache written before rlxf recorded the ending has no "ended": those texts count as ended

@@ -167,9 +167,9 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int
             out = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, key="generate.max_new_tokens",
                            temperature=cfg.temperature, top_p=cfg.top_p,
                            batch_size=cfg.batch_size, separator=cfg.separator,
-                           seed=seed + 1000 * m + turn)
+                           seed=seed + 1000 * m + turn, stop=cfg.stop)
             for i, g in enumerate(out):
-                text, stopped = cut_at_stop(clean_answer(g.text), cfg.stop)
+                text, stopped = cut_at_stop(clean_answer(g.text), cfg.stop)  # a stop string cleaning revealed
                 answers[i].append((text, name, g.ended or stopped))
         del model
     tasks, skipped = [], 0
