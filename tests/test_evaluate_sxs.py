@@ -207,3 +207,64 @@ def test_sampled_answers_stop_at_the_next_dialogue_turn(tmp_path, tokenizer, one
     with pytest.raises(ConfigError, match="generation.stop must not hold an empty string"):
         load_config(sxs.AnswersConfig, None, [f"model_a={folders['a']}", f"model_b={folders['b']}",
                                               f"prompts={prompts}", "generation.stop=['']"])
+
+
+def test_a_crash_while_sampling_resumes_with_the_answers_of_an_uninterrupted_run(tmp_path, tiny_model_dir,
+                                                                                monkeypatch, caplog):
+    """Sampled answers are kept in the run folder chunk by chunk (8 batches each); a re-run
+    after a crash samples only the chunks not written, and writes the table an
+    uninterrupted run writes."""
+    import os
+    import shutil
+
+    from rlxf.models import generation
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")  # its weights' time is changed below
+    prompts = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"prompt": f"question : what color is the {w} ? answer :"} for w in
+                           ("fox", "owl", "cat", "dog", "hen", "cow", "pig", "bee", "ant", "elk")] +
+                          [{"prompt": f"say hello to {n} ."} for n in ("tom", "ann", "bob", "eve", "sam", "kim")] +
+                          [{"prompt": "two plus three is"}, {"prompt": "one plus one is"}])
+    args = [f"model_a={model}", f"model_b={model}", f"prompts={prompts}",
+            "generation.max_new_tokens=6", "generation.device=cpu", "generation.batch_size=1", "generation.seed=4",
+            "progress=false"]  # 18 prompts: chunks of 8, 8 and 2 per model
+    whole = sxs.run(load_config(sxs.Config, None, args + [f"out={tmp_path / 'whole'}"]))
+    expected = pd.read_csv(tmp_path / "whole" / "sxs.csv", keep_default_na=False)
+
+    real, calls = generation.generate, []
+
+    def counted(*a, **k):
+        calls.append(len(a[2]))
+        return real(*a, **k)
+
+    def crash_in_the_fifth_chunk(*a, **k):  # model b's second
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return counted(*a, **k)
+
+    monkeypatch.setattr(generation, "generate", crash_in_the_fifth_chunk)
+    cfg = load_config(sxs.Config, None, args + [f"out={tmp_path / 'run'}"])
+    with pytest.raises(KeyboardInterrupt):
+        sxs.run(cfg)
+    assert calls == [8, 8, 2, 8]
+    with open(tmp_path / "run" / "samples_b.jsonl", "a") as fh:
+        fh.write('{"chunk": 1, "answers": [{"te')  # the crash cut a line short
+    calls.clear()
+    monkeypatch.setattr(generation, "generate", counted)
+    with caplog.at_level("INFO", logger="rlxf"):
+        resumed = sxs.run(cfg)
+    assert calls == [8, 2]  # model a: nothing; model b: its last two chunks
+    assert "samples_b.jsonl:3: cut short" in caplog.text
+    assert "8 of 18 answers were sampled before" in caplog.text
+    assert pd.read_csv(tmp_path / "run" / "sxs.csv", keep_default_na=False).equals(expected)
+    assert resumed["scores"] == whole["scores"]
+
+    # a model trained again into the same folder is sampled again, not read back
+    weights = next(model.glob("*.safetensors"))
+    calls.clear()
+    (tmp_path / "run" / "summary.json").unlink()
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    with caplog.at_level("WARNING", logger="rlxf"):
+        sxs.run(cfg)
+    assert calls == [8, 8, 2, 8, 8, 2]
+    assert "holds answers sampled for another model, settings or prompts" in caplog.text

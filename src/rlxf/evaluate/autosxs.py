@@ -94,7 +94,7 @@ def run(cfg: Config) -> dict:
     # the judge loads, and its template is checked to fit it, before any answer is sampled
     judge = make_judge(cfg.judge, cfg.cache or run_dir.out / "judge_cache.sqlite")
     check_template_fits(judge, settings)
-    answers = collect_answers(cfg, extra_columns=[cfg.human_column] if cfg.human_column else [])
+    answers = collect_answers(cfg, extra_columns=[cfg.human_column] if cfg.human_column else [], store=run_dir.out)
     human = None
     if cfg.human_column:
         human = [parse_human(v, cfg.name_a, cfg.name_b, where=(answers.source, line, cfg.human_column))

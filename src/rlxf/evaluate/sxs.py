@@ -33,6 +33,7 @@ import math
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import NormalDist
 
 from rlxf.config import import_scorer
@@ -180,7 +181,8 @@ def run(cfg: Config) -> dict:
 
         check_reward_model(cfg.reward_model)
     # the reward model reads the prompts too: its tokenizer is checked with the models' before any sampling
-    answers = collect_answers(cfg, tokenizers={"reward_model": cfg.reward_model} if cfg.reward_model else {})
+    answers = collect_answers(cfg, tokenizers={"reward_model": cfg.reward_model} if cfg.reward_model else {},
+                              store=run_dir.out)
     scorers: dict[str, Scorer] = {}
     if cfg.reward_model:
         scorers["reward"] = reward_scorer(cfg.reward_model, device=cfg.generation.device,
@@ -203,12 +205,14 @@ def run(cfg: Config) -> dict:
 # ----------------------------------------------------------------------------- answers
 
 def collect_answers(cfg: AnswersConfig, *, extra_columns: Sequence[str] = (),
-                    tokenizers: Mapping[str, str] | None = None) -> Answers:
+                    tokenizers: Mapping[str, str] | None = None, store: Path | None = None) -> Answers:
     """The answers ``cfg`` describes: read from ``cfg.data``, or sampled from the two models.
 
     ``tokenizers``: config key -> the model whose tokenizer will also read the prompts (a
     reward model's); it, and model_a's and model_b's, must render every prompt, which is
-    checked before any answer is sampled.
+    checked before any answer is sampled. ``store``: a folder (the run's) where sampled
+    answers are kept as they come (``samples_a.jsonl``, ``samples_b.jsonl``), so a re-run
+    after a crash samples only the rest.
     """
     if cfg.data is not None:
         answers = read_answers(cfg.data, prompt_column=cfg.prompt_column, column_a=cfg.column_a,
@@ -224,8 +228,10 @@ def collect_answers(cfg: AnswersConfig, *, extra_columns: Sequence[str] = (),
     for path in (cfg.model_a, cfg.model_b):  # both exist before either samples
         checkpoint(path, "model")
     _check_prompts(prompts, "prompts", {"model_a": cfg.model_a, "model_b": cfg.model_b, **(tokenizers or {})})
-    a, ended_a = sample_answers(cfg.model_a, prompts, cfg.generation, progress=cfg.progress)
-    b, ended_b = sample_answers(cfg.model_b, prompts, cfg.generation, progress=cfg.progress)
+    a, ended_a = sample_answers(cfg.model_a, prompts, cfg.generation, progress=cfg.progress,
+                                store=store / "samples_a.jsonl" if store else None)
+    b, ended_b = sample_answers(cfg.model_b, prompts, cfg.generation, progress=cfg.progress,
+                                store=store / "samples_b.jsonl" if store else None)
     return Answers(prompts, a, b, ended_a, ended_b, source=f"{cfg.model_a} vs {cfg.model_b} on {cfg.prompts}")
 
 
@@ -294,23 +300,32 @@ def _answer(row: dict, column: str, path, line: int) -> tuple[str, bool]:
 
 
 def sample_answers(model_path: str, prompts: list[Prompt], gen: GenerationConfig, *,
-                   progress: bool = False) -> tuple[list[str], list[bool]]:
+                   progress: bool = False, store: Path | None = None) -> tuple[list[str], list[bool]]:
     """One answer per prompt from the model at ``model_path``, cut before its first
-    ``gen.stop`` string, and whether each ended (EOS or a stop string)."""
+    ``gen.stop`` string, and whether each ended (EOS or a stop string). With ``store``
+    (a JSONL file), answers are kept there as they are sampled and a re-run after a crash
+    samples only the rest (:func:`rlxf.models.generation.generate_stored`)."""
     import torch
 
-    from rlxf.models.generation import generate
-    from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
+    from rlxf.models.generation import generate, generate_stored
+    from rlxf.models.loading import ModelConfig, fingerprint, load_causal_lm, load_tokenizer
     from rlxf.training import resolve_device
 
     model = load_causal_lm(ModelConfig(name_or_path=model_path, dtype=gen.dtype))
     model.to(resolve_device(gen.device, "generation.device"))
     tokenizer = load_tokenizer(model_path)
     log.info("sampling %d answers from %s", len(prompts), model_path)
-    gens = generate(model, tokenizer, prompts, max_new_tokens=gen.max_new_tokens, key="generation.max_new_tokens",
+    settings = dict(max_new_tokens=gen.max_new_tokens, key="generation.max_new_tokens",
                     temperature=max(gen.temperature, 1e-5), top_p=gen.top_p, greedy=gen.temperature == 0,
-                    batch_size=gen.batch_size, separator=gen.separator, seed=gen.seed, progress=progress,
-                    stop=gen.stop)
+                    separator=gen.separator, stop=gen.stop)
+    if store is None:
+        gens = generate(model, tokenizer, prompts, batch_size=gen.batch_size, seed=gen.seed, progress=progress,
+                        **settings)
+    else:
+        identity = {"model": model_path, "weights": fingerprint(model_path), "dtype": gen.dtype,
+                    **{k: v for k, v in settings.items() if k != "key"}}
+        gens = generate_stored(model, tokenizer, prompts, store, identity=identity, batch_size=gen.batch_size,
+                               seed=gen.seed, progress=progress, **settings)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -9,6 +9,9 @@ sxs``/``autosxs`` sampling and of ``rlxf annotate import``); :func:`generate` gi
 ``stop`` also stops sampling an answer there (``generate``'s ``stop_strings``), so a
 batch ends when its every answer has ended instead of running to ``max_new_tokens``.
 
+:func:`generate_stored` samples the same way in chunks, appending each chunk's answers to
+a file as it finishes, so a crashed evaluation samples again only the chunk it was in.
+
 Torch is imported inside :func:`generate` only, so that config modules can read
 :data:`DIALOGUE_TURNS` without it.
 
@@ -18,9 +21,12 @@ This is for evaluation and data generation; PPO samples its rollouts through
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from rlxf.data.records import Prompt
 from rlxf.data.tokenize import prompt_text
@@ -153,3 +159,85 @@ def _answer(prompt: Prompt, answer: list[int], tokenizer, separator: str, stop: 
         while answer and answer[-1] == pad:
             answer = answer[:-1]
     return Generation(prompt, text, ended or stopped, tuple(answer), stopped)
+
+
+def generate_stored(model, tokenizer, prompts: list[Prompt], store: str | os.PathLike, *, identity: dict,
+                    batch_size: int = 32, chunk_batches: int = 8, seed: int = 0, progress: bool = False,
+                    desc: str = "generate", **settings) -> list[Generation]:
+    """:func:`generate` with its answers kept in ``store`` (JSONL) as they come, so a re-run
+    samples only what a crash left undone.
+
+    The prompts are put in order of length and sampled ``chunk_batches`` batches at a
+    time, chunk ``k`` with seed ``seed + k``; each finished chunk is one line of
+    ``store``. A re-run with the same ``identity`` (what made the answers: the model's
+    :func:`~rlxf.models.loading.fingerprint`, the settings), the same prompts and chunking
+    reads the finished chunks back and samples the rest: its answers are those of an
+    uninterrupted run. A file written for anything else, or a last line cut by the
+    crash, is sampled again (logged). ``settings``: the rest of :func:`generate`'s keywords.
+    """
+    lengths = [len(e) for e in encode_prompts(prompts, tokenizer, settings.get("separator", " "))]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    size = batch_size * chunk_batches
+    chunks = [order[start:start + size] for start in range(0, len(order), size)]
+    header = json.loads(json.dumps({"identity": identity, "prompts": len(prompts), "prompts_hash": _prompts_hash(prompts),
+                                    "seed": seed, "chunk": size}))  # as it reads back
+    done = _read_store(Path(store), header, chunks)
+    out: list[Generation | None] = [None] * len(prompts)
+    for k, answers in done.items():
+        for i, g in zip(chunks[k], answers):
+            out[i] = Generation(prompts[i], g["text"], g["ended"], tuple(g["token_ids"]), g["stopped"])
+    if done:
+        log.info("%s: %d of %d answers were sampled before; sampling the other %d", store,
+                 sum(len(chunks[k]) for k in done), len(prompts), sum(len(c) for k, c in enumerate(chunks) if k not in done))
+    from rlxf.progress import progress as bar
+
+    with open(store, "a", encoding="utf-8") as fh:
+        for k in bar([k for k in range(len(chunks)) if k not in done], desc=desc, total=len(chunks),
+                     initial=len(done), enabled=progress):
+            gens = generate(model, tokenizer, [prompts[i] for i in chunks[k]], batch_size=batch_size, seed=seed + k,
+                            **settings)
+            for i, g in zip(chunks[k], gens):
+                out[i] = g
+            row = {"chunk": k, "answers": [{key: v for key, v in asdict(g).items() if key != "prompt"}
+                                           for g in gens]}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    return out
+
+
+def _prompts_hash(prompts: list[Prompt]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _read_store(store: Path, header: dict, chunks: list[list[int]]) -> dict[int, list[dict]]:
+    """The finished chunks of ``store`` by index, rewriting it to its header and those
+    (a new file when it is missing, of another header, or unreadable)."""
+    done: dict[int, list[dict]] = {}
+    if store.exists():
+        lines = store.read_text(encoding="utf-8").splitlines()
+        try:
+            same = bool(lines) and json.loads(lines[0]) == header
+        except json.JSONDecodeError:
+            same = False
+        if not same:
+            log.warning("%s holds answers sampled for another model, settings or prompts; sampling them again", store)
+        for n, line in enumerate(lines[1:] if same else [], start=2):
+            try:
+                row = json.loads(line)
+                k = row["chunk"]
+                if k in done or not 0 <= k < len(chunks) or len(row["answers"]) != len(chunks[k]):
+                    raise ValueError(k)
+                done[k] = row["answers"]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                log.warning("%s:%d: cut short or unreadable (the run stopped while writing it); its answers and "
+                            "those after it are sampled again", store, n)
+                break
+    tmp = store.with_name(store.name + ".tmp")
+    tmp.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n"
+                           for x in [header] + [{"chunk": k, "answers": a} for k, a in done.items()]),
+                   encoding="utf-8")
+    os.replace(tmp, store)
+    return done

@@ -112,6 +112,23 @@ def load_causal_lm(cfg: ModelConfig, *, path: str | None = None):
     return fuse_gelu(model)
 
 
+def fingerprint(name_or_path: str, revision: str | None = None) -> str:
+    """What identifies a model's weights: for a local folder, a hash of its weight and
+    config files' names, sizes and modification times (so a model trained again into the
+    same folder reads as another); for a hub id, the revision."""
+    import hashlib
+
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return revision or "main"
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix in (".safetensors", ".json", ".bin"):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
 def checkpoint(name: str, what: str, *, revision: str | None = None) -> str:
     """``name`` unchanged when it is a folder here or a hub id ('gpt2', 'org/model') that
     can be loaded; a path to nothing, or a folder without a ``config.json`` (a model, or

@@ -15,10 +15,8 @@ with the old one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -26,7 +24,7 @@ from rlxf.feedback.ai.cache import ResponseCache, cached_batch, request_key
 from rlxf.feedback.ai.fit import Room
 from rlxf.feedback.ai.judge import AnswerScores, Completion, PromptTooLong
 from rlxf.feedback.ai.scoring import ChoiceScore, logsumexp
-from rlxf.models.loading import ModelConfig
+from rlxf.models.loading import ModelConfig, fingerprint
 
 log = logging.getLogger("rlxf")
 
@@ -55,7 +53,7 @@ class HFJudge:
                                    trust_remote_code=cfg.trust_remote_code)
         model = load_causal_lm(cfg).to(resolve_device(device, device_key))
         return cls(model, tokenizer, batch_size=batch_size, cache=cache,
-                   identity=f"{cfg.name_or_path}@{_fingerprint(cfg)}")
+                   identity=f"{cfg.name_or_path}@{fingerprint(cfg.name_or_path, cfg.revision)}")
 
     def room(self, *, new_tokens: int = 0, answers: Sequence[str] = ()) -> Room | None:
         """The room a prompt has when the judge is then to write ``new_tokens`` tokens, or to
@@ -216,17 +214,3 @@ class HFJudge:
                     positions = torch.arange(p - 1, p - 1 + len(cont))
                     out[r] = float(logp[b, positions, torch.tensor(cont)].sum())
         return out
-
-
-def _fingerprint(cfg: ModelConfig) -> str:
-    """Local folder: a hash of its weight and config files' names, sizes and times;
-    hub id: the revision."""
-    path = Path(cfg.name_or_path)
-    if not path.is_dir():
-        return cfg.revision or "main"
-    h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
-        if f.suffix in (".safetensors", ".json", ".bin"):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
