@@ -226,6 +226,29 @@ def test_generation_reports_ending_and_strips_separator(tiny_model_dir):
     assert len({g.text for g in greedy}) == 1
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lora_is_told_how_the_layers_store_their_weights(tokenizer, arch):
+    """GPT-2's Conv1D layers hold (in, out) weights: peft is told so (fan_in_fan_out), and
+    neither the policy's nor the reward model's adapter warns on every LoRA run."""
+    import warnings
+
+    from rlxf.models.reward import add_reward_lora, init_reward_model
+
+    model = make_model(arch, len(tokenizer))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lora = add_lora(model, LoraConfig(enabled=True, r=4))
+    assert lora.peft_config["default"].fan_in_fan_out == (arch == "gpt2")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_model(make_model(arch, len(tokenizer)), tokenizer, folder)
+        reward = init_reward_model(ModelConfig(name_or_path=folder))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            add_reward_lora(reward, LoraConfig(enabled=True, r=4))
+
+
 @pytest.mark.parametrize("pad_is_eos", [False, True])
 def test_generation_stops_sampling_an_answer_at_a_stop_string(tokenizer, pad_is_eos):
     """With ``stop``, sampling ends at the stop string (HF ``stop_strings``): the batch

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -380,21 +381,27 @@ def disable_dropout(model) -> None:
 
 def add_lora(model, lora: LoraConfig):
     """Wrap ``model`` with a fresh LoRA adapter; only the adapter's weights will train."""
-    from peft import LoraConfig as PeftLoraConfig
-
-    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                              target_modules=lora.target_modules or "all-linear", task_type="CAUSAL_LM")
-    return peft_model(model, peft_cfg)
+    return peft_model(model, lora, task_type="CAUSAL_LM")
 
 
-def peft_model(model, peft_cfg):
-    """``peft.get_peft_model``; target modules the model lacks are a :class:`ConfigError`
-    naming the linear layers it has."""
+def peft_model(model, lora: LoraConfig, **extra):
+    """``peft.get_peft_model`` with ``lora``'s settings (and peft ``LoraConfig`` keywords
+    ``extra``). GPT-2's ``Conv1D`` layers store their weights transposed, which peft is
+    told (``fan_in_fan_out``) rather than left to find out and warn of; target modules
+    the model lacks are a :class:`ConfigError` naming the linear layers it has."""
     import torch
+    from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=lora.target_modules or "all-linear",
+                              fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()), **extra)
+
     try:
-        return get_peft_model(model, peft_cfg)
+        with warnings.catch_warnings():
+            # peft (0.21) asks transformers 5.25's deprecated is_gradient_checkpointing: nothing for a user to change
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            return get_peft_model(model, peft_cfg)
     except ValueError as err:
         if "target_modules" not in str(err) and "not found in the base model" not in str(err):
             raise

@@ -107,12 +107,7 @@ def _one_output(config, path) -> None:
 
 def add_reward_lora(model, lora: LoraConfig):
     """Wrap ``model`` with a LoRA adapter; the ``score`` head stays fully trainable (and is saved)."""
-    from peft import LoraConfig as PeftLoraConfig
-
-    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                              target_modules=lora.target_modules or "all-linear", task_type="SEQ_CLS",
-                              modules_to_save=["score"])
-    return peft_model(model, peft_cfg)
+    return peft_model(model, lora, task_type="SEQ_CLS", modules_to_save=["score"])
 
 
 # ----------------------------------------------------------------------------- normalisation
