@@ -89,6 +89,37 @@ def test_rollout_logprobs_match_unpadded_forward(setup):
     torch.testing.assert_close(ro.rewards.sum(1), ro.score, atol=1e-5, rtol=0)
 
 
+def test_an_answer_ends_at_a_stop_string_as_at_eos(setup, tokenizer, tmp_path):
+    """rollout.stop: a policy running on into a made-up next turn has its answer end with
+    the token completing the stop string (masked after), counted as ended (no missing-EOS
+    penalty) and scored and logged without it."""
+    from conftest import save_scripted_models
+
+    root, _ = setup
+    prompt = "say hello to tom ."
+    folders, _ = save_scripted_models(tmp_path, tokenizer, prompt,
+                                      {"p": ("hello tom .\n\nHuman: you insult me . . . .", False)})
+    args = [f"model.name_or_path={folders['p']}", "rollout.max_new_tokens=16", "rollout.batch_size=2",
+            "batch_size=2"]
+    cut = ppo.PPO(_config(root, folders["p"], *args, 'rollout.stop=["\\n\\nHuman:"]'), torch.device("cpu"))
+    ro = cut.rollout([prompt] * 2)
+    kept = tokenizer(" hello tom .\n\nHuman:", add_special_tokens=False)["input_ids"]
+    assert ro.mask.sum(1).tolist() == [len(kept)] * 2  # through the stop string's last token
+    assert ro.response[0, :len(kept)].tolist() == kept
+    assert ro.texts == ["hello tom ."] * 2 and ro.ended.tolist() == [True, True] and ro.stopped.tolist() == [True] * 2
+    scored = cut._score([prompt] * 2, ro.texts, [True, True])
+    torch.testing.assert_close(ro.score, scored)  # no missing-EOS penalty
+    stats = cut.rollout_stats(ro)
+    assert stats["stop_rate"] == 1.0 and stats["eos_rate"] == 1.0
+
+    plain = ppo.PPO(_config(root, folders["p"], *args), torch.device("cpu"))
+    ro = plain.rollout([prompt] * 2)
+    assert ro.mask.sum(1).tolist() == [16, 16] and not ro.ended.any()
+    assert ro.texts[0].startswith("hello tom .\n\nHuman: you")
+    with pytest.raises(ConfigError, match="rollout.stop must not hold an empty string"):
+        _config(root, folders["p"], "rollout.stop=['']")
+
+
 def test_lora_holds_one_copy_of_each_base_model(setup):
     root, model_dir = setup
     full = ppo.PPO(_config(root, model_dir), torch.device("cpu"))

@@ -36,6 +36,7 @@ from rlxf.distributed import (TokenValues, check_divisible, gather_lists, gather
                               make_accelerator, save_final, share, start_stage, sum_over_processes)
 from rlxf.errors import ConfigError, DataError
 from rlxf.models import reward as rm
+from rlxf.models.generation import check_stop, cut_at_stop
 from rlxf.models.loading import (ModelConfig, add_lora, attention_kernel, auto_eager, fit_length, keeps_logits,
                                  load_causal_lm, load_model_tokenizer, load_tokenizer, max_positions, settle_attention,
                                  store_matmul_weights)
@@ -73,8 +74,15 @@ class RolloutConfig:
     """Token ids the policy never samples (a pad or unknown token, say): their logits are set
     to the lowest float when sampling and in every log-prob PPO takes, so the policy trained
     is the one that samples. The checkpoint's generation_config.json is not read for this."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end an answer as EOS does, e.g. ["\n\nHuman:"] for a policy that runs on
+    into the next turn of an Anthropic HH dialogue: the answer ends with the token that
+    completes the first one (the policy's last action; later tokens are masked), counts as
+    ended (no missing-EOS penalty) and is scored and logged without it. [] (default): answers
+    end at EOS only."""
 
     def validate(self) -> None:
+        check_stop(self.stop, "rollout.stop")
         if not 0 < self.vllm_gpu_memory < 1:
             raise ConfigError(f"rollout.vllm_gpu_memory must be in (0, 1), got {self.vllm_gpu_memory}")
         if self.suppress_tokens and self.backend == "vllm":
@@ -238,7 +246,7 @@ class Rollout:
     response: torch.Tensor  # (B, R) sampled ids, pad after EOS
     attention_mask: torch.Tensor  # (B, P+R) 1 on real prompt and answer tokens
     mask: torch.Tensor  # (B, R) 1 on real answer tokens, EOS included
-    ended: torch.Tensor  # (B,) True where the answer emitted EOS
+    ended: torch.Tensor  # (B,) True where the answer emitted EOS or wrote a stop string
     logp: torch.Tensor  # (B, R) log π_old of each answer token (temperature applied)
     ref_logp: torch.Tensor  # (B, R) log π_ref of each answer token
     values: torch.Tensor  # (B, R) V_old before each answer token
@@ -247,8 +255,9 @@ class Rollout:
     rewards: torch.Tensor  # (B, R) −β·kl per token, + score at the last token
     advantages: torch.Tensor  # (B, R)
     returns: torch.Tensor  # (B, R)
-    texts: list[str]  # the B answers, decoded
+    texts: list[str]  # the B answers, decoded (cut before a stop string)
     prompts: list  # the B prompts
+    stopped: torch.Tensor | None = None  # (B,) True where the answer ended at a stop string
 
 
 class PPO:
@@ -389,6 +398,8 @@ class PPO:
             response = self.backend.generate(query, query_mask, max_new_tokens=cfg.rollout.max_new_tokens,
                                              temperature=cfg.rollout.temperature)  # (B, R)
         mask, ended = _truncate_at_eos(response, tok.eos_token_id)  # (B, R), (B,)
+        stopped = _truncate_at_stop(response, mask, tok, cfg.rollout.stop)  # (B,); mask shortened in place
+        ended = ended | stopped
         response = response.masked_fill(mask == 0, tok.pad_token_id)
         attention_mask = torch.cat([query_mask, mask], dim=1)  # (B, P+R)
 
@@ -398,7 +409,8 @@ class PPO:
         ref_logp = logprobs_from_logits(self._ref_logits(query, response, attention_mask), response)  # (B, R)
         values = self._values(query, response, attention_mask)  # (B, R)
         texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(response, mask)]
-        texts = [_strip_separator(t, p, tok, cfg.rollout.separator) for t, p in zip(texts, prompts)]
+        texts = [cut_at_stop(_strip_separator(t, p, tok, cfg.rollout.separator), cfg.rollout.stop)[0]
+                 for t, p in zip(texts, prompts)]
         score = self._penalised_score(prompts, texts, ended.tolist())  # (B,)
         rewards, kl = penalised_rewards(score, logp, ref_logp, mask.float(), self.kl_ctl.value, self.kl_estimator)
         # whitening statistics are over all processes' rows: N processes whiten as one does
@@ -408,7 +420,7 @@ class PPO:
         if cfg.whiten_advantages:
             advantages = global_masked_whiten(advantages, mask.float(), self.acc)
         return Rollout(query, response, attention_mask, mask.float(), ended, logp, ref_logp, values, score, kl,
-                       rewards, advantages, returns, texts, list(prompts))
+                       rewards, advantages, returns, texts, list(prompts), stopped)
 
     def _encode_prompt(self, prompt) -> list[int]:
         text, _ = prompt_text(prompt, self.tokenizer, self.cfg.rollout.separator)
@@ -606,6 +618,8 @@ class PPO:
             "eos_rate": rows(ro.ended.float()).mean().item(),
             "kl_coef": self.kl_ctl.value,
         }
+        if self.cfg.rollout.stop:
+            stats["stop_rate"] = rows(ro.stopped.float()).mean().item()  # of eos_rate, the answers ended by a stop
         for name, fn in self.track.items():
             values = gather_lists(list(fn(ro.prompts, ro.texts, ro.ended.tolist())), self.acc)
             stats[name] = sum(values) / len(values)
@@ -731,7 +745,7 @@ def evaluate(ppo: PPO, prompts: list, cfg: Config) -> dict[str, float]:
               attention_kernel(ppo.policy, ppo.sampling_attention)):
             gens = generate(ppo.policy, ppo.tokenizer, prompts, max_new_tokens=cfg.rollout.max_new_tokens,
                             temperature=cfg.rollout.temperature, separator=cfg.rollout.separator,
-                            batch_size=cfg.rollout.batch_size, seed=cfg.seed + 7)
+                            batch_size=cfg.rollout.batch_size, seed=cfg.seed + 7, stop=cfg.rollout.stop)
         texts, ended = [g.text for g in gens], [g.ended for g in gens]
         # the same score as training's: EOS penalty included
         out["eval_score"] = sum(ppo._penalised_score(prompts, texts, ended).tolist()) / len(prompts)
@@ -765,6 +779,30 @@ def _truncate_at_eos(response: torch.Tensor, eos: int) -> tuple[torch.Tensor, to
     first = torch.where(ended, is_eos.float().argmax(1), torch.full_like(ended, response.shape[1], dtype=torch.long))
     positions = torch.arange(response.shape[1], device=response.device)  # (R,)
     return (positions[None, :] <= first[:, None]).long(), ended
+
+
+def _truncate_at_stop(response: torch.Tensor, mask: torch.Tensor, tokenizer, stop: list[str]) -> torch.Tensor:
+    """End each answer (B, R) that writes one of ``stop`` with the token completing the
+    first: ``mask`` (B, R) is cut after it, in place. Returns which answers were (B,)."""
+    stopped = torch.zeros(response.shape[0], dtype=torch.bool, device=response.device)
+    if not stop:
+        return stopped
+
+    def holds_stop(ids: list[int]) -> bool:
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        return any(s in text for s in stop)
+
+    for b, n in enumerate(mask.sum(1).tolist()):
+        ids = response[b, :n].tolist()
+        if not holds_stop(ids):
+            continue
+        lo, hi = 1, n  # the shortest prefix that holds a stop string: a prefix's text only grows
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if holds_stop(ids[:mid]) else (mid + 1, hi)
+        mask[b, lo:] = 0
+        stopped[b] = True
+    return stopped
 
 
 def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
