@@ -75,11 +75,11 @@ class RolloutConfig:
     to the lowest float when sampling and in every log-prob PPO takes, so the policy trained
     is the one that samples. The checkpoint's generation_config.json is not read for this."""
     stop: list[str] = field(default_factory=list)
-    """Strings that end an answer as EOS does, e.g. ["\n\nHuman:"] for a policy that runs on
-    into the next turn of an Anthropic HH dialogue: the answer ends with the token that
-    completes the first one (the policy's last action; later tokens are masked), counts as
-    ended (no missing-EOS penalty) and is scored and logged without it. [] (default): answers
-    end at EOS only."""
+    """Strings that end an answer as EOS does, e.g. ["\\n\\nHuman:"] (as YAML writes it)
+    for a policy that runs on into the next turn of an Anthropic HH dialogue: the answer
+    ends with the token that completes the first one (the policy's last action; later
+    tokens are masked), counts as ended (no missing-EOS penalty) and is scored and logged
+    without it. [] (default): answers end at EOS only."""
 
     def validate(self) -> None:
         check_stop(self.stop, "rollout.stop")
