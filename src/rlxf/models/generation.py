@@ -179,16 +179,18 @@ def generate_stored(model, tokenizer, prompts: list[Prompt], store: str | os.Pat
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     size = batch_size * chunk_batches
     chunks = [order[start:start + size] for start in range(0, len(order), size)]
-    header = json.loads(json.dumps({"identity": identity, "prompts": len(prompts), "prompts_hash": _prompts_hash(prompts),
-                                    "seed": seed, "chunk": size}))  # as it reads back
+    header = {"identity": identity, "prompts": len(prompts), "prompts_hash": _prompts_hash(prompts), "seed": seed,
+              "chunk": size}
+    header = json.loads(json.dumps(header))  # as it reads back
     done = _read_store(Path(store), header, chunks)
     out: list[Generation | None] = [None] * len(prompts)
     for k, answers in done.items():
         for i, g in zip(chunks[k], answers):
             out[i] = Generation(prompts[i], g["text"], g["ended"], tuple(g["token_ids"]), g["stopped"])
     if done:
-        log.info("%s: %d of %d answers were sampled before; sampling the other %d", store,
-                 sum(len(chunks[k]) for k in done), len(prompts), sum(len(c) for k, c in enumerate(chunks) if k not in done))
+        kept = sum(len(chunks[k]) for k in done)
+        log.info("%s: %d of %d answers were sampled before; sampling the other %d", store, kept, len(prompts),
+                 len(prompts) - kept)
     from rlxf.progress import progress as bar
 
     with open(store, "a", encoding="utf-8") as fh:
@@ -204,6 +206,9 @@ def generate_stored(model, tokenizer, prompts: list[Prompt], store: str | os.Pat
             fh.flush()
             os.fsync(fh.fileno())
     return out
+
+
+_STORED = {"text", "ended", "token_ids", "stopped"}  # a Generation's fields but its prompt
 
 
 def _prompts_hash(prompts: list[Prompt]) -> str:
@@ -228,7 +233,8 @@ def _read_store(store: Path, header: dict, chunks: list[list[int]]) -> dict[int,
             try:
                 row = json.loads(line)
                 k = row["chunk"]
-                if k in done or not 0 <= k < len(chunks) or len(row["answers"]) != len(chunks[k]):
+                if k in done or not 0 <= k < len(chunks) or len(row["answers"]) != len(chunks[k]) or \
+                        not all(isinstance(a, dict) and _STORED <= a.keys() for a in row["answers"]):
                     raise ValueError(k)
                 done[k] = row["answers"]
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):

@@ -400,7 +400,8 @@ def peft_model(model, lora: LoraConfig, **extra):
     try:
         with warnings.catch_warnings():
             # peft (0.21) asks transformers 5.25's deprecated is_gradient_checkpointing: nothing for a user to change
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
             return get_peft_model(model, peft_cfg)
     except ValueError as err:
         if "target_modules" not in str(err) and "not found in the base model" not in str(err):
