@@ -62,6 +62,56 @@ def test_generated_answers_become_tasks_naming_their_models(tmp_path, tokenizer,
             assert answers[names.index(models[1])] == by_prompt[prompt]
 
 
+def test_an_import_that_crashed_while_sampling_samples_only_what_was_left(tmp_path, tokenizer, one_thread,
+                                                                          monkeypatch):
+    """Answers are kept in DB.samples/ (one file per model and turn) until their tasks are
+    in the database: a re-run after a crash samples only the turns not written, adds the
+    tasks an uninterrupted import adds, and removes the folder."""
+    from rlxf.models import generation
+
+    models = []
+    for seed in (0, 1):
+        folder = tmp_path / f"gpt2-{seed}"
+        make_model("gpt2", len(tokenizer), seed=seed).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        models.append(str(folder))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+
+    def config(name: str):
+        return load_config(importer.Config, None, [
+            f"database=sqlite:///{tmp_path / name}", f"generate.models=[{models[0]},{models[1]}]",
+            f"generate.prompts={prompts}", "generate.answers_per_prompt=3", "generate.max_new_tokens=12", "seed=5"])
+
+    def tasks(name: str) -> list:
+        return sorted(sql(open_store(f"sqlite:///{tmp_path / name}"), "SELECT prompt, answers, meta FROM tasks"))
+
+    importer.run(config("whole.db"))
+    real, calls = generation.generate, []
+
+    def counted(*a, **k):
+        calls.append(k["seed"])
+        return real(*a, **k)
+
+    def crash_in_the_third_turn(*a, **k):  # model 1's only turn
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return counted(*a, **k)
+
+    monkeypatch.setattr(generation, "generate", crash_in_the_third_turn)
+    with pytest.raises(KeyboardInterrupt):
+        importer.run(config("run.db"))
+    samples = tmp_path / "run.db.samples"
+    assert calls == [5, 6] and sorted(p.name for p in samples.iterdir()) == [
+        "model0-turn0.jsonl", "model0-turn1.jsonl", "model1-turn0.jsonl"]  # the last one holds its header only
+    calls.clear()
+    monkeypatch.setattr(generation, "generate", counted)
+    summary = importer.run(config("run.db"))
+    assert calls == [1005]  # model 0's two turns were read back
+    assert summary["tasks_in_database"] >= 3 and tasks("run.db") == tasks("whole.db")
+    assert not samples.exists()
+
+
 def test_generate_limit_samples_for_the_first_prompts_only(tmp_path, tokenizer, one_thread):
     folder = tmp_path / "gpt2"
     make_model("gpt2", len(tokenizer), seed=0).save_pretrained(folder)

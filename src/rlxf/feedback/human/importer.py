@@ -16,7 +16,9 @@ skip), more make a ranking task. Sources:
   not run on into a "Human:" turn the model made up) and cleaned of control characters
   (see :func:`clean_answer`).
 
-Importing the same task twice adds it once, so an import can simply be re-run.
+Importing the same task twice adds it once, so an import can simply be re-run. Sampled
+answers are kept beside the database (``DB.samples/``) as they come, until their tasks
+are in it, so an import that crashed while sampling samples only what was left.
 
     rlxf annotate import database=sqlite:///labels.db files=[prefs.jsonl]
 """
@@ -25,8 +27,10 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import unicodedata
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rlxf.data import Preference, Prompt, load_comparisons, load_prompts, read_rows
 from rlxf.errors import ConfigError, DataError
@@ -110,8 +114,11 @@ def run(cfg: Config) -> dict:
     for tasks, skipped in read:
         _add(store, tasks, rng, summary, skipped)
     if cfg.generate.models:
-        tasks, skipped = generate_tasks(cfg.generate, seed=cfg.seed)
+        # answers are kept beside the database as they are sampled: a crash resamples only the rest
+        samples = Path(parse_database_url(cfg.database).target + ".samples")
+        tasks, skipped = generate_tasks(cfg.generate, seed=cfg.seed, samples=samples)
         _add(store, tasks, rng, summary, skipped)
+        shutil.rmtree(samples, ignore_errors=True)  # in the database now
     summary["tasks_in_database"] = store.task_count()
     return summary
 
@@ -136,7 +143,7 @@ def read_tasks(path: str, *, skip_bad: bool = False
     return tasks, comparisons.skipped
 
 
-def generate_tasks(cfg: GenerateConfig, *, seed: int
+def generate_tasks(cfg: GenerateConfig, *, seed: int, samples: Path | None = None
                    ) -> tuple[list[tuple[Prompt, list[str], dict]], int]:
     """Sample ``answers_per_prompt`` answers per prompt, in turn from each model.
 
@@ -146,8 +153,8 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int
     Duplicate and empty answers are dropped; a prompt left with fewer than two distinct
     answers makes no task and is counted as skipped.
     """
-    from rlxf.models.generation import generate  # imports torch: only when sampling
-    from rlxf.models.loading import ModelConfig, load_causal_lm, load_tokenizer
+    from rlxf.models.generation import generate, generate_stored  # imports torch: only when sampling
+    from rlxf.models.loading import ModelConfig, fingerprint, load_causal_lm, load_tokenizer
     from rlxf.training import resolve_device
 
     prompts = list(load_prompts(cfg.prompts, limit=cfg.limit))
@@ -163,11 +170,17 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int
         model = load_causal_lm(ModelConfig(name_or_path=name, dtype=cfg.dtype,
                                            trust_remote_code=cfg.trust_remote_code))
         model.to(resolve_device(cfg.device, "generate.device"))
+        settings = dict(max_new_tokens=cfg.max_new_tokens, key="generate.max_new_tokens", temperature=cfg.temperature,
+                        top_p=cfg.top_p, batch_size=cfg.batch_size, separator=cfg.separator, stop=cfg.stop)
         for turn in range(count):
-            out = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, key="generate.max_new_tokens",
-                           temperature=cfg.temperature, top_p=cfg.top_p,
-                           batch_size=cfg.batch_size, separator=cfg.separator,
-                           seed=seed + 1000 * m + turn, stop=cfg.stop)
+            if samples is None:
+                out = generate(model, tokenizer, prompts, seed=seed + 1000 * m + turn, **settings)
+            else:
+                samples.mkdir(parents=True, exist_ok=True)
+                identity = {"model": name, "weights": fingerprint(name), "dtype": cfg.dtype,
+                            **{k: v for k, v in settings.items() if k not in ("key", "batch_size")}}
+                out = generate_stored(model, tokenizer, prompts, samples / f"model{m}-turn{turn}.jsonl",
+                                      identity=identity, seed=seed + 1000 * m + turn, **settings)
             for i, g in enumerate(out):
                 text, stopped = cut_at_stop(clean_answer(g.text), cfg.stop)  # a stop string cleaning revealed
                 answers[i].append((text, name, g.ended or stopped))
