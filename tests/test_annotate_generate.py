@@ -90,7 +90,7 @@ def test_an_import_that_crashed_while_sampling_samples_only_what_was_left(tmp_pa
     real, calls = generation.generate, []
 
     def counted(*a, **k):
-        calls.append(k["seed"])
+        calls.append(a[0].name_or_path)  # the model sampled
         return real(*a, **k)
 
     def crash_in_the_third_turn(*a, **k):  # model 1's only turn
@@ -102,12 +102,12 @@ def test_an_import_that_crashed_while_sampling_samples_only_what_was_left(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         importer.run(config("run.db"))
     samples = tmp_path / "run.db.samples"
-    assert calls == [5, 6] and sorted(p.name for p in samples.iterdir()) == [
+    assert calls == [models[0]] * 2 and sorted(p.name for p in samples.iterdir()) == [
         "model0-turn0.jsonl", "model0-turn1.jsonl", "model1-turn0.jsonl"]  # the last one holds its header only
     calls.clear()
     monkeypatch.setattr(generation, "generate", counted)
     summary = importer.run(config("run.db"))
-    assert calls == [1005]  # model 0's two turns were read back
+    assert calls == [models[1]]  # model 0's two turns were read back
     assert summary["tasks_in_database"] >= 3 and tasks("run.db") == tasks("whole.db")
     assert not samples.exists()
 

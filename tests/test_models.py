@@ -226,6 +226,47 @@ def test_generation_reports_ending_and_strips_separator(tiny_model_dir):
     assert len({g.text for g in greedy}) == 1
 
 
+def test_stored_generation_is_one_generate_call_even_across_a_crash(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """generate_stored returns what one generate call with the same seed returns: the
+    same batches, one random stream. A re-run after a crash in its third chunk reads the
+    two finished ones back, restores the generator as it stood after them, and ends
+    with those answers too; a file of another seed is sampled afresh."""
+    from rlxf.models import generation
+
+    tok = load_tokenizer(str(tiny_model_dir), padding_side="left")
+    model = load_causal_lm(ModelConfig(name_or_path=str(tiny_model_dir)))
+    prompts = [f"question : what color is the {w} ? answer :" for w in ("fox", "owl", "cat", "dog", "hen")] + \
+              [f"say hello to {n} ." for n in ("tom", "ann", "bob", "eve")] + ["two plus three is", "one plus one is"]
+    settings = dict(max_new_tokens=8, temperature=1.3, batch_size=2)
+    whole = generate(model, tok, prompts, seed=7, **settings)
+    store = tmp_path / "answers.jsonl"
+    real, calls = generation.generate, []
+
+    def crash_in_the_third_chunk(*a, **k):
+        calls.append(len(a[2]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(generation, "generate", crash_in_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        generation.generate_stored(model, tok, prompts, store, identity={"m": 1}, chunk_batches=2, seed=7,
+                                   **settings)
+    assert calls == [4, 4, 3] and len(store.read_text().splitlines()) == 3  # header, chunks 0 and 1
+    torch.manual_seed(12345)  # whatever ran in between
+    calls.clear()
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    with caplog.at_level("INFO", logger="rlxf"):
+        resumed = generation.generate_stored(model, tok, prompts, store, identity={"m": 1}, chunk_batches=2, seed=7,
+                                             **settings)
+    assert calls == [3] and "8 of 11 answers were sampled before" in caplog.text
+    assert resumed == whole
+    calls.clear()
+    other = generation.generate_stored(model, tok, prompts, store, identity={"m": 1}, chunk_batches=2, seed=8,
+                                       **settings)
+    assert calls == [4, 4, 3] and other == generate(model, tok, prompts, seed=8, **settings) != whole
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_lora_is_told_how_the_layers_store_their_weights(tokenizer, arch):
     """GPT-2's Conv1D layers hold (in, out) weights: peft is told so (fan_in_fan_out), and

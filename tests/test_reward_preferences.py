@@ -43,6 +43,47 @@ def test_preferences_are_ranked_with_gold_and_load_as_standard_data(tmp_path, ti
     assert preferences.run(cfg) == summary  # a finished run is reused
 
 
+def test_a_crash_while_sampling_resumes_with_the_data_of_an_uninterrupted_run(tmp_path, tiny_model_dir, monkeypatch):
+    """Answers are kept in OUT/samples/ batch by batch until summary.json is written: a
+    re-run after a crash samples only the batches not written and writes the files an
+    uninterrupted run writes; the folder is gone once the run is complete."""
+    import pytest
+
+    from rlxf.models import generation
+
+    args = [f"policy={tiny_model_dir}", "n_train=8", "n_heldout=6", "k=3", "max_new_tokens=6", "batch_size=4",
+            "progress=false"]
+    real, calls = generation.generate, []
+
+    def counted(*a, **k):
+        calls.append(len(a[2]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(generation, "generate", counted)
+    preferences.run(load_config(preferences.Config, None, args + [f"out={tmp_path / 'whole'}"]))
+    batches = len(calls)
+    assert batches >= 11  # 24 train and 18 held-out answers in batches of 4, and clashes sampled again
+
+    def crash_in_the_ninth_batch(*a, **k):
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return counted(*a, **k)
+
+    calls.clear()
+    monkeypatch.setattr(generation, "generate", crash_in_the_ninth_batch)
+    cfg = load_config(preferences.Config, None, args + [f"out={tmp_path / 'run'}"])
+    with pytest.raises(KeyboardInterrupt):
+        preferences.run(cfg)
+    calls.clear()
+    monkeypatch.setattr(generation, "generate", counted)
+    preferences.run(cfg)
+    assert len(calls) == batches - 8  # the 8 batches written were read back
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    for name in ("rankings_train", "rankings_heldout", "pairs_train", "pairs_heldout"):
+        assert (run / f"{name}.jsonl").read_text() == (whole / f"{name}.jsonl").read_text()
+    assert not (run / "samples").exists() and not (whole / "samples").exists()
+
+
 def test_answers_come_from_several_policies_slot_by_slot(tmp_path, tiny_model_dir, tokenizer):
     """With policy=[A, B], answer j of a prompt is written by policy j mod 2, and the rows say which."""
     import torch

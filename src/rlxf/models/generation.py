@@ -9,8 +9,9 @@ sxs``/``autosxs`` sampling and of ``rlxf annotate import``); :func:`generate` gi
 ``stop`` also stops sampling an answer there (``generate``'s ``stop_strings``), so a
 batch ends when its every answer has ended instead of running to ``max_new_tokens``.
 
-:func:`generate_stored` samples the same way in chunks, appending each chunk's answers to
-a file as it finishes, so a crashed evaluation samples again only the chunk it was in.
+:func:`generate_stored` is one :func:`generate` call whose answers are appended to a file
+chunk by chunk, with the random number generator's state after each, so a crashed
+evaluation samples again only the chunk it was in, and ends with the same answers.
 
 Torch is imported inside :func:`generate` only, so that config modules can read
 :data:`DIALOGUE_TURNS` without it.
@@ -164,44 +165,52 @@ def _answer(prompt: Prompt, answer: list[int], tokenizer, separator: str, stop: 
 def generate_stored(model, tokenizer, prompts: list[Prompt], store: str | os.PathLike, *, identity: dict,
                     batch_size: int = 32, chunk_batches: int = 8, seed: int = 0, progress: bool = False,
                     desc: str = "generate", **settings) -> list[Generation]:
-    """:func:`generate` with its answers kept in ``store`` (JSONL) as they come, so a re-run
-    samples only what a crash left undone.
+    """``generate(model, tokenizer, prompts, batch_size=batch_size, seed=seed, **settings)``
+    with its answers kept in ``store`` (JSONL) as they come, so that a re-run samples only
+    what a crash left undone and still returns that one call's answers.
 
-    The prompts are put in order of length and sampled ``chunk_batches`` batches at a
-    time, chunk ``k`` with seed ``seed + k``; each finished chunk is one line of
-    ``store``. A re-run with the same ``identity`` (what made the answers: the model's
-    :func:`~rlxf.models.loading.fingerprint`, the settings), the same prompts and chunking
-    reads the finished chunks back and samples the rest: its answers are those of an
-    uninterrupted run. A file written for anything else, or a last line cut by the
-    crash, is sampled again (logged). ``settings``: the rest of :func:`generate`'s keywords.
+    The prompts are sampled in :func:`generate`'s batches, ``chunk_batches`` at a time;
+    each finished chunk is one line of ``store``: its answers and the random number
+    generator's state after it. A re-run with the same ``identity`` (what made the
+    answers: the model's :func:`~rlxf.models.loading.fingerprint`, the settings), the same
+    prompts and chunking reads the finished chunks back, restores the generator and samples
+    the rest. A file written for anything else, or a last line cut by the crash, is sampled
+    again (logged). ``settings``: the rest of :func:`generate`'s keywords.
     """
-    lengths = [len(e) for e in encode_prompts(prompts, tokenizer, settings.get("separator", " "))]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    import torch
+
+    encoded = fit_prompts(encode_prompts(prompts, tokenizer, settings.get("separator", " ")), model,
+                          settings["max_new_tokens"], settings.get("key", "max_new_tokens"))
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # generate's order: the same batches
     size = batch_size * chunk_batches
     chunks = [order[start:start + size] for start in range(0, len(order), size)]
+    device = next(model.parameters()).device
     header = {"identity": identity, "prompts": len(prompts), "prompts_hash": _prompts_hash(prompts), "seed": seed,
-              "chunk": size}
+              "chunk": size, "device": device.type, "format": 2}
     header = json.loads(json.dumps(header))  # as it reads back
-    done = _read_store(Path(store), header, chunks)
+    done = _read_store(Path(store), header, chunks, device)
     out: list[Generation | None] = [None] * len(prompts)
-    for k, answers in done.items():
+    for k, (answers, _) in enumerate(done):
         for i, g in zip(chunks[k], answers):
             out[i] = Generation(prompts[i], g["text"], g["ended"], tuple(g["token_ids"]), g["stopped"])
     if done:
-        kept = sum(len(chunks[k]) for k in done)
+        kept = sum(len(chunks[k]) for k in range(len(done)))
         log.info("%s: %d of %d answers were sampled before; sampling the other %d", store, kept, len(prompts),
                  len(prompts) - kept)
+        _set_rng_state(done[-1][1], device)  # where the uninterrupted call's generator stood
+    else:
+        torch.manual_seed(seed)
     from rlxf.progress import progress as bar
 
     with open(store, "a", encoding="utf-8") as fh:
-        for k in bar([k for k in range(len(chunks)) if k not in done], desc=desc, total=len(chunks),
-                     initial=len(done), enabled=progress):
-            gens = generate(model, tokenizer, [prompts[i] for i in chunks[k]], batch_size=batch_size, seed=seed + k,
+        for k in bar(range(len(done), len(chunks)), desc=desc, total=len(chunks), initial=len(done),
+                     enabled=progress):
+            gens = generate(model, tokenizer, [prompts[i] for i in chunks[k]], batch_size=batch_size, seed=None,
                             **settings)
             for i, g in zip(chunks[k], gens):
                 out[i] = g
             row = {"chunk": k, "answers": [{key: v for key, v in asdict(g).items() if key != "prompt"}
-                                           for g in gens]}
+                                           for g in gens], "rng": _rng_state(device)}
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -217,10 +226,45 @@ def _prompts_hash(prompts: list[Prompt]) -> str:
     return hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-def _read_store(store: Path, header: dict, chunks: list[list[int]]) -> dict[int, list[dict]]:
-    """The finished chunks of ``store`` by index, rewriting it to its header and those
-    (a new file when it is missing, of another header, or unreadable)."""
-    done: dict[int, list[dict]] = {}
+def _rng_state(device) -> dict[str, str]:
+    """The state of the generators sampling on ``device`` (CPU's, and the accelerator's), as text."""
+    import base64
+
+    import torch
+
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return {name: base64.b64encode(t.numpy().tobytes()).decode("ascii") for name, t in state.items()}
+
+
+def _set_rng_state(state: dict[str, str], device) -> None:
+    """Restore what :func:`_rng_state` saved (raises ValueError or RuntimeError on a state torch refuses)."""
+    import base64
+
+    import torch
+
+    def tensor(name: str):
+        return torch.frombuffer(bytearray(base64.b64decode(state[name], validate=True)), dtype=torch.uint8)
+
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(tensor("cuda"), device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(tensor("mps"))
+    torch.set_rng_state(tensor("cpu"))
+
+
+def _read_store(store: Path, header: dict, chunks: list[list[int]], device) -> list[tuple[list[dict], dict]]:
+    """The first finished chunks of ``store``, in order, each ``(answers, generator state
+    after it)``, rewriting the file to its header and those (a new file when it is missing,
+    of another header, or unreadable)."""
+    import binascii
+
+    import torch
+
+    done: list[tuple[list[dict], dict]] = []
     if store.exists():
         lines = store.read_text(encoding="utf-8").splitlines()
         try:
@@ -229,21 +273,24 @@ def _read_store(store: Path, header: dict, chunks: list[list[int]]) -> dict[int,
             same = False
         if not same:
             log.warning("%s holds answers sampled for another model, settings or prompts; sampling them again", store)
+        saved = torch.get_rng_state()
         for n, line in enumerate(lines[1:] if same else [], start=2):
             try:
                 row = json.loads(line)
                 k = row["chunk"]
-                if k in done or not 0 <= k < len(chunks) or len(row["answers"]) != len(chunks[k]) or \
+                if k != len(done) or k >= len(chunks) or len(row["answers"]) != len(chunks[k]) or \
                         not all(isinstance(a, dict) and _STORED <= a.keys() for a in row["answers"]):
                     raise ValueError(k)
-                done[k] = row["answers"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                _set_rng_state(row["rng"], device)  # refused here, not after the chunks before it were kept
+                done.append((row["answers"], row["rng"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError, binascii.Error):
                 log.warning("%s:%d: cut short or unreadable (the run stopped while writing it); its answers and "
                             "those after it are sampled again", store, n)
                 break
+        torch.set_rng_state(saved)
     tmp = store.with_name(store.name + ".tmp")
     tmp.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n"
-                           for x in [header] + [{"chunk": k, "answers": a} for k, a in done.items()]),
+                           for x in [header] + [{"chunk": k, "answers": a, "rng": r} for k, (a, r) in enumerate(done)]),
                    encoding="utf-8")
     os.replace(tmp, store)
     return done

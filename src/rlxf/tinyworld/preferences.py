@@ -12,6 +12,9 @@ from a policy (typically the SFT model) and has one labeller, drawn from the pan
       pairs_heldout.jsonl    ended_rejected, labeller, task, kind, id: ALL C(K, 2) pairs of each
                              ranking (the same labels, flattened; for the pairwise loss)
       config.yaml, summary.json
+      samples/               the sampled answers, batch by batch, until summary.json is written: a
+                             re-run after a crash samples only the rest (and writes what an
+                             uninterrupted run writes)
 
 ``gold`` is the gold oracle's total score of each answer, so a reward model can be
 checked against the true order as well as against the noisy labels; ``ended`` says
@@ -29,8 +32,10 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 
 from rlxf.errors import ConfigError
 from rlxf.runs import Run, Timer
@@ -108,7 +113,7 @@ def run(cfg: Config) -> dict:
     summary = {"stage": "tinyworld preferences", "policy": cfg.policy, "k": cfg.k}
     for split, n in (("train", cfg.n_train), ("heldout", cfg.n_heldout)):
         prompts = sample_prompts(n, cfg.seed, split)
-        answers = _sample_distinct(policies, prompts, cfg, split)
+        answers = _sample_distinct(policies, prompts, cfg, split, run_dir.out / "samples")
         pick = random.Random(f"tinyworld/preferences/{cfg.seed}/{split}")
         rankings = []
         for tp, sampled in zip(prompts, answers):
@@ -127,6 +132,7 @@ def run(cfg: Config) -> dict:
     summary["seconds"] = timer.elapsed()
     summary["files"] = {p.stem: str(p) for p in sorted(run_dir.out.glob("*.jsonl"))}
     run_dir.write_summary(summary)
+    shutil.rmtree(run_dir.out / "samples", ignore_errors=True)  # in the rankings now
     return summary
 
 
@@ -140,13 +146,18 @@ def _temperatures(cfg: Config) -> list[float]:
     return [float(t) for t in temps] * (len(_policy_paths(cfg)) if len(temps) == 1 else 1)
 
 
-def _sample_distinct(policies, prompts, cfg: Config, split: str) -> list[list[tuple[str, bool, int]]]:
+def _sample_distinct(policies, prompts, cfg: Config, split: str, samples: Path
+                     ) -> list[list[tuple[str, bool, int]]]:
     """Up to K different, non-empty ``(answer, ended, policy index)`` per prompt, re-sampling clashes.
 
-    Slot j of a prompt is always sampled from policy j mod len(policies).
+    Slot j of a prompt is always sampled from policy j mod len(policies). The answers are
+    kept in ``samples`` batch by batch as they come, so a re-run after a crash samples only
+    the rest, and gets the answers of an uninterrupted run.
     """
-    from rlxf.models.generation import generate
+    from rlxf.models.generation import generate_stored
+    from rlxf.models.loading import fingerprint
 
+    samples.mkdir(parents=True, exist_ok=True)
     slots = [(i, j) for i in range(len(prompts)) for j in range(cfg.k)]
     got: list[list[tuple[str, bool, int]]] = [[] for _ in prompts]
     for round_ in range(1 + RESAMPLE_ROUNDS):
@@ -154,13 +165,17 @@ def _sample_distinct(policies, prompts, cfg: Config, split: str) -> list[list[tu
             break
         seed = random.Random(f"tinyworld/preferences/{cfg.seed}/{split}/{round_}").randrange(2**31)
         out = {}
-        for p, (model, tokenizer, temperature) in enumerate(policies):
+        for p, (path, (model, tokenizer, temperature)) in enumerate(zip(_policy_paths(cfg), policies)):
             mine = [slot for slot in slots if slot[1] % len(policies) == p]
             if not mine:
                 continue
-            texts = generate(model, tokenizer, [prompts[i].text for i, _ in mine],
-                             max_new_tokens=cfg.max_new_tokens, temperature=temperature,
-                             batch_size=cfg.batch_size, seed=seed + p, progress=cfg.progress)
+            identity = {"model": path, "weights": fingerprint(path), "temperature": temperature,
+                        "max_new_tokens": cfg.max_new_tokens}
+            texts = generate_stored(model, tokenizer, [prompts[i].text for i, _ in mine],
+                                    samples / f"{split}-round{round_}-policy{p}.jsonl", identity=identity,
+                                    max_new_tokens=cfg.max_new_tokens, temperature=temperature,
+                                    batch_size=cfg.batch_size, chunk_batches=1, seed=seed + p,
+                                    progress=cfg.progress, desc=f"{split} answers, policy {p}")
             out.update(zip(mine, texts))
         missing = []
         for (i, j), g in ((slot, out[slot]) for slot in slots):
