@@ -56,6 +56,29 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, native):
     assert precision_for("no", CPU) == "no" and precision_for("bf16", CPU) == "bf16"  # asked for: kept
 
 
+@pytest.mark.parametrize("capability", [(7, 5), (8, 0)])
+def test_auto_precision_on_a_gpu_takes_bf16_from_ampere_on_and_warns_where_it_is_emulated(monkeypatch, caplog,
+                                                                                          capability):
+    """torch.cuda.is_bf16_supported() is True on a T4 (7.5) too, where bf16 is emulated:
+    auto takes it only where it is native, and bf16 asked for there is warned about."""
+    import contextlib
+
+    from rlxf.training import check_mixed_precision, precision_for
+
+    def supported(including_emulation: bool = True) -> bool:  # torch's answers on such a GPU
+        return including_emulation or capability >= (8, 0)
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    name = "Tesla T4" if capability < (8, 0) else "A100"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    gpu = torch.device("cuda:0")
+    assert precision_for("auto", gpu) == ("bf16" if capability >= (8, 0) else "no")
+    with caplog.at_level("WARNING", logger="rlxf"):
+        check_mixed_precision("bf16", gpu)
+    assert ("Tesla T4 computes bfloat16 only by emulation" in caplog.text) == (capability < (8, 0))
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_settle_attention_chooses_eager_for_bf16_on_cpu_only(tokenizer, arch):
     model = make_model(arch, len(tokenizer))
@@ -123,7 +146,8 @@ def test_sft_in_bf16_follows_the_float32_loss_curve(tmp_path, tiny_model_dir):
 def test_a_stage_records_what_auto_resolved_to_and_a_resume_elsewhere_is_refused(tmp_path, tiny_model_dir,
                                                                                  monkeypatch):
     """config.yaml holds the precision that ran, so a run started where bf16 is native and
-    resumed where it is not (or the reverse) is refused rather than finished differently."""
+    resumed where it is not (or the reverse) is refused rather than finished differently;
+    a complete run is returned wherever it is reopened (it computes nothing more)."""
     import yaml
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
@@ -131,6 +155,10 @@ def test_a_stage_records_what_auto_resolved_to_and_a_resume_elsewhere_is_refused
     summary = sft.run(cfg)
     assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["mixed_precision"] == "no"
     assert sft.run(cfg) == summary  # the same machine resolves it the same: the complete run is returned
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert sft.run(cfg) == summary  # and so does a machine with native bf16 (a report rebuilt elsewhere)
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["mixed_precision"] == "no"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     (tmp_path / "auto" / "summary.json").unlink()  # as if it had stopped after its last checkpoint
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     with pytest.raises(ConfigError, match="mixed_precision changed"):

@@ -162,17 +162,21 @@ def start_stage(cfg, accelerator: "Accelerator") -> tuple["Run", torch.device, A
 
     The device is ``cfg.device`` for a single process, and the one accelerate assigned
     under ``accelerate launch``; ``mixed_precision='auto'`` is resolved for it (the
-    returned config, the one saved as config.yaml, says 'bf16' or 'no'), and bf16 is
-    checked against it before any work. The directory is opened (created, or checked
+    returned config, the one saved as config.yaml, says 'bf16' or 'no'; a complete run's
+    says what it ran with, wherever it is reopened), and bf16 is checked against it
+    before any work. The directory is opened (created, or checked
     against that config) by the main process only; the others wait for it and then only
     read it. A complete run is logged and returned as it is (the caller returns its
     summary); otherwise this process is seeded with ``cfg.seed + rank``.
     """
-    from rlxf.runs import Run
+    from rlxf.runs import Run, completed_setting
     from rlxf.training import check_mixed_precision, precision_for, resolve_device, seed_everything
 
     device = accelerator.device if accelerator.num_processes > 1 else resolve_device(cfg.device)
-    cfg = replace(cfg, mixed_precision=precision_for(cfg.mixed_precision, device))
+    precision = precision_for(cfg.mixed_precision, device)
+    if cfg.mixed_precision == "auto":  # a complete run computes nothing more: it is returned as it ran
+        precision = completed_setting(cfg.out, "mixed_precision", precision)
+    cfg = replace(cfg, mixed_precision=precision)
     run = Run.open(cfg.out, cfg) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     run = run or Run(Path(cfg.out))

@@ -194,6 +194,17 @@ def _lock(out: Path) -> None:
     _held[key] = handle
 
 
+def completed_setting(out: str | Path, key: str, default: Any) -> Any:
+    """The value of top-level ``key`` in the config.yaml of the complete run in ``out``;
+    ``default`` where ``out`` holds no complete run or its config lacks the key."""
+    run = Run(Path(out))
+    config_path = run.out / "config.yaml"
+    if not (run.complete and config_path.exists()):
+        return default
+    saved = yaml.safe_load(config_path.read_text()) or {}
+    return saved.get(key, default) if isinstance(saved, dict) else default
+
+
 def read_metrics_rows(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a ``metrics.jsonl`` (``[]`` if there is none). A last line cut short
     (the process was killed while writing it) is left out with a warning; a bad line

@@ -129,11 +129,12 @@ def autocast(mixed_precision: str, device: torch.device):
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 matmuls natively: a CUDA GPU with bf16 support,
-    or a CPU with AVX512-BF16 or AMX. Elsewhere they are emulated, and far slower than
-    float32 (below)."""
+    """Whether ``device`` computes bfloat16 matmuls natively: a CUDA GPU of compute
+    capability 8.0 or later (Ampere on; a T4 or V100 only emulates it), or a CPU with
+    AVX512-BF16 or AMX. Elsewhere they are emulated, and far slower than float32 (below)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # a private op: may be absent
     return device.type == "cpu" and (native is None or bool(native()))
 
@@ -154,8 +155,14 @@ def check_mixed_precision(mixed_precision: str, device: torch.device) -> None:
         raise ConfigError(f"mixed_precision=bf16 runs on CPU and CUDA devices, not {device.type}; "
                           "set mixed_precision=no")
     if device.type == "cuda" and not native_bf16(device):
-        raise ConfigError(f"mixed_precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
-                          "set mixed_precision=no")
+        with torch.cuda.device(device):
+            emulated = torch.cuda.is_bf16_supported(including_emulation=True)
+        if not emulated:
+            raise ConfigError(f"mixed_precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+                              "set mixed_precision=no")
+        logging.getLogger("rlxf").warning(
+            "mixed_precision=bf16: %s computes bfloat16 only by emulation (compute capability below 8.0), slower "
+            "than float32; set mixed_precision=no", torch.cuda.get_device_name(device))
     if device.type == "cpu" and not native_bf16(device):
         # measured on an AVX2 AMD EPYC (2 threads): a 448×256 by 256×768 matmul takes 14 ms in bf16
         # with the weight in nn.Linear's layout and 140 ms in GPT-2's Conv1D layout, against 1.3 ms
