@@ -20,7 +20,7 @@ class SeededRowBackend:
         self.synced_weights: list[float] = []  # a checksum of the weights at each sync
 
     @torch.no_grad()
-    def generate(self, query, attention_mask, *, max_new_tokens: int, temperature: float):
+    def generate(self, query, attention_mask, *, max_new_tokens: int, temperature: float, stop=None):
         self.events.append("generate")
         answers = []
         for q, m in zip(query, attention_mask):

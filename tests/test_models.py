@@ -267,6 +267,28 @@ def test_stored_generation_is_one_generate_call_even_across_a_crash(tmp_path, ti
     assert calls == [4, 4, 3] and other == generate(model, tok, prompts, seed=8, **settings) != whole
 
 
+def test_stored_answers_holding_unicode_line_separators_read_back_whole(tmp_path, tiny_model_dir, monkeypatch):
+    """U+2028, U+2029 and U+0085 are written raw (ensure_ascii=False) and are line breaks to
+    str.splitlines: a finished store holding them is read back, not sampled again."""
+    from rlxf.models import generation
+
+    tok = load_tokenizer(str(tiny_model_dir), padding_side="left")
+    model = load_causal_lm(ModelConfig(name_or_path=str(tiny_model_dir)))
+    calls = []
+
+    def odd(model, tokenizer, prompts, **_):
+        calls.append(len(prompts))
+        return [generation.Generation(p, "a\u2028b\u2029c\u0085d", True, (5, 6)) for p in prompts]
+
+    monkeypatch.setattr(generation, "generate", odd)
+    prompts = ["say hello to tom .", "two plus three is", "one plus one is"]
+    args = dict(identity={"m": 1}, max_new_tokens=4, batch_size=1, chunk_batches=1, seed=0)
+    first = generation.generate_stored(model, tok, prompts, tmp_path / "s.jsonl", **args)
+    assert calls == [1, 1, 1]
+    again = generation.generate_stored(model, tok, prompts, tmp_path / "s.jsonl", **args)
+    assert calls == [1, 1, 1] and again == first and again[0].text == "a\u2028b\u2029c\u0085d"
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_lora_is_told_how_the_layers_store_their_weights(tokenizer, arch):
     """GPT-2's Conv1D layers hold (in, out) weights: peft is told so (fan_in_fan_out), and
@@ -319,6 +341,19 @@ def test_generation_stops_sampling_an_answer_at_a_stop_string(tokenizer, pad_is_
         assert tok.decode(g.token_ids) == " the fox is red . the owl"  # no padding, no EOS that was padding
     never = generate(model, tok, [prompt], max_new_tokens=12, seed=0, stop=["zebra"])[0]
     assert (never.ended, never.stopped, len(never.token_ids)) == (False, False, 12)
+
+    # A shorter prompt's answer meets the script later (its positions start earlier): the
+    # first row stops and is padded while the second samples on; its tokens end at the stop.
+    mixed = generate(model, tok, [prompt, "say hi ."], max_new_tokens=30, seed=0, stop=[" the owl"])
+    assert (mixed[0].text, mixed[0].ended, mixed[0].stopped) == ("the fox is red .", True, True)
+    assert tok.decode(mixed[0].token_ids) == " the fox is red . the owl"
+    assert len(mixed[1].token_ids) > len(mixed[0].token_ids)
+
+    # A stop string is looked for in the answer alone: "answer :" + " the fox" holds ": the"
+    # across the prompt's end, which ends nothing (Hugging Face's stop_strings would stop there).
+    across = generate(model, tok, [prompt], max_new_tokens=12, seed=0, stop=[": the"])[0]
+    assert (across.ended, across.stopped, len(across.token_ids)) == (False, False, 12)
+    assert across.text.startswith("the fox is red . the owl")
 
 
 def test_loaded_gpt2_uses_the_one_kernel_tanh_gelu_with_the_same_outputs(tiny_model_dir):

@@ -105,6 +105,7 @@ def test_an_answer_ends_at_a_stop_string_as_at_eos(setup, tokenizer, tmp_path):
     ro = cut.rollout([prompt] * 2)
     kept = tokenizer(" hello tom .\n\nHuman:", add_special_tokens=False)["input_ids"]
     assert ro.mask.sum(1).tolist() == [len(kept)] * 2  # through the stop string's last token
+    assert ro.response.shape[1] == len(kept)  # and sampling stopped there: not run on to max_new_tokens
     assert ro.response[0, :len(kept)].tolist() == kept
     assert ro.texts == ["hello tom ."] * 2 and ro.ended.tolist() == [True, True] and ro.stopped.tolist() == [True] * 2
     scored = cut._score([prompt] * 2, ro.texts, [True, True])

@@ -92,6 +92,35 @@ def test_weights_are_synced_to_the_backend_after_every_update(ppo_setup, tmp_pat
     assert sum(t.double().sum().item() for t in final.values()) == pytest.approx(backend.synced_weights[-1], rel=1e-9)
 
 
+@pytest.mark.parametrize("name", ["hf", "rlxf"])
+def test_a_backend_stops_sampling_once_every_answer_has_written_a_stop_string(tokenizer, name):
+    """Given PPO's AnswerStop, a batch whose answers have all written a stop string samples
+    no further; the answers' tokens up to it are those sampled without a stop."""
+    from conftest import scripted_model
+
+    from rlxf.models.generation import AnswerStop, encode_prompts
+
+    prompt = "question : what color is the fox ? answer :"
+    model, length = scripted_model(tokenizer, prompt, "the fox is red . the owl is blue .", eos=False)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    ids = torch.tensor(encode_prompts([prompt] * 2, tokenizer, " "))
+    query, mask = ids, torch.ones_like(ids)
+    backend = make_backend(name, model, tokenizer, model_path="unused", dtype="float32", seed=0,
+                           gpu_memory_utilization=0.5, num_processes=1)
+    torch.manual_seed(0)
+    free = backend.generate(query, mask, max_new_tokens=30, temperature=1.0)
+    assert len(calls) == 30 and free.shape == (2, 30)
+    calls.clear()
+    torch.manual_seed(0)
+    stop = AnswerStop(tokenizer, [" the owl"], ["", ""])
+    stopped = backend.generate(query, mask, max_new_tokens=30, temperature=1.0, stop=stop)
+    upto = len(tokenizer(" the fox is red . the owl", add_special_tokens=False)["input_ids"])
+    assert len(calls) == upto < length and stopped.shape == (2, upto)
+    assert torch.equal(stopped, free[:, :upto])
+    assert stop.done is None  # each call runs a fresh criterion (stop.after), so one AnswerStop serves every batch
+
+
 # -- rlxf's own sampling loop ----------------------------------------------------------
 
 

@@ -6,8 +6,8 @@ answer reports whether the model ended it (emitted EOS) — the gold oracle and 
 PPO EOS penalty both need to know. :func:`cut_at_stop` cuts an answer at a stop string
 such as the next dialogue turn (:data:`DIALOGUE_TURNS`, the default ``stop`` of ``rlxf
 sxs``/``autosxs`` sampling and of ``rlxf annotate import``); :func:`generate` given
-``stop`` also stops sampling an answer there (``generate``'s ``stop_strings``), so a
-batch ends when its every answer has ended instead of running to ``max_new_tokens``.
+``stop`` also stops sampling an answer there (:class:`AnswerStop`), so a batch ends
+when its every answer has ended instead of running to ``max_new_tokens``.
 
 :func:`generate_stored` is one :func:`generate` call whose answers are appended to a file
 chunk by chunk, with the random number generator's state after each, so a crashed
@@ -52,6 +52,48 @@ def check_stop(stop: list[str], key: str) -> None:
     if any(not s for s in stop):
         raise ConfigError(f"{key} must not hold an empty string (it would cut every answer to nothing); "
                           f"use {key}=[] for no stop strings")
+
+
+class AnswerStop:
+    """Which answers hold one of ``stop``: a Hugging Face stopping criterion that ends an
+    answer where :func:`cut_at_stop` would cut its text.
+
+    An answer is the tokens of ``input_ids`` (B, L) after the first ``start`` (see
+    :meth:`after`), decoded without special tokens and with row b's ``prefixes[b]`` (the
+    separator, which is not shown) removed from its start. Hugging Face's own
+    ``stop_strings`` match the prompt and the separator too, and would end an answer
+    whose text holds no stop string. To spare decoding every answer at every token, the
+    last few tokens are looked at first: a stop string the newest token completed is in
+    them.
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str], prefixes: Sequence[str] | None = None, start: int = 0) -> None:
+        self.tokenizer, self.stop, self.prefixes, self.start = tokenizer, list(stop), prefixes, start
+        self.window = max(len(s.encode("utf-8")) for s in self.stop) + 2  # tokens, each a byte or more
+        self.done: list[bool] | None = None
+
+    def after(self, start: int) -> AnswerStop:
+        """A fresh criterion (no answer seen yet) whose answers start at column ``start``."""
+        return AnswerStop(self.tokenizer, self.stop, self.prefixes, start)
+
+    def holds(self, ids: Sequence[int], row: int) -> bool:
+        """Whether the text of answer ``ids`` of row ``row`` holds a stop string."""
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        if self.prefixes is not None and self.prefixes[row]:
+            text = text.removeprefix(self.prefixes[row])
+        return any(s in text for s in self.stop)
+
+    def __call__(self, input_ids, scores=None, **_):
+        import torch
+
+        answers = input_ids[:, self.start:].tolist()
+        if self.done is None:
+            self.done = [False] * len(answers)
+        for b, ids in enumerate(answers):
+            if not self.done[b] and any(s in self.tokenizer.decode(ids[-self.window:], skip_special_tokens=True)
+                                        for s in self.stop):
+                self.done[b] = self.holds(ids, b)
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass(frozen=True)
@@ -127,10 +169,15 @@ def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, te
     model.eval()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
-    stopping = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
     for start in bar(range(0, len(order), batch_size), desc="generate", enabled=progress):
         idx = order[start:start + batch_size]
         width = max(len(encoded[i]) for i in idx)
+        stopping = {}
+        if stop:
+            from transformers import StoppingCriteriaList
+
+            seps = [prompt_text(prompts[i], tokenizer, separator)[1] for i in idx]
+            stopping["stopping_criteria"] = StoppingCriteriaList([AnswerStop(tokenizer, stop, seps, start=width)])
         ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (B, P) left-padded
         mask = torch.zeros_like(ids)
         for row, i in enumerate(idx):
@@ -266,7 +313,9 @@ def _read_store(store: Path, header: dict, chunks: list[list[int]], device) -> l
 
     done: list[tuple[list[dict], dict]] = []
     if store.exists():
-        lines = store.read_text(encoding="utf-8").splitlines()
+        # lines end in "\n" only: an answer may hold U+2028 or U+0085, which splitlines() would split at
+        lines = store.read_text(encoding="utf-8").split("\n")
+        lines = lines[:-1] if lines and not lines[-1] else lines
         try:
             same = bool(lines) and json.loads(lines[0]) == header
         except json.JSONDecodeError:

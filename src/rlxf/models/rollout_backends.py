@@ -19,6 +19,13 @@ repetition penalty: PPO's log-probs would not be those of the sampler).
   policy; after each update the policy's state dict is loaded into the engine's model.
   Written against vLLM's ``LLM.apply_model`` and ``SamplingParams``; it cannot be run
   on the CPU machines rlxf's tests run on.
+
+Given ``stop`` (PPO's ``rollout.stop``, as a
+:class:`~rlxf.models.generation.AnswerStop`), ``hf`` and ``rlxf`` stop sampling an answer
+once its text holds a stop string, so a batch whose answers have all ended (EOS or a
+stop) samples no further; PPO then cuts each answer after the token completing the stop.
+The answers' tokens are those sampled without it: a stopped answer is only padded where
+it would have gone on. ``vllm`` samples on, and PPO cuts afterwards.
 """
 
 from __future__ import annotations
@@ -30,17 +37,19 @@ from typing import Protocol
 import torch
 
 from rlxf.errors import ConfigError
+from rlxf.models.generation import AnswerStop
 
 log = logging.getLogger("rlxf")
 
 
 class RolloutBackend(Protocol):
     def generate(self, query: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
-                 temperature: float) -> torch.Tensor:
+                 temperature: float, stop: AnswerStop | None = None) -> torch.Tensor:
         """Answer ids (B, R) for left-padded ``query`` (B, P) and its ``attention_mask`` (B, P).
 
-        Each answer runs to EOS (included) or ``max_new_tokens``; what follows EOS is
-        padding (PPO masks it). R is the longest answer's length.
+        Each answer runs to EOS (included) or ``max_new_tokens``, or (where the backend
+        heeds ``stop``) until its text holds a stop string; what follows is padding (PPO
+        masks it). R is the longest answer's length.
         """
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
@@ -67,9 +76,13 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(self, query: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
-                 temperature: float) -> torch.Tensor:
+                 temperature: float, stop: AnswerStop | None = None) -> torch.Tensor:
+        from transformers import StoppingCriteriaList
+
         self.policy.eval()
         extra = {"suppress_tokens": self.suppress_tokens} if self.suppress_tokens else {}
+        if stop is not None:
+            extra["stopping_criteria"] = StoppingCriteriaList([stop.after(query.shape[1])])
         with _plain_generation_config(self.policy):
             seqs = self.policy.generate(input_ids=query, attention_mask=attention_mask, do_sample=True, top_k=0,
                                         top_p=1.0, temperature=temperature, max_new_tokens=max_new_tokens,
@@ -132,7 +145,7 @@ class LoopBackend:
 
     @torch.no_grad()
     def generate(self, query: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
-                 temperature: float) -> torch.Tensor:
+                 temperature: float, stop: AnswerStop | None = None) -> torch.Tensor:
         from transformers import DynamicCache
 
         from rlxf.models.loading import base_model, cache_keyword, keeps_logits, returned_cache
@@ -147,6 +160,7 @@ class LoopBackend:
         position = position[:, -1:]  # (B, 1)
         unfinished = torch.ones(b, dtype=torch.bool, device=query.device)
         suppressed = self.suppressed.to(query.device)
+        stop = stop.after(0) if stop is not None else None  # it is shown the answer tokens only
         tokens = []
         for step in range(max_new_tokens):
             probs = torch.softmax(suppress(out.logits[:, -1].float(), suppressed) / temperature, dim=-1)  # (B, V)
@@ -154,6 +168,8 @@ class LoopBackend:
             token = torch.where(unfinished, token, self.pad)
             tokens.append(token)
             unfinished &= token != self.eos
+            if stop is not None:
+                unfinished &= ~stop(torch.stack(tokens, dim=1))
             if step + 1 == max_new_tokens or not unfinished.any():
                 break
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
@@ -190,7 +206,7 @@ class VLLMBackend:
 
     @torch.no_grad()
     def generate(self, query: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
-                 temperature: float) -> torch.Tensor:
+                 temperature: float, stop: AnswerStop | None = None) -> torch.Tensor:
         prompts = [{"prompt_token_ids": q[m.bool()].tolist()} for q, m in zip(query, attention_mask)]
         params = self.vllm.SamplingParams(temperature=temperature, top_p=1.0, max_tokens=max_new_tokens)
         answers = []

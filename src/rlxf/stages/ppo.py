@@ -36,7 +36,7 @@ from rlxf.distributed import (TokenValues, check_divisible, gather_lists, gather
                               make_accelerator, save_final, share, start_stage, sum_over_processes)
 from rlxf.errors import ConfigError, DataError
 from rlxf.models import reward as rm
-from rlxf.models.generation import check_stop, cut_at_stop
+from rlxf.models.generation import AnswerStop, check_stop, cut_at_stop
 from rlxf.models.loading import (ModelConfig, add_lora, attention_kernel, auto_eager, fit_length, keeps_logits,
                                  load_causal_lm, load_model_tokenizer, load_tokenizer, max_positions, settle_attention,
                                  store_matmul_weights)
@@ -79,7 +79,8 @@ class RolloutConfig:
     for a policy that runs on into the next turn of an Anthropic HH dialogue: the answer
     ends with the token that completes the first one (the policy's last action; later
     tokens are masked), counts as ended (no missing-EOS penalty) and is scored and logged
-    without it. [] (default): answers end at EOS only."""
+    without it; backends hf and rlxf stop sampling it there. [] (default): answers end at
+    EOS only."""
 
     def validate(self) -> None:
         check_stop(self.stop, "rollout.stop")
@@ -394,11 +395,14 @@ class PPO:
         query, query_mask = _left_pad([self._encode_prompt(p) for p in prompts], tok.pad_token_id)  # (B, P) each
         query, query_mask = query.to(self.device), query_mask.to(self.device)
         self.policy.eval()
+        # a stop string is looked for in an answer's text without the separator, as the reward model reads it
+        stop = AnswerStop(tok, cfg.rollout.stop, [_separator(p, tok, cfg.rollout.separator) for p in prompts]) \
+            if cfg.rollout.stop else None
         with attention_kernel(self.policy, self.sampling_attention):
             response = self.backend.generate(query, query_mask, max_new_tokens=cfg.rollout.max_new_tokens,
-                                             temperature=cfg.rollout.temperature)  # (B, R)
+                                             temperature=cfg.rollout.temperature, stop=stop)  # (B, R)
         mask, ended = _truncate_at_eos(response, tok.eos_token_id)  # (B, R), (B,)
-        stopped = _truncate_at_stop(response, mask, tok, cfg.rollout.stop)  # (B,); mask shortened in place
+        stopped = _truncate_at_stop(response, mask, stop)  # (B,); mask shortened in place
         ended = ended | stopped
         response = response.masked_fill(mask == 0, tok.pad_token_id)
         attention_mask = torch.cat([query_mask, mask], dim=1)  # (B, P+R)
@@ -781,25 +785,21 @@ def _truncate_at_eos(response: torch.Tensor, eos: int) -> tuple[torch.Tensor, to
     return (positions[None, :] <= first[:, None]).long(), ended
 
 
-def _truncate_at_stop(response: torch.Tensor, mask: torch.Tensor, tokenizer, stop: list[str]) -> torch.Tensor:
-    """End each answer (B, R) that writes one of ``stop`` with the token completing the
-    first: ``mask`` (B, R) is cut after it, in place. Returns which answers were (B,)."""
+def _truncate_at_stop(response: torch.Tensor, mask: torch.Tensor, stop: AnswerStop | None) -> torch.Tensor:
+    """End each answer (B, R) whose text holds a stop string (``stop``; None: none) with the
+    token completing the first: ``mask`` (B, R) is cut after it, in place. Returns which
+    answers were (B,)."""
     stopped = torch.zeros(response.shape[0], dtype=torch.bool, device=response.device)
-    if not stop:
+    if stop is None:
         return stopped
-
-    def holds_stop(ids: list[int]) -> bool:
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        return any(s in text for s in stop)
-
     for b, n in enumerate(mask.sum(1).tolist()):
         ids = response[b, :n].tolist()
-        if not holds_stop(ids):
+        if not stop.holds(ids, b):
             continue
         lo, hi = 1, n  # the shortest prefix that holds a stop string: a prefix's text only grows
         while lo < hi:
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if holds_stop(ids[:mid]) else (mid + 1, hi)
+            lo, hi = (lo, mid) if stop.holds(ids[:mid], b) else (mid + 1, hi)
         mask[b, lo:] = 0
         stopped[b] = True
     return stopped
@@ -816,8 +816,13 @@ def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask
 
 
+def _separator(prompt, tokenizer, separator: str) -> str:
+    """What stands between ``prompt`` and its answer (``separator``; nothing after a chat template)."""
+    return prompt_text(prompt, tokenizer, separator)[1]
+
+
 def _strip_separator(text: str, prompt, tokenizer, separator: str) -> str:
-    sep = prompt_text(prompt, tokenizer, separator)[1]
+    sep = _separator(prompt, tokenizer, separator)
     return text.removeprefix(sep) if sep else text
 
 
