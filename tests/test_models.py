@@ -289,6 +289,27 @@ def test_stored_answers_holding_unicode_line_separators_read_back_whole(tmp_path
     assert calls == [1, 1, 1] and again == first and again[0].text == "a\u2028b\u2029c\u0085d"
 
 
+def test_a_model_fingerprint_changes_when_it_or_an_adapters_base_is_trained_again(tmp_path):
+    import json
+    import time
+
+    from rlxf.models.loading import fingerprint
+
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir(), adapter.mkdir()
+    (base / "model.safetensors").write_bytes(b"x" * 10)
+    (adapter / "adapter_model.safetensors").write_bytes(b"y" * 10)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    before = fingerprint(str(base)), fingerprint(str(adapter))
+    assert fingerprint(str(adapter)) == before[1]  # the same files: the same fingerprint
+    time.sleep(0.01)
+    (base / "model.safetensors").write_bytes(b"z" * 10)  # trained again into the same folder
+    assert fingerprint(str(base)) != before[0] and fingerprint(str(adapter)) != before[1]
+    assert fingerprint("org/model", "abc") == "abc" and fingerprint("org/model") == "main"
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(adapter)}))
+    assert fingerprint(str(adapter))  # an adapter naming itself as its base ends
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_lora_is_told_how_the_layers_store_their_weights(tokenizer, arch):
     """GPT-2's Conv1D layers hold (in, out) weights: peft is told so (fan_in_fan_out), and

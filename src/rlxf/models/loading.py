@@ -113,11 +113,13 @@ def load_causal_lm(cfg: ModelConfig, *, path: str | None = None):
     return fuse_gelu(model)
 
 
-def fingerprint(name_or_path: str, revision: str | None = None) -> str:
+def fingerprint(name_or_path: str, revision: str | None = None, _depth: int = 0) -> str:
     """What identifies a model's weights: for a local folder, a hash of its weight and
     config files' names, sizes and modification times (so a model trained again into the
-    same folder reads as another); for a hub id, the revision."""
+    same folder reads as another), and for a peft adapter's folder its base model's
+    fingerprint too; for a hub id, the revision."""
     import hashlib
+    import json
 
     path = Path(name_or_path)
     if not path.is_dir():
@@ -127,6 +129,14 @@ def fingerprint(name_or_path: str, revision: str | None = None) -> str:
         if f.suffix in (".safetensors", ".json", ".bin"):
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    adapter = path / "adapter_config.json"
+    if adapter.is_file() and _depth < 4:  # an adapter on an adapter, but never round a loop for ever
+        try:
+            base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            base = None
+        if isinstance(base, str) and base:
+            h.update(f"base:{base}:{fingerprint(base, None, _depth + 1)};".encode())
     return h.hexdigest()[:16]
 
 
