@@ -323,3 +323,13 @@ def test_a_tracked_or_reward_function_that_fails_names_its_key(setup, tmp_path):
                         f"reward.value_model={root / 'rm'}", f"out={tmp_path / 'b'}"))
     with pytest.raises(RlxfError, match=r"^track.n \('itertools:chain'\) returned 24 scores for 8 answers"):
         ppo.run(_config(root, model_dir, "track.n=itertools:chain", f"out={tmp_path / 'c'}"))
+
+
+def test_the_logged_learning_rate_is_the_mean_rate_of_the_steps_updates(setup, tmp_path):
+    """2 PPO steps of 4 epochs × 2 minibatches: 16 updates on a linear schedule from 1e-3,
+    the k-th at 1e-3 × (16 − k) / 16. Step 1 logs the mean of updates 0-7 (12.5 / 16 of the
+    peak), step 2 of updates 8-15 (4.5 / 16), not the rate after its last update."""
+    root, model_dir = setup
+    ppo.run(_config(root, model_dir, "max_steps=2", f"out={tmp_path / 'run'}"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows if "lr" in r] == pytest.approx([1e-3 * 12.5 / 16, 1e-3 * 4.5 / 16])

@@ -220,3 +220,14 @@ def test_conversations_need_a_chat_template_and_the_error_names_the_key(tmp_path
     chat = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": [{"role": "user", "content": "hi"}], "completion": "yo"}])
     with pytest.raises(ConfigError, match=r"data.train: .* has no chat template; .*\(model.tokenizer=\.\.\.\)"):
         sft.run(_config(tmp_path, tiny_model_dir, f"data.train={chat}"))
+
+
+def test_the_logged_learning_rate_is_the_one_each_step_used(tmp_path, tiny_model_dir):
+    """A linear schedule over 4 steps from 1e-2 without warm-up steps at 1e-2, 7.5e-3, 5e-3
+    and 2.5e-3; each row logs its own step's rate, not the next one's (the last is not 0)."""
+    from rlxf.runs import read_metrics_rows
+
+    sft.run(_config(tmp_path, tiny_model_dir, "max_steps=4", "log_every=1", "warmup_steps=0", "lr_schedule=linear",
+                    "eval_every=null", "save_every=100"))
+    rates = [row["lr"] for row in read_metrics_rows(tmp_path / "run" / "metrics.jsonl") if "lr" in row]
+    assert rates == pytest.approx([1e-2, 7.5e-3, 5e-3, 2.5e-3])

@@ -500,6 +500,7 @@ class PPO:
         grad_norms: dict[str, list[float]] = {"policy_grad_norm": [], "value_grad_norm": []}
         n = ro.query.shape[0]
         held: list[torch.Tensor] = []  # the last minibatch's policy losses (see below)
+        rates: list[float] = []  # the learning rate each minibatch's steps used
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(n).split(cfg.batch_size // n_proc):
                 n_tokens = sum_over_processes([float(ro.mask[idx].sum())], self.acc)[0]  # the minibatch's
@@ -525,6 +526,7 @@ class PPO:
                     with grad_sync(self.acc, self.value_fwd, last=i == last):
                         self._value_backward(ro, rows, n_tokens, mb)
                 grad_norms["value_grad_norm"].append(_clip_and_step(optimizer, cfg.max_grad_norm))
+                rates.append(scheduler.get_last_lr()[0])
                 scheduler.step()  # one learning-rate step per minibatch: both steps above used the same rate
                 for key in ("ptx_loss", "policy_loss", "value_loss", "clip_frac", "value_clip_frac", "approx_kl",
                             "entropy"):
@@ -535,6 +537,7 @@ class PPO:
         per_key = len(totals) // max(len(keys), 1)
         out = {k: totals[i * per_key:(i + 1) * per_key] for i, k in enumerate(keys)}
         out.update(grad_norms)  # the same on every process (gradients are all-reduced)
+        out["lr"] = rates  # the policy's; the value function's is value_lr_multiplier times it
         return {k: sum(v) / len(v) for k, v in out.items()}
 
     def _policy_backward(self, ro: Rollout, rows: torch.Tensor, n_tokens: float, ptx: tuple | None,
@@ -691,7 +694,6 @@ def run(cfg: Config) -> dict:
         stats.update(ppo.update(ro, optimizer, scheduler))
         ppo.backend.sync_weights(ppo.policy)
         ppo.kl_ctl.update(stats["kl"], cfg.rollout.batch_size)
-        stats["lr"] = scheduler.get_last_lr()[0]
         done = step + 1
         bar.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats['kl']:.3f}")
         # held-out evaluation runs on the main process alone (a forked RNG, plain models)

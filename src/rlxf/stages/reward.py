@@ -211,6 +211,7 @@ def run(cfg: Config) -> dict:
         step_loss, step_lm = sum_over_processes([step_loss, step_lm], acc)
         grad_norm = _clip(acc, scorer, cfg.max_grad_norm)
         optimizer.step()
+        lr = scheduler.get_last_lr()[0]  # the rate this step used (the scheduler then moves to the next)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         window["losses"].append(step_loss)
@@ -221,7 +222,7 @@ def run(cfg: Config) -> dict:
         if done % cfg.log_every == 0 or done == n_steps:
             row.update(loss=sum(window["losses"]) / len(window["losses"]),
                        **_pair_metrics(torch.tensor(window["diffs"]), torch.tensor(window["outcomes"])),
-                       grad_norm=grad_norm, lr=scheduler.get_last_lr()[0])
+                       grad_norm=grad_norm, lr=lr)
             if lm_head is not None:  # the loss above includes lm_coef × lm_loss
                 row["lm_loss"] = sum(window["lm"]) / len(window["lm"])
             window = _empty_window()

@@ -114,6 +114,7 @@ def run(cfg: Config) -> dict:
         step_loss = sum_over_processes([step_loss], acc)[0]
         grad_norm = _clip(acc, wrapped, cfg.max_grad_norm)
         optimizer.step()
+        lr = scheduler.get_last_lr()[0]  # the rate this step used (the scheduler then moves to the next)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         window.append(step_loss)
@@ -121,7 +122,7 @@ def run(cfg: Config) -> dict:
         bar.set_postfix(loss=f"{step_loss:.4f}")
         row = {}
         if done % cfg.log_every == 0 or done == n_steps:
-            row.update(loss=sum(window) / len(window), grad_norm=grad_norm, lr=scheduler.get_last_lr()[0],
+            row.update(loss=sum(window) / len(window), grad_norm=grad_norm, lr=lr,
                        tokens=n_tokens)
             window = []
         if eval_set and ((cfg.eval_every and done % cfg.eval_every == 0) or done == n_steps):
