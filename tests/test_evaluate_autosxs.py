@@ -105,6 +105,24 @@ def test_judgments_are_position_debiased_with_choice_and_confidence():
                                                                     "shortened_prompts": 0}
 
 
+def test_a_choice_that_flips_with_the_order_is_a_tie_unless_averaging_is_asked_for(caplog):
+    """len(A) - len(B) = 1: order AB P(first) = σ(0.5 + 1) = 0.818 (A), order BA σ(-0.5 + 1) =
+    0.622 (B): the judge picked position 1 both times. Averaged, P(A) = (0.818 + 0.378) / 2 =
+    0.598, a win for A that the position made; by default the pair is a tie."""
+    prompts, a, b = ["User: x", "User: y"], ["abcd", "a long answer"], ["abc", "short"]
+    with caplog.at_level("WARNING", logger="rlxf"):
+        tied = autosxs.judge_side_by_side(LengthJudge(), prompts, a, b, SETTINGS)
+    assert tied.judgments["prob_a"][0] == pytest.approx((sigmoid(1.5) + 1 - sigmoid(0.5)) / 2)
+    assert tied.judgments["flipped"].tolist() == [True, False]
+    assert tied.judgments["choice"].tolist() == ["tie", "A"]  # the second: A in both orders
+    assert tied.summary["win_rate_a"]["rate"] == pytest.approx(0.75) and "picked the same position" not in caplog.text
+    averaged = autosxs.judge_side_by_side(LengthJudge(), prompts, a, b, SETTINGS, order_flips="average")
+    assert averaged.judgments["choice"].tolist() == ["A", "A"] and averaged.summary["win_rate_a"]["rate"] == 1.0
+    with caplog.at_level("WARNING", logger="rlxf"):
+        autosxs.judge_side_by_side(LengthJudge(), ["User: x"] * 2, ["abcd", "same"], ["abc", "four"], SETTINGS)
+    assert "picked the same position in both orders on 100% of the pairs" in caplog.text
+
+
 def test_one_order_only_keeps_the_position_bias():
     settings = JudgeSettings(template=load_template("helpful"), both_orders=False)
     j = autosxs.judge_side_by_side(LengthJudge(), ["User: x"], ["same"], ["four"], settings).judgments

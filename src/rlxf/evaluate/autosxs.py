@@ -13,10 +13,11 @@ P(A better), averaged over both orders (A shown first, then B shown first), whic
 removes the judge's position bias (RLAIF, Lee et al. 2023, §2.1.1).
 
 Per pair (``judgments.csv`` and ``judgments.jsonl``): ``choice`` is "A", "B" or
-"tie" (P(A) within ``tie_margin`` of 0.5), empty when the judge gave no readable
-answer; ``confidence`` is the judge's probability of its choice, max(P(A), 1 - P(A));
-``explanation`` is the chain-of-thought rationale (with ``cot=true``; empty otherwise),
-for each order the judge saw.
+"tie" (P(A) within ``tie_margin`` of 0.5, or, with the default ``order_flips=tie``,
+a choice that flipped with the order: the judge picked the same position both times),
+empty when the judge gave no readable answer; ``confidence`` is the judge's
+probability of its choice, max(P(A), 1 - P(A)); ``explanation`` is the chain-of-thought
+rationale (with ``cot=true``; empty otherwise), for each order the judge saw.
 
 Win rate (``summary.json``): A's wins plus half its ties, over the pairs the judge
 decided, with a Wilson score interval (Wilson 1927; :func:`rlxf.evaluate.sxs.wilson_interval`).
@@ -33,6 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from rlxf.errors import ConfigError, DataError
 from rlxf.evaluate.sxs import AnswersConfig, collect_answers, win_rate
@@ -54,6 +56,10 @@ class Config(AnswersConfig, label.Config):
     """Column of data with the humans' choice per row: "A", "B", "tie" (any case) or name_a/name_b; null: none."""
     tie_margin: float = 0.0
     """Call the pair a tie when the judge's P(A) is within this of 0.5 (0: only exactly 0.5)."""
+    order_flips: Literal["tie", "average"] = "tie"
+    """A pair whose choice flips with the order the answers are shown in (the judge picked the same
+    position both times): 'tie', since its verdict followed the position, not the answers (as MT-Bench
+    counts such judgements); or 'average', P(A) averaged over both orders decides (RLAIF's soft labels)."""
     confidence_level: float = 0.95
     """Level of the Wilson confidence interval of the win rates."""
 
@@ -100,8 +106,8 @@ def run(cfg: Config) -> dict:
         human = [parse_human(v, cfg.name_a, cfg.name_b, where=(answers.source, line, cfg.human_column))
                  for v, line in zip(answers.extra[cfg.human_column], answers.lines)]
     result = judge_side_by_side(judge, answers.prompts, answers.a, answers.b, settings, human=human,
-                                tie_margin=cfg.tie_margin, level=cfg.confidence_level, chunk_size=cfg.chunk_size,
-                                max_failed=cfg.max_failed_pairs, progress=cfg.progress)
+                                tie_margin=cfg.tie_margin, order_flips=cfg.order_flips, level=cfg.confidence_level,
+                                chunk_size=cfg.chunk_size, max_failed=cfg.max_failed_pairs, progress=cfg.progress)
     frame = result.judgments
     frame.to_csv(run_dir.out / "judgments.csv", index=False)
     frame.to_json(run_dir.out / "judgments.jsonl", orient="records", lines=True, force_ascii=False)
@@ -118,9 +124,10 @@ def run(cfg: Config) -> dict:
 
 def judge_side_by_side(judge: Judge, prompts: Sequence, answers_a: Sequence[str], answers_b: Sequence[str],
                        settings: JudgeSettings, *, human: Sequence[str | None] | None = None,
-                       tie_margin: float = 0.0, level: float = 0.95, chunk_size: int = 64, max_failed: int = 20,
-                       progress: bool = False) -> AutoSxS:
-    """Judge every (prompt, A, B) and summarise; ``human`` holds "A"/"B"/"tie"/None per pair.
+                       tie_margin: float = 0.0, order_flips: str = "tie", level: float = 0.95, chunk_size: int = 64,
+                       max_failed: int = 20, progress: bool = False) -> AutoSxS:
+    """Judge every (prompt, A, B) and summarise; ``human`` holds "A"/"B"/"tie"/None per pair;
+    ``order_flips``: what a choice that flips with the order is ("tie" or "average", see Config).
 
     Columns of the judgments: prompt, answer_a, answer_b, choice, confidence, prob_a,
     p_first_ab, p_first_ba, flipped, explanation, error (why a pair has no choice),
@@ -142,7 +149,7 @@ def judge_side_by_side(judge: Judge, prompts: Sequence, answers_a: Sequence[str]
         rows.append({
             "prompt": pair.prompt if isinstance(pair.prompt, str) else context_text(pair.prompt),
             "answer_a": pair.a, "answer_b": pair.b,
-            "choice": choice_of(prob_a, tie_margin),
+            "choice": "tie" if judged and order_flips == "tie" and r.flipped else choice_of(prob_a, tie_margin),
             "confidence": None if prob_a is None else max(prob_a, 1.0 - prob_a),
             "prob_a": prob_a,
             "p_first_ab": r.p_first_ab if judged else None, "p_first_ba": r.p_first_ba if judged else None,
@@ -159,6 +166,12 @@ def judge_side_by_side(judge: Judge, prompts: Sequence, answers_a: Sequence[str]
                                                 "unparseable_pairs", "too_long_pairs", "refused_pairs",
                                                 "failed_pairs", "shortened_prompts", "label_methods")}
     summary["judging"].update(label.judge_stats(judge))
+    flip_rate = summary["judging"]["flip_rate"]
+    if flip_rate is not None and flip_rate > 0.5:
+        log.warning("autosxs: the judge picked the same position in both orders on %.0f%% of the pairs: its verdicts "
+                    "follow where an answer is shown more than what it says%s", 100 * flip_rate,
+                    " (those pairs count as ties)" if order_flips == "tie" else
+                    "; with order_flips=average its win rate says little")
     return AutoSxS(frame, summary, list(results))
 
 
