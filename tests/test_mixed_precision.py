@@ -8,6 +8,7 @@ stay exact does: the PPO reference equals the policy before any update.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -336,8 +337,9 @@ def test_tinyworld_build_takes_bf16_only_where_it_is_native(monkeypatch, native)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert build.Config(out="x").mixed_precision == "auto"
-    assert build._precision("auto") == ("bf16" if native else "no")
-    assert build._precision("bf16") == "bf16" and build._precision("no") == "no"  # asked for: kept
+    nothing = Path("no-such-build/pretrain")
+    assert build._precision("auto", nothing) == ("bf16" if native else "no")
+    assert build._precision("bf16", nothing) == "bf16" and build._precision("no", nothing) == "no"  # kept
 
 
 def test_bf16_is_refused_on_devices_autocast_does_not_cover():

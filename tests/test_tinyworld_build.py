@@ -25,7 +25,7 @@ def test_small_build_end_to_end_and_reuse(tmp_path):
     evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
     assert len(evals) >= 4 and evals[-1] < 0.8 * evals[0], evals  # pre-training learnt something
     # build.json records the precision that ran: auto resolved for this machine
-    ran = {**to_dict(cfg), "mixed_precision": build._precision(cfg.mixed_precision)}
+    ran = {**to_dict(cfg), "mixed_precision": build._precision(cfg.mixed_precision, tmp_path / "tw" / "pretrain")}
     assert yaml.safe_load((files["base"] / "build.json").read_text()) == ran
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -37,6 +37,14 @@ def test_small_build_end_to_end_and_reuse(tmp_path):
     again = build.run(cfg)  # a finished build is reused, not redone
     assert again["pretrain_eval_loss"] == first["pretrain_eval_loss"]
     assert again["seconds"] < first["seconds"]
+    # reopened where auto resolves the other way (bf16 native there, or not): reused as it ran, not refused
+    import torch
+
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: not native)
+        elsewhere = build.run(cfg)
+    assert elsewhere["pretrain_eval_loss"] == first["pretrain_eval_loss"]
 
 
 def test_reply_share_reaches_the_corpus(tmp_path):

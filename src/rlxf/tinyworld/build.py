@@ -99,7 +99,7 @@ def run(cfg: Config) -> dict:
     """Build (or reuse) everything under ``cfg.out``; returns paths and timings."""
     out = Path(cfg.out)
     timer = Timer()
-    cfg = replace(cfg, mixed_precision=_precision(cfg.mixed_precision))  # build.json says what ran
+    cfg = replace(cfg, mixed_precision=_precision(cfg.mixed_precision, out / "pretrain"))  # build.json says what ran
     data = write_data(cfg, out)
     init = out / "init"
     if not (init / "config.json").exists():
@@ -185,11 +185,15 @@ def _initial_model(cfg: Config, data: Path, init: Path) -> None:
              sum(p.numel() for p in model.parameters()) / 1e6)
 
 
-def _precision(mixed_precision: str) -> str:
-    """``mixed_precision`` with 'auto' resolved for the device pre-training runs on."""
+def _precision(mixed_precision: str, pretrain: Path) -> str:
+    """``mixed_precision`` with 'auto' resolved for the device pre-training runs on; or, where
+    the ``pretrain`` run is complete, as it ran (a build reopened on another machine reuses it)."""
+    from rlxf.runs import completed_setting
     from rlxf.training import precision_for, resolve_device
 
     resolved = precision_for(mixed_precision, resolve_device("auto"))
+    if mixed_precision == "auto":
+        resolved = completed_setting(pretrain, "mixed_precision", resolved)
     if mixed_precision == "auto":
         log.info("tinyworld: mixed_precision=auto: %s", "bf16 (native here)" if resolved == "bf16" else
                  "float32 (bf16 is not native here)")
