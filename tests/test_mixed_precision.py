@@ -19,6 +19,7 @@ from rlxf.errors import ConfigError
 from rlxf.models.loading import ModelConfig, load_tokenizer, settle_attention
 from rlxf.models.reward import init_reward_model
 from rlxf.stages import ppo, reward, sft
+from rlxf import training
 from rlxf.training import autocast
 
 CPU = torch.device("cpu")
@@ -51,10 +52,23 @@ def test_autocast_refuses_an_unresolved_auto():
 def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, native):
     from rlxf.training import precision_for
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(training, "cpu_native_bf16", lambda: native)
     assert precision_for("auto", CPU) == ("bf16" if native else "no")
     assert precision_for("auto", torch.device("mps")) == "no"  # autocast covers CPU and CUDA only
     assert precision_for("no", CPU) == "no" and precision_for("bf16", CPU) == "bf16"  # asked for: kept
+
+
+def test_a_cpu_computes_bf16_natively_only_with_bf16_instructions(tmp_path, monkeypatch):
+    """oneDNN's check says yes on every AVX-512 CPU; a Skylake Xeon has no bf16 instructions."""
+    skylake = "flags\t\t: fpu sse2 avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni\n"
+    sapphire = "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+    zen4 = "flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+    graviton3 = "Features\t: fp asimd sve bf16 i8mm\n"
+    for text, native in ((skylake, False), (sapphire, True), (zen4, True), (graviton3, True)):
+        (tmp_path / "cpuinfo").write_text("processor\t: 0\n" + text + "\nprocessor\t: 1\n" + text)
+        assert training.cpu_native_bf16(tmp_path / "cpuinfo") == native, text
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)  # no /proc/cpuinfo: ask oneDNN
+    assert training.cpu_native_bf16(tmp_path / "missing")
 
 
 @pytest.mark.parametrize("capability", [(7, 5), (8, 0)])
@@ -151,17 +165,17 @@ def test_a_stage_records_what_auto_resolved_to_and_a_resume_elsewhere_is_refused
     a complete run is returned wherever it is reopened (it computes nothing more)."""
     import yaml
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(training, "cpu_native_bf16", lambda: False)
     cfg = _sft_config(tmp_path, tiny_model_dir, "auto", "mixed_precision=auto", "max_steps=4", "save_every=2")
     summary = sft.run(cfg)
     assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["mixed_precision"] == "no"
     assert sft.run(cfg) == summary  # the same machine resolves it the same: the complete run is returned
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(training, "cpu_native_bf16", lambda: True)
     assert sft.run(cfg) == summary  # and so does a machine with native bf16 (a report rebuilt elsewhere)
     assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["mixed_precision"] == "no"
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(training, "cpu_native_bf16", lambda: False)
     (tmp_path / "auto" / "summary.json").unlink()  # as if it had stopped after its last checkpoint
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(training, "cpu_native_bf16", lambda: True)
     with pytest.raises(ConfigError, match="mixed_precision changed"):
         sft.run(cfg)
 
@@ -299,7 +313,7 @@ def _reward_model(arch, tokenizer):
 @pytest.mark.parametrize("native", [True, False])
 def test_ppo_resolves_auto_for_its_device(ppo_setup, monkeypatch, native):
     root, model_dir = ppo_setup
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(training, "cpu_native_bf16", lambda: native)
     trainer = ppo.PPO(_ppo_config(root, model_dir, "unused", "mixed_precision=auto"), CPU)
     assert trainer.cfg.mixed_precision == ("bf16" if native else "no")
     frozen = torch.bfloat16 if native else torch.float32
@@ -319,7 +333,7 @@ def test_ppo_in_bf16_stores_frozen_models_in_bf16_and_trained_ones_in_float32(pp
 def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
     from rlxf.training import check_mixed_precision
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(training, "cpu_native_bf16", lambda: False)
     with caplog.at_level("WARNING", logger="rlxf"):
         check_mixed_precision("bf16", CPU)
         check_mixed_precision("no", CPU)
@@ -334,7 +348,7 @@ def test_tinyworld_build_takes_bf16_only_where_it_is_native(monkeypatch, native)
     (AVX2 only) pre-training in bf16 would be 10-100x slower than float32."""
     from rlxf.tinyworld import build
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(training, "cpu_native_bf16", lambda: native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert build.Config(out="x").mixed_precision == "auto"
     nothing = Path("no-such-build/pretrain")

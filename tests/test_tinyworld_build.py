@@ -38,11 +38,11 @@ def test_small_build_end_to_end_and_reuse(tmp_path):
     assert again["pretrain_eval_loss"] == first["pretrain_eval_loss"]
     assert again["seconds"] < first["seconds"]
     # reopened where auto resolves the other way (bf16 native there, or not): reused as it ran, not refused
-    import torch
+    from rlxf import training
 
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native = training.cpu_native_bf16()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: not native)
+        mp.setattr(training, "cpu_native_bf16", lambda: not native)
         elsewhere = build.run(cfg)
     assert elsewhere["pretrain_eval_loss"] == first["pretrain_eval_loss"]
 

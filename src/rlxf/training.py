@@ -135,8 +135,23 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         with torch.cuda.device(device):
             return torch.cuda.is_bf16_supported(including_emulation=False)
-    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # a private op: may be absent
-    return device.type == "cpu" and (native is None or bool(native()))
+    return device.type == "cpu" and cpu_native_bf16()
+
+
+def cpu_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU has bfloat16 instructions: ``avx512_bf16`` or ``amx_bf16`` among the
+    flags of /proc/cpuinfo (x86), ``bf16`` among its features (ARM). oneDNN's own check
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``, asked where there is no /proc/cpuinfo)
+    also says yes for any AVX-512 CPU (Skylake, Cascade Lake), where bf16 is converted,
+    not computed."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # a private op: may be absent
+        return native is not None and bool(native())
+    flags = {word for line in text.splitlines() if line.lower().startswith(("flags", "features"))
+             for word in line.partition(":")[2].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def precision_for(mixed_precision: str, device: torch.device) -> str:
