@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import pytest
 
@@ -293,8 +294,25 @@ def test_a_list_key_given_one_value_takes_it_as_a_one_item_list():
         load_config(Listed, None, ["ids=seven"])
     with pytest.raises(ConfigError, match="'betas' must be a list"):  # a tuple has a length: no one-item form
         load_config(Listed, None, ["betas=0.9"])
-    with pytest.raises(ConfigError, match="'paths' must be a list"):
-        load_config(Listed, None, ["paths=true"])
+    # a list of texts takes one value as written, as a text key does (YAML would read a bool, a mapping)
+    assert load_config(Listed, None, ["paths=true"]).paths == ["true"]
+    assert load_config(Listed, None, ["paths=Human:"]).paths == ["Human:"]
+    assert load_config(Listed, None, ["paths=['Human:', 'x']"]).paths == ["Human:", "x"]
+
+
+def test_a_choice_of_texts_is_taken_as_written_on_the_command_line():
+    """YAML reads yes/no/on/off as booleans: mixed_precision=yes was refused as 'got True'."""
+    from dataclasses import dataclass
+
+    @dataclass(kw_only=True)
+    class Chosen:
+        mixed_precision: Literal["no", "bf16", "auto"] = "no"
+        mode: Literal["a", "b"] | None = None
+
+    assert load_config(Chosen, None, ["mixed_precision=no"]).mixed_precision == "no"
+    with pytest.raises(ConfigError, match=r"'mixed_precision' must be one of 'no', 'bf16', 'auto'; got 'yes'"):
+        load_config(Chosen, None, ["mixed_precision=yes"])
+    assert load_config(Chosen, None, ["mode=b"]).mode == "b" and load_config(Chosen, None, ["mode=null"]).mode is None
 
 
 def test_a_diverged_metric_is_written_as_json_null_and_warned_of(tmp_path, caplog):
@@ -320,3 +338,12 @@ def test_a_resumed_runs_clock_starts_from_the_seconds_it_had_trained():
     from rlxf.runs import Timer
 
     assert 7.5 <= Timer(before=7.5).elapsed() < 8.5 and Timer().elapsed() < 1.0
+
+
+def test_a_wrong_value_in_a_config_file_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: fast\nmodel:\n  name_or_path: m\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: config key 'lr' must be a number, got 'fast'"):
+        load_config(sft.Config, path, ["data.train=d.jsonl", "out=o"])
+    with pytest.raises(ConfigError, match=r"^config key 'batch_size' must be int"):  # set after it: not the file's
+        load_config(sft.Config, path, ["data.train=d.jsonl", "out=o", "lr=1", "batch_size=many"])

@@ -20,6 +20,7 @@ import datetime
 import difflib
 import inspect
 import math
+import re
 import textwrap
 import types
 import typing
@@ -50,33 +51,55 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    overridden: set[str] = set()
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
         key, value = key.strip(), value.strip()
         text = _text_type(cls, key)
-        if text is None or (len(value) > 1 and value[0] in "'\"" and value[-1] == value[0]):
+        quoted = len(value) > 1 and value[0] in "'\"" and value[-1] == value[0]
+        if text is None or quoted or (text.endswith("list") and value.startswith("[")):
             parsed = _parse_scalar(value)  # YAML, or a quoted text
-        else:  # a text key takes the value as written; an optional one takes null too
-            parsed = None if text == "optional" and value in ("null", "~", "Null", "NULL") else value
+        elif text.startswith("optional") and value in ("null", "~", "Null", "NULL"):
+            parsed = None
+        else:  # a text key takes the value as written; a list of texts one value as a list of it
+            parsed = [value] if text.endswith("list") else value
         _set_dotted(raw, key, parsed)
-    return from_dict(cls, raw)
+        overridden.add(key)
+    try:
+        return from_dict(cls, raw)
+    except ConfigError as err:
+        # a key the file set (not a key=value after it) is named with the file it is in
+        named = re.search(r"(?:config key|unknown config key) '([^'\[]+)", str(err))
+        if path is not None and named and named.group(1) not in overridden:
+            raise ConfigError(f"{path}: {err}") from None
+        raise
 
 
 def _text_type(cls: type, dotted: str) -> str | None:
-    """``"text"`` when the key ``dotted`` of ``cls`` holds ``str``, ``"optional"`` for
-    ``str | None``, else ``None``. A text key's value on the command line is taken as
-    written, not as YAML, which would read ``out=0123`` as the number 83, ``out=1.10`` as
-    1.1 and ``revision=2024-06-01`` as a date."""
+    """``"text"`` when the key ``dotted`` of ``cls`` holds ``str`` (or one of a ``Literal``
+    of texts), ``"optional"`` for ``str | None``, ``"list"`` for ``list[str]``,
+    ``"optional list"`` for ``list[str] | None``, else ``None``. A text key's value on the
+    command line is taken as written, not as YAML, which would read ``out=0123`` as the
+    number 83, ``out=1.10`` as 1.1, ``revision=2024-06-01`` as a date, ``mixed_precision=yes``
+    as true and ``stop=Human:`` as a mapping; a list of texts takes one such value (a
+    value in brackets is a YAML list)."""
     *parents, last = dotted.split(".")
     for part in [*parents, last]:
         if not dataclasses.is_dataclass(cls) or part not in {f.name for f in dataclasses.fields(cls)}:
             return None
         cls = _resolved_types(cls)[part]
-    if cls is str:
-        return "text"
-    return "optional" if set(typing.get_args(cls)) == {str, type(None)} else None
+    optional = typing.get_origin(cls) in (typing.Union, types.UnionType) and type(None) in typing.get_args(cls)
+    if optional:
+        rest = [a for a in typing.get_args(cls) if a is not type(None)]
+        cls = rest[0] if len(rest) == 1 else None
+    if cls is str or (typing.get_origin(cls) is typing.Literal and all(isinstance(c, str)
+                                                                       for c in typing.get_args(cls))):
+        return "optional" if optional else "text"
+    if typing.get_origin(cls) is list and typing.get_args(cls) == (str,):
+        return "optional list" if optional else "list"
+    return None
 
 
 def from_dict(cls: type[C], raw: dict[str, Any], where: str = "") -> C:
