@@ -342,3 +342,29 @@ def test_a_local_judges_completion_ended_at_eos_or_a_stop_string_not_at_max_toke
     # a stop string found in it: it ended there, whatever the length
     assert judge.complete([prompt], max_tokens=2, temperature=1.0, stop=[" tom"]) == [[Completion(" hello", True)]]
     assert judge.generate([prompt], max_tokens=n - 1, temperature=1.0) == [[" hello tom ."]]
+
+
+def test_a_cached_completion_that_does_not_say_whether_it_ended_is_sampled_again(tmp_path, tokenizer):
+    from conftest import scripted_model
+
+    from rlxf.feedback.ai.cache import request_key
+    from rlxf.feedback.ai.judge import Completion
+
+    prompt, other = "say hello to tom .", "say hello to ann ."
+    model, n = scripted_model(tokenizer, prompt, "hello tom .", eos=True)
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    judge = HFJudge(model.eval(), tokenizer, cache=cache)
+
+    def key(p: str) -> str:  # what HFJudge.complete stores a request under
+        return request_key(model=judge.identity, kind="generate", prompt=p, max_tokens=n - 1, temperature=1.0,
+                           n=1, stop=[], seed=0)
+
+    # an older rlxf stored the text only; this one was cut at max_tokens (one token short of its EOS)
+    cache.put(key(prompt), {"texts": [" hello tom ."]})
+    cache.put(key(other), {"texts": [" hello ann ."], "ended": [True]})  # a current entry: used as it is
+    got = judge.complete([prompt, other], max_tokens=n - 1, temperature=1.0)
+    assert got == [[Completion(" hello tom .", False)], [Completion(" hello ann .", True)]]
+    assert judge.stats()["generated"] == 1  # the old entry only was sampled again ...
+    assert cache.get(key(prompt)) == {"texts": [" hello tom ."], "ended": [False]}  # ... and replaced
+    assert judge.complete([prompt], max_tokens=n - 1, temperature=1.0) == [got[0]]
+    assert judge.stats()["generated"] == 1  # now a plain cache hit

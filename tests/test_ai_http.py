@@ -297,6 +297,22 @@ def test_chat_endpoint_and_http_direct_scoring(tmp_path):
         assert good == pytest.approx(8.2, abs=1e-4) and bad == pytest.approx(2.9, abs=1e-4)
 
 
+def test_a_chat_judge_that_explains_its_rating_is_read_with_its_answer_tokens():
+    t = load_template("helpful")
+    script = {"case-explained": ["text:**Rating:** 8/10 - clear and correct, though it could*"],
+              "case-buried": ["text:I would rate this response an 8*"]}
+    with FakeOpenAI(script) as fake:
+        judge = OpenAIJudge(fake.url, "fake", endpoint="chat", backoff=0.01, answer_max_tokens=24)
+        asked, generate = [], judge.generate
+        judge.generate = lambda prompts, **kw: asked.append(kw["max_tokens"]) or generate(prompts, **kw)
+        reward = DirectScoreReward(judge, t)
+        explained, buried = reward(["User: case-explained", "User: case-buried"], ["an answer", "an answer"])
+    # the chat endpoint echoes no log-probs, so the rating is parsed from the text, written in the
+    # judge's answer_max_tokens; a rating not at the start of the line is counted, never guessed
+    assert asked == [24]
+    assert explained == 8.0 and math.isnan(buried) and reward.unparseable == 1
+
+
 def test_a_known_context_length_shortens_samples_instead_of_being_refused(tmp_path):
     from rlxf.models.loading import load_tokenizer
     from rlxf.tinyworld.build import SHIPPED

@@ -88,6 +88,48 @@ def test_strict_rating_parser(text, expected):
     assert parse_rating(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    # the answer opens the line, then the judge explains (cut where its answer tokens ran out)
+    ("Response 2 is better because it", 1), ("Response 2, because it is more", 1), ("2 - it is more helpful", 1),
+    ("Response 1: it answers the question", 0), ("Response 2 is better than Response 1.", 1),
+    # a lead-in before it, the label repeated after the template's ending, brackets
+    ("Preferred Response=Response 2", 1), ("The preferred response is 2.", 1), ("[[2]]", 1), ("Answer: (2)", 1),
+    ("Preferred: 1", 0), ("**Answer:** **Response 2**", 1), ("Less Harmful Response=1", 0),
+    ("The better response is Response 1, as it", 0), ("Final verdict: [[1]]", 0),
+])
+def test_choice_parser_reads_an_answer_that_opens_the_line(text, expected):
+    assert parse_choice(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "1 or 2", "Response 1 and Response 2 are equal", "Response 1 or Response 2", "1, or 2", "1 - 2",
+    "Response 2 is better than Response 2",  # names one label twice: no comparison at all
+    "Response 1 is better, 2 is worse",  # the explanation opens with another label
+    "12 is better", "Response 21", "1.5",  # a number, not a label
+    "I think Response 2 is better", "The answer is that 2 is better", "After comparing, 2",  # not at the start
+    "2nd",  # no separator after the label
+    "Response 2 is more accurate",  # a comparison outside the verdict phrases: "is more harmful" reads the other way
+])
+def test_choice_parser_rejects_what_is_ambiguous_or_not_at_the_start(text):
+    assert parse_choice(text) is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("8/10 - clear and correct", 8), ("Rating: 8. The answer is", 8), ("7 out of 10", 7), ("[[7]]", 7),
+    ("Rating: [[10]]", 10), ("**Rating:** 6/10, because", 6), ("Score: 3 - it is wrong", 3), ("10/10", 10),
+])
+def test_rating_parser_reads_a_rating_that_opens_the_line(text, expected):
+    assert parse_rating(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "7.5", "7,5", "7 - 8", "7/5", "4 out of 5", "7/100", "12/10", "0/10", "[[11]]", "8, or 9",
+    "I would rate it 8", "The response deserves 8/10",
+])
+def test_rating_parser_rejects_what_is_ambiguous_out_of_range_or_not_at_the_start(text):
+    assert parse_rating(text) is None
+
+
 class ScriptedJudge:
     """A judge whose verdicts are given per prompt substring (no model), to test the plumbing."""
 

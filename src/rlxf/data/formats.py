@@ -101,6 +101,17 @@ Check = Callable[[Any, "_Where"], None]
 it refuses, which then counts as a bad row (raised, or skipped with ``skip_bad``)."""
 
 
+def nonempty_answers(comparison: Preference | Ranking, where: _Where) -> None:
+    """A :data:`Check` refusing a comparison with an empty answer. The loaders accept one
+    (an empty last turn of an Anthropic HH dialogue is a real label: the labeller preferred
+    no answer), but a judge or a labeller needs two answers to compare."""
+    answers = ([("chosen", comparison.chosen), ("rejected", comparison.rejected)] if isinstance(comparison, Preference)
+               else [(f"completions[{i}]", a) for i, a in enumerate(comparison.completions)])
+    for field, answer in answers:
+        if not answer.strip():
+            raise where.error(field, "is empty; an answer needs some text")
+
+
 def load_comparisons(path: str | os.PathLike, *, split: str | None = None,
                      skip_bad: bool = False, limit: int | None = None, check: Check | None = None) -> Loaded:
     """Read reward-model data keeping each ranking whole: :class:`Preference` for pairwise

@@ -142,9 +142,15 @@ class HFJudge:
             texts, ended = [g.text for g in gens], [g.ended for g in gens]  # ended: EOS or a stop string
             return [{"texts": texts[j * n:(j + 1) * n], "ended": ended[j * n:(j + 1) * n]} for j in range(len(idx))]
 
-        # a cache written before rlxf recorded the ending has no "ended": those texts count as ended
-        return [[Completion(t, e) for t, e in zip(v["texts"], v.get("ended", [True] * len(v["texts"])))]
-                for v in cached_batch(self.cache, keys, compute)]
+        values = cached_batch(self.cache, keys, compute)
+        # An entry written before rlxf recorded the ending has no "ended": its texts may have been cut at
+        # max_tokens (a revision so cut must never become a demonstration), so it is sampled again and replaced.
+        old = [i for i, v in enumerate(values) if "ended" not in v]
+        if old:
+            for i, value in zip(old, compute(old), strict=True):
+                self.cache.put(keys[i], value)
+                values[i] = value
+        return [[Completion(t, e) for t, e in zip(v["texts"], v["ended"], strict=True)] for v in values]
 
     # -- tokens ------------------------------------------------------------------------------
 

@@ -205,20 +205,10 @@ def read_preferences(path: str, *, split: str | None = None, skip_bad: bool = Fa
     skipped bad rows, where a row with an empty answer is bad too; with ``limit``, the
     first that many pairs. ``rlxf label`` and ``rlxf label-eval`` both read their pairs
     through here, so they refuse the same rows."""
-    from rlxf.data.formats import load_preferences
+    from rlxf.data.formats import load_preferences, nonempty_answers
 
-    loaded = load_preferences(path, split=split, skip_bad=skip_bad, limit=limit, check=_has_answers)
+    loaded = load_preferences(path, split=split, skip_bad=skip_bad, limit=limit, check=nonempty_answers)
     return list(loaded), loaded.skipped
-
-
-def _has_answers(comparison, where) -> None:
-    """Refuse a comparison with an empty answer (only HH dialogue rows can have one), in
-    the words :mod:`rlxf.data.formats` uses for an empty answer."""
-    answers = ([("chosen", comparison.chosen), ("rejected", comparison.rejected)] if isinstance(comparison, Preference)
-               else [(f"completions[{i}]", a) for i, a in enumerate(comparison.completions)])
-    for field, answer in answers:
-        if not answer.strip():
-            raise where.error(field, "is empty; an answer needs some text")
 
 
 def _answer_lists(path: str, split: str | None, skip_bad: bool, limit: int | None) -> tuple[list[Pair], int]:

@@ -45,6 +45,8 @@ from rlxf.feedback.ai.templates import (LABELS, RATINGS, Template, after_rationa
 
 log = logging.getLogger("rlxf")
 
+_TEXT_ANSWER_TOKENS = 8  # a rating read from text, from a judge that names no answer_max_tokens of its own
+
 
 @dataclass(frozen=True)
 class JudgeSettings:
@@ -293,7 +295,10 @@ class DirectScoreReward:
             try:
                 dists = [rating_distribution(s) for s in self.judge.score_choices(asked, choices)] if asked else []
             except NoLogprobs:
-                dists = [self._from_text(t) for t in self.judge.generate(asked, max_tokens=8, temperature=0.0)]
+                # as many tokens as the judge writes for any answer (judge.answer_max_tokens), which its room
+                # keeps free: a judge that explains itself then still reaches its number
+                written = getattr(self.judge, "answer_max_tokens", _TEXT_ANSWER_TOKENS)
+                dists = [self._from_text(t) for t in self.judge.generate(asked, max_tokens=written, temperature=0.0)]
             found = iter(dists)
             out += [next(found) if t is not None else None for t in texts]
         return out
