@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from annotate_helpers import make_db
@@ -92,6 +93,48 @@ def test_a_drawn_vote_is_a_tie(tmp_path):
     assert do_export(tmp_path, url)[1] == []
     (row,) = do_export(tmp_path, url, "ties=half")[1]
     assert row["prob_chosen"] == 0.5 and row["votes"] == 2
+
+
+def test_the_summary_counts_the_tasks_left_out_and_why(tmp_path, caplog):
+    """Six pairs labelled by a and b: three agreed, one split 1-1, one both called a tie,
+    one both skipped. A majority export with ties=exclude writes 3 rows and says why the
+    other three tasks gave none."""
+    agreed, split, tied, skipped = ["p1", "p2", "p3"], "p4", "p5", "p6"
+    url, store = make_db(tmp_path / "a.db", [(p, ["yes", "no"], {}) for p in [*agreed, split, tied, skipped]],
+                         ["a", "b"])
+    def decide(task, name: str):
+        if task.prompt in agreed:
+            return "ranked", ["yes", "no"]
+        if task.prompt == split:
+            return "ranked", ["yes", "no"] if name == "a" else ["no", "yes"]
+        return ("tie", None) if task.prompt == tied else ("skip", None)
+
+    for name in ("a", "b"):
+        label(store, name, lambda task, n=name: decide(task, n))
+    with caplog.at_level(logging.INFO, logger="rlxf"):
+        summary, pairs, _ = do_export(tmp_path, url)
+    assert sorted(p["prompt"] for p in pairs) == agreed
+    assert (summary["tasks_labelled"], summary["tasks_exported"]) == (6, 3)
+    assert summary["tasks_left_out"] == {"ties": 2, "min_labels": 0, "only_skips": 1}
+    assert "left out 3 task(s): 2 tied, with ties=exclude" in caplog.text and "1 every label a skip" in caplog.text
+
+    summary, pairs, _ = do_export(tmp_path, url, "ties=half")
+    assert len(pairs) == 5 and summary["tasks_left_out"] == {"ties": 0, "min_labels": 0, "only_skips": 1}
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rlxf"):
+        summary, pairs, _ = do_export(tmp_path, url, "min_labels=3")
+    assert pairs == [] and summary["tasks_left_out"] == {"ties": 0, "min_labels": 5, "only_skips": 1}
+    assert [r.levelno for r in caplog.records if "nothing was exported" in r.getMessage()] == [logging.WARNING]
+    assert "5 fewer than min_labels=3 labels" in caplog.text
+
+
+def test_exporting_a_database_without_labels_warns_that_nothing_was_exported(tmp_path, caplog):
+    url, _ = make_db(tmp_path / "a.db", [PAIR, RANK], ["a"])
+    with caplog.at_level(logging.INFO, logger="rlxf"):
+        summary, pairs, rankings = do_export(tmp_path, url)
+    assert pairs == rankings == [] and (summary["pairs"], summary["tasks_labelled"]) == (0, 0)
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage() == "nothing was exported: the database holds no labels yet"
 
 
 def test_borda_draws_go_to_the_lower_index():

@@ -37,7 +37,8 @@ def test_generated_answers_become_tasks_naming_their_models(tmp_path, tokenizer,
 
     rows = sql(open_store(db), "SELECT prompt, answers, meta FROM tasks")
     tasks = [(json.loads(p), json.loads(a), json.loads(m)["models"]) for p, a, m in rows]
-    assert summary["added"] == len(tasks) and summary["added"] + summary["skipped_rows"] == 4
+    assert summary["added"] == len(tasks) and summary["added"] + summary["prompts_without_distinct_answers"] == 4
+    assert summary["skipped_rows"] == 0
     assert len(tasks) >= 3  # random 12-token samples from a 400-token vocabulary differ
     for prompt, answers, names in tasks:
         assert prompt in PROMPTS and len(answers) == len(names) >= 2
@@ -123,7 +124,7 @@ def test_generate_limit_samples_for_the_first_prompts_only(tmp_path, tokenizer, 
         f"database={db}", f"generate.models=[{folder}]", f"generate.prompts={prompts}", "generate.limit=2",
         "generate.max_new_tokens=12"]))
     asked = {json.loads(p) for (p,) in sql(open_store(db), "SELECT prompt FROM tasks")}
-    assert summary["added"] + summary["skipped_rows"] == 2 and asked <= set(PROMPTS[:2])
+    assert summary["added"] + summary["prompts_without_distinct_answers"] == 2 and asked <= set(PROMPTS[:2])
     with pytest.raises(ConfigError, match="generate.limit must be >= 1"):
         load_config(importer.Config, None, [f"generate.models=[{folder}]", f"generate.prompts={prompts}",
                                             "generate.limit=0"])
@@ -165,7 +166,33 @@ def test_generated_answers_stop_at_the_next_turn_and_lose_control_characters(tmp
                                             "generate.stop=['']"])
 
 
+def test_a_prompt_whose_answers_are_all_the_same_is_counted_apart_from_bad_rows(tmp_path, tokenizer, one_thread):
+    """One scripted model writes the same answer on both turns: the prompt makes no task
+    and is counted as such, not as a skipped (bad) row."""
+    prompt = "say hello to tom ."
+    folders, _ = save_scripted_models(tmp_path, tokenizer, prompt, {"same": ("hello tom .", True)})
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": prompt}) + "\n")
+    summary = importer.run(load_config(importer.Config, None, [
+        f"database=sqlite:///{tmp_path / 'same.db'}", f"generate.models=[{folders['same']}]",
+        f"generate.prompts={prompts}", "generate.max_new_tokens=8"]))
+    assert summary == {"added": 0, "duplicates": 0, "skipped_rows": 0, "prompts_without_distinct_answers": 1,
+                       "tasks_in_database": 0}
+
+
+def test_generate_device_defaults_to_auto_like_every_other_command():
+    import torch
+
+    from rlxf.training import resolve_device
+
+    device = importer.GenerateConfig().device
+    assert device == "auto"
+    assert resolve_device(device).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_clean_answer_and_cut_at_stop():
     assert importer.clean_answer("a\u0000b\u007fc\u0085d\u000ce\tf\rg\r\nh") == "abc d e\tf g\nh"
+    # A byte-level tokenizer decodes an answer cut inside a character as U+FFFD.
+    assert importer.clean_answer("zero six\ufffdive .\ufffd\ufffd") == "zero sixive ."
     assert importer.cut_at_stop("x\nUser: y\n\nHuman: z", list(importer.DIALOGUE_TURNS)) == ("x", True)
     assert importer.cut_at_stop("x Human: y", list(importer.DIALOGUE_TURNS)) == ("x Human: y", False)

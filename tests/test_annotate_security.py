@@ -203,3 +203,27 @@ def test_invite_link_sets_password_once(site):
 
 def test_server_binds_to_loopback_by_default():
     assert server.Config().host == "127.0.0.1"
+
+
+def test_non_ascii_cookies_and_csrf_tokens_are_refused_not_errors(site):
+    """hmac.compare_digest raises TypeError on a non-ASCII str: such a CSRF token must get
+    the 403 of any wrong token, and such a cookie mean "not logged in", not a 500."""
+    client, store = site
+    ann = client("ann")
+    assignment_id, page = claim(ann)
+    forged = csrf_token(page)[:-1] + "é"
+    r = ann.post(f"/assignments/{assignment_id}", data={"choice": "A", "csrf_token": forged})
+    assert r.status_code == 403 and "out of date" in r.text and count_labels(store) == 0
+    cookie = ann.cookies[COOKIE]
+    payload, signature = cookie.split(".")
+    # The raw header bytes are UTF-8; the server decodes them as Latin-1 (two non-ASCII characters each).
+    for value in (f"{payload}.{signature[:-1]}é", f"{payload}é.{signature}", "ü"):
+        header = f"{COOKIE}={value}".encode()
+        r = client().get("/next", headers={"Cookie": header})
+        assert r.status_code == 303 and r.headers["location"] == "/login", value
+        assert client().get("/login", headers={"Cookie": header}).status_code == 200, value
+    signer = CookieSigner(b"key", 3600)
+    session = signer.new_session(user_id=1)
+    assert signer.loads("é.é") is None and not signer.csrf_ok(session, "é" + signer.csrf_token(session)[1:])
+    assert signer.loads(signer.dumps(session)).sid == session.sid
+    assert signer.csrf_ok(session, signer.csrf_token(session))

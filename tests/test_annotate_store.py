@@ -254,6 +254,25 @@ def test_import_bad_rows_name_file_line_and_field(tmp_path):
     assert "fresh" not in [p for p, _, _ in all_tasks(open_store(f"sqlite:///{tmp_path / 'tasks.db'}"))]
 
 
+def test_import_refuses_an_empty_answer_as_rlxf_label_does(tmp_path):
+    """The loaders accept an Anthropic HH row with an empty final answer (a real HH label),
+    but a task needs two answers to show: such a row is bad, as in `rlxf label`."""
+    dialogue = "\n\nHuman: how do I hurt someone?\n\nAssistant:"
+    rows = [{"chosen": dialogue + " I won't help with that.", "rejected": dialogue + " Here is how."},
+            {"chosen": dialogue, "rejected": dialogue + " Here is how."},  # labeller preferred saying nothing
+            {"prompt": "q", "chosen": "fine", "rejected": "ok"},
+            {"prompt": "r", "completions": ["x", "   ", "z"], "ranking": [0, 2, 1]}]
+    hh = write(tmp_path / "hh.jsonl", rows)
+    with pytest.raises(DataError, match=r"hh.jsonl:2: field 'chosen': is empty; an answer needs some text"):
+        run_import(tmp_path, f"files=[{hh}]")
+    ranking = write(tmp_path / "rank.jsonl", rows[3:])
+    with pytest.raises(DataError, match=r"rank.jsonl:1: field 'completions\[1\]': is empty"):
+        run_import(tmp_path, f"files=[{ranking}]")
+    summary, store = run_import(tmp_path, f"files=[{hh}]", "skip_bad=true")
+    assert (summary["added"], summary["skipped_rows"]) == (2, 2)
+    assert all(answer.strip() for _, answers, _ in all_tasks(store) for answer in answers)
+
+
 def test_import_config_is_checked_before_any_work():
     with pytest.raises(ConfigError, match="nothing to import"):
         load_config(importer.Config, None, [])

@@ -11,6 +11,10 @@ Pure standard library (``hashlib``, ``hmac``, ``secrets``), so it is easy to aud
   session of that user at once), and the time it was issued;
 - the CSRF token of a session is ``HMAC(secret, "csrf:" + session id)``: every POST form
   carries it, and a request whose token is missing or wrong is refused (403).
+
+Cookies and tokens we issue are URL-safe base64, so one holding any other character is
+refused before it is compared: ``hmac.compare_digest`` raises TypeError on a non-ASCII
+str, which would make the page a 500 instead.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ class CookieSigner:
 
     def loads(self, cookie: str | None) -> SessionData | None:
         """The session in ``cookie``, or None if it is absent, tampered with or too old."""
-        if not cookie or cookie.count(".") != 1:
+        if not cookie or not cookie.isascii() or cookie.count(".") != 1:
             return None
         payload, signature = cookie.split(".")
         if not hmac.compare_digest(signature, self._sign(payload)):
@@ -107,7 +111,7 @@ class CookieSigner:
         return self._sign("csrf:" + session.sid)
 
     def csrf_ok(self, session: SessionData | None, token: object) -> bool:
-        return (session is not None and isinstance(token, str)
+        return (session is not None and isinstance(token, str) and token.isascii()
                 and hmac.compare_digest(token, self.csrf_token(session)))
 
     def _sign(self, text: str) -> str:

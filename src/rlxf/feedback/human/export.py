@@ -30,6 +30,11 @@ How several labels of one task become rows (``votes``):
 A tie becomes ``prob_chosen: 0.5`` with ``ties: half`` and no row with ``ties: exclude``.
 Skips are never exported.
 
+The summary counts the labelled tasks, those exported, and, by reason, those that gave
+no row (``tasks_left_out``): ``ties`` (the task's result was a tie, or with ``votes: all``
+every label was, and ``ties: exclude``), ``min_labels`` (fewer labels than
+``min_labels``) and ``only_skips`` (every label a skip). Exporting no row at all warns.
+
     rlxf annotate export database=sqlite:///labels.db out=labels/ votes=majority
 """
 
@@ -76,18 +81,28 @@ def run(cfg: Config) -> dict:
     pairs: list[dict] = []
     rankings: list[dict] = []
     judged = []  # (task, labeller, K, outcome, ranking) for agreement
+    labelled, exported, left_out = 0, 0, {"ties": 0, "min_labels": 0, "only_skips": 0}
     for task, labels in store.labelled_tasks():
+        labelled += 1
         labels = [label for label in labels if label.outcome != "skip"]
         judged += [(task.id, la.user_name, task.k, la.outcome, la.ranking) for la in labels]
+        if not labels:
+            left_out["only_skips"] += 1
+            continue
         if len(labels) < cfg.min_labels:
+            left_out["min_labels"] += 1
             continue
         if task.k == 2:
-            pairs += pair_rows(task, labels, cfg.votes, cfg.ties)
+            rows, into = pair_rows(task, labels, cfg.votes, cfg.ties), pairs
+        elif cfg.rankings == "rankings":
+            rows, into = ranking_rows(task, labels, cfg.votes), rankings
         else:
-            if cfg.rankings == "rankings":
-                rankings += ranking_rows(task, labels, cfg.votes)
-            else:
-                pairs += ranking_pair_rows(task, labels, cfg.votes, cfg.ties)
+            rows, into = ranking_pair_rows(task, labels, cfg.votes, cfg.ties), pairs
+        if not rows:  # a ranking row is always written: only excluded ties leave none
+            left_out["ties"] += 1
+            continue
+        exported += 1
+        into += rows
     report = agreement_report(comparison_items(judged))
 
     out = Path(cfg.out)
@@ -98,11 +113,25 @@ def run(cfg: Config) -> dict:
         files.append(str(out / "rankings.jsonl"))
     (out / "agreement.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     files.append(str(out / "agreement.json"))
-    log.info("exported %d pair rows and %d ranking rows to %s", len(pairs), len(rankings), out)
+    log.info("exported %d pair rows and %d ranking rows from %d of %d labelled tasks to %s",
+             len(pairs), len(rankings), exported, labelled, out)
+    if exported < labelled:
+        log.info("left out %d task(s): %s", labelled - exported, _left_out_reasons(left_out, cfg))
+    if not pairs and not rankings:
+        log.warning("nothing was exported: %s", "the database holds no labels yet" if not labelled
+                    else f"no labelled task gave a row ({_left_out_reasons(left_out, cfg)})")
     agreement = report.as_dict()
     agreement.pop("per_labeller")
-    return {"pairs": len(pairs), "rankings": len(rankings), "files": files,
-            "agreement": agreement}
+    return {"pairs": len(pairs), "rankings": len(rankings), "tasks_labelled": labelled,
+            "tasks_exported": exported, "tasks_left_out": left_out, "files": files, "agreement": agreement}
+
+
+def _left_out_reasons(left_out: dict[str, int], cfg: Config) -> str:
+    """``left_out`` counts in words, each with the setting that would export them."""
+    why = {"ties": "tied, with ties=exclude (ties=half exports them as prob_chosen 0.5)",
+           "min_labels": f"fewer than min_labels={cfg.min_labels} labels",
+           "only_skips": "every label a skip"}
+    return "; ".join(f"{n} {why[reason]}" for reason, n in left_out.items() if n)
 
 
 def pair_rows(task: Task, labels: list[Label], votes: str, ties: str) -> list[dict]:

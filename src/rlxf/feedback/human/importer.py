@@ -14,7 +14,7 @@ skip), more make a ranking task. Sources:
   give a model-vs-model comparison). Each answer is cut at the first ``generate.stop``
   string (by default the next dialogue turn, so an answer to an Anthropic HH prompt does
   not run on into a "Human:" turn the model made up) and cleaned of control characters
-  (see :func:`clean_answer`).
+  and U+FFFD replacement characters (see :func:`clean_answer`).
 
 Importing the same task twice adds it once, so an import can simply be re-run. Sampled
 answers are kept beside the database (``DB.samples/``) as they come, until their tasks
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlxf.data import Preference, Prompt, load_comparisons, load_prompts, read_rows
+from rlxf.data.formats import nonempty_answers
 from rlxf.errors import ConfigError, DataError
 from rlxf.feedback.human.store import open_store, parse_database_url
 from rlxf.models.generation import DIALOGUE_TURNS, check_stop, cut_at_stop  # light: torch only in generate()
@@ -67,8 +68,8 @@ class GenerateConfig:
     max_new_tokens tokens."""
     dtype: DType = "float32"
     """Weight dtype: float32, bfloat16, float16 or auto."""
-    device: str = "cpu"
-    """Where to run the models: cpu, cuda, cuda:1, mps."""
+    device: str = "auto"
+    """Where to run the models: auto (CUDA when there is a GPU, else the CPU), cpu, cuda, cuda:1, mps."""
     trust_remote_code: bool = False
     """Run model code shipped with a checkpoint (off: it executes arbitrary Python)."""
 
@@ -106,7 +107,8 @@ class Config:
 
 
 def run(cfg: Config) -> dict:
-    """Import every source; return counts of tasks added, duplicates and skipped rows."""
+    """Import every source; return counts of tasks added, duplicates and skipped (bad) rows,
+    and with ``generate.models`` the prompts that got fewer than two distinct answers."""
     rng = random.Random(cfg.seed)
     read = [read_tasks(path, skip_bad=cfg.skip_bad) for path in cfg.files]  # every file checked before any is added
     store = open_store(cfg.database, create=True)
@@ -116,8 +118,9 @@ def run(cfg: Config) -> dict:
     if cfg.generate.models:
         # answers are kept beside the database as they are sampled: a crash resamples only the rest
         samples = Path(parse_database_url(cfg.database).target + ".samples")
-        tasks, skipped = generate_tasks(cfg.generate, seed=cfg.seed, samples=samples)
-        _add(store, tasks, rng, summary, skipped)
+        tasks, without_distinct = generate_tasks(cfg.generate, seed=cfg.seed, samples=samples)
+        _add(store, tasks, rng, summary, 0)  # no rows to be bad: load_prompts raised at a bad prompt
+        summary["prompts_without_distinct_answers"] = without_distinct
         shutil.rmtree(samples, ignore_errors=True)  # in the database now
     summary["tasks_in_database"] = store.task_count()
     return summary
@@ -135,7 +138,9 @@ def read_tasks(path: str, *, skip_bad: bool = False
         return [], 0
     if "answers" in first or ("completions" in first and "ranking" not in first):
         return _read_answer_rows(path, skip_bad)
-    comparisons = load_comparisons(path, skip_bad=skip_bad)
+    # The loaders accept an empty answer (an empty final HH turn is a real label), but a task
+    # needs answers to compare: the check `rlxf label` reads with makes such a row bad, as there.
+    comparisons = load_comparisons(path, skip_bad=skip_bad, check=nonempty_answers)
     tasks = []
     for c in comparisons:
         answers = [c.chosen, c.rejected] if isinstance(c, Preference) else list(c.completions)
@@ -151,12 +156,13 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int, samples: Path | None = Non
     string; the task's meta names the model of each answer (``models``) and says whether
     it ended (``ended``: EOS or a stop string) rather than hitting ``max_new_tokens``.
     Duplicate and empty answers are dropped; a prompt left with fewer than two distinct
-    answers makes no task and is counted as skipped.
+    answers makes no task. Returns the tasks and the number of such prompts.
     """
     from rlxf.models.generation import generate, generate_stored  # imports torch: only when sampling
     from rlxf.models.loading import ModelConfig, fingerprint, load_causal_lm, load_tokenizer
     from rlxf.training import resolve_device
 
+    device = resolve_device(cfg.device, "generate.device")  # a missing GPU fails before any model loads
     prompts = list(load_prompts(cfg.prompts, limit=cfg.limit))
     answers: list[list[tuple[str, str, bool]]] = [[] for _ in prompts]  # per prompt: (text, model, ended)
     for m, name in enumerate(cfg.models):
@@ -169,7 +175,7 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int, samples: Path | None = Non
                                    padding_side="left")
         model = load_causal_lm(ModelConfig(name_or_path=name, dtype=cfg.dtype,
                                            trust_remote_code=cfg.trust_remote_code))
-        model.to(resolve_device(cfg.device, "generate.device"))
+        model.to(device)
         settings = dict(max_new_tokens=cfg.max_new_tokens, key="generate.max_new_tokens", temperature=cfg.temperature,
                         top_p=cfg.top_p, batch_size=cfg.batch_size, separator=cfg.separator, stop=cfg.stop)
         for turn in range(count):
@@ -185,22 +191,22 @@ def generate_tasks(cfg: GenerateConfig, *, seed: int, samples: Path | None = Non
                 text, stopped = cut_at_stop(clean_answer(g.text), cfg.stop)  # a stop string cleaning revealed
                 answers[i].append((text, name, g.ended or stopped))
         del model
-    tasks, skipped = [], 0
+    tasks, without_distinct = [], 0
     for prompt, sampled in zip(prompts, answers):
         distinct: dict[str, tuple[str, str, bool]] = {}
         for text, name, ended in sampled:
             if text.strip():
                 distinct.setdefault(text.strip(), (text, name, ended))
         if len(distinct) < 2:
-            skipped += 1
+            without_distinct += 1
             continue
         kept = list(distinct.values())
         tasks.append((prompt, [t for t, _, _ in kept],
                       {"models": [n for _, n, _ in kept], "ended": [e for _, _, e in kept]}))
-    if skipped:
+    if without_distinct:
         log.warning("%d prompt(s) got fewer than 2 distinct non-empty answers; no task made",
-                    skipped)
-    return tasks, skipped
+                    without_distinct)
+    return tasks, without_distinct
 
 
 def clean_answer(text: str) -> str:
@@ -208,8 +214,12 @@ def clean_answer(text: str) -> str:
     would show as boxes or not at all: a carriage return before a newline is dropped,
     other whitespace controls (vertical tab, form feed, lone carriage return, the
     separators U+001C-U+001F, U+0085) become a space, and the rest (U+0000-U+001F,
-    U+007F-U+009F) are removed."""
-    text = text.replace("\r\n", "\n")
+    U+007F-U+009F) are removed.
+
+    U+FFFD (the replacement character) is removed too: a byte-level BPE tokenizer decodes
+    the bytes of a character the sample cut in half, or tokens that are no valid UTF-8,
+    as U+FFFD, which is no text the model meant."""
+    text = text.replace("\r\n", "\n").replace("\ufffd", "")
     return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc"
                    else " " if c.isspace() else "" for c in text)
 
