@@ -267,6 +267,20 @@ def test_stored_generation_is_one_generate_call_even_across_a_crash(tmp_path, ti
     assert calls == [4, 4, 3] and other == generate(model, tok, prompts, seed=8, **settings) != whole
 
 
+def test_stored_generation_counts_the_prompts_cut_to_fit_once_over_all_chunks(tmp_path, tiny_model_dir, monkeypatch,
+                                                                               caplog):
+    from rlxf.models import generation
+
+    tok = load_tokenizer(str(tiny_model_dir), padding_side="left")
+    model = load_causal_lm(ModelConfig(name_or_path=str(tiny_model_dir)))
+    monkeypatch.setattr(generation, "_warned", set())
+    prompts = ["the fox is red . " * 40, "say hi .", "say hello .", "two plus three is"]
+    with caplog.at_level("WARNING", logger="rlxf"):
+        generation.generate_stored(model, tok, prompts, tmp_path / "s.jsonl", identity={}, max_new_tokens=8,
+                                   batch_size=1, chunk_batches=2)
+    assert caplog.text.count("prompts were longer than") == 1 and "1 of 4 prompts were longer" in caplog.text
+
+
 def test_stored_answers_holding_unicode_line_separators_read_back_whole(tmp_path, tiny_model_dir, monkeypatch):
     """U+2028, U+2029 and U+0085 are written raw (ensure_ascii=False) and are line breaks to
     str.splitlines: a finished store holding them is read back, not sampled again."""

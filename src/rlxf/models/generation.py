@@ -116,11 +116,12 @@ def encode_prompts(prompts: list[Prompt], tokenizer, separator: str) -> list[lis
             for p in prompts]
 
 
-def fit_prompts(encoded: list[list[int]], model, max_new_tokens: int, key: str = "max_new_tokens"
-                ) -> list[list[int]]:
+def fit_prompts(encoded: list[list[int]], model, max_new_tokens: int, key: str = "max_new_tokens", *,
+                warn: bool = True) -> list[list[int]]:
     """``encoded`` prompts, each cut from its start (its end, next to the answer, matters
     most) to what the model's positions leave beside a ``max_new_tokens`` answer; ``key``
-    is the config key that set it, for the error when it leaves no room."""
+    is the config key that set it, for the error when it leaves no room. ``warn``: log
+    how many were cut (once per message)."""
     from rlxf.models.loading import max_positions
 
     limit = max_positions(model)
@@ -131,7 +132,7 @@ def fit_prompts(encoded: list[list[int]], model, max_new_tokens: int, key: str =
         raise ConfigError(f"{key} ({max_new_tokens}) leaves no room for a prompt in the model's {limit} "
                           f"positions; set {key} below {limit}")
     cut = sum(len(e) > room for e in encoded)
-    if cut:
+    if cut and warn:
         _warn_once(f"{cut} of {len(encoded)} prompts were longer than the {room} tokens the model's {limit} positions "
                    f"leave beside a {max_new_tokens}-token answer, and lost tokens from their start")
     return [e[-room:] for e in encoded]
@@ -151,10 +152,11 @@ def _warn_once(message: str) -> None:
 def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, greedy: bool = False, batch_size: int = 32, separator: str = " ",
              seed: int | None = None, progress: bool = False, key: str = "max_new_tokens",
-             stop: Sequence[str] = ()) -> list[Generation]:
+             stop: Sequence[str] = (), warn_cut: bool = True) -> list[Generation]:
     """One sampled (or greedy) answer per prompt, in the order of ``prompts`` (``key``: the
     config key of ``max_new_tokens``, named if it leaves no room for a prompt). An answer
-    that writes one of ``stop`` ends there: it is sampled no further and cut before it."""
+    that writes one of ``stop`` ends there: it is sampled no further and cut before it.
+    ``warn_cut=False``: the caller has said how many prompts were cut to fit the model."""
     import torch
 
     from rlxf.progress import progress as bar
@@ -162,7 +164,7 @@ def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, te
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
-    encoded = fit_prompts(encode_prompts(prompts, tokenizer, separator), model, max_new_tokens, key)
+    encoded = fit_prompts(encode_prompts(prompts, tokenizer, separator), model, max_new_tokens, key, warn=warn_cut)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[Generation | None] = [None] * len(prompts)
     was_training = model.training
@@ -253,7 +255,7 @@ def generate_stored(model, tokenizer, prompts: list[Prompt], store: str | os.Pat
         for k in bar(range(len(done), len(chunks)), desc=desc, total=len(chunks), initial=len(done),
                      enabled=progress):
             gens = generate(model, tokenizer, [prompts[i] for i in chunks[k]], batch_size=batch_size, seed=None,
-                            **settings)
+                            warn_cut=False, **settings)  # the cut prompts of all chunks were counted above
             for i, g in zip(chunks[k], gens):
                 out[i] = g
             row = {"chunk": k, "answers": [{key: v for key, v in asdict(g).items() if key != "prompt"}

@@ -67,7 +67,8 @@ class Config:
     skip_bad_rows: bool = False
     """Skip malformed input rows (counted) instead of stopping at the first one."""
     limit: int | None = None
-    """Label only the first this many pairs (a cheap trial run; the whole file is still read and checked)."""
+    """Label only the first this many pairs (a cheap trial run): the file is read no further, so a bad row
+    after them does not stop it."""
     template: str = "helpful"
     """Labelling prompt: a built-in (summarize, helpful, harmless, tinyworld) or a YAML file path."""
     constitution: str | None = None
