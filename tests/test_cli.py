@@ -81,7 +81,7 @@ def test_a_model_name_that_is_no_folder_fails_in_seconds_offline(tmp_path):
                            "out=run", "device=cpu"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"rlxf: error: no folder 'llamaa' for the tokenizer here ({tmp_path}), nor a cached hub model of that name, "
+        f"rlxf: error: no folder 'llamaa' for the model here ({tmp_path}), nor a cached hub model of that name, "
         "and HF_HUB_OFFLINE=1 forbids downloading one; give the folder save_pretrained wrote, or unset "
         "HF_HUB_OFFLINE (with network) to download it")
     assert time.perf_counter() - start < 30  # ~3 s: starting Python and importing torch

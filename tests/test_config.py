@@ -347,3 +347,11 @@ def test_a_wrong_value_in_a_config_file_names_the_file(tmp_path):
         load_config(sft.Config, path, ["data.train=d.jsonl", "out=o"])
     with pytest.raises(ConfigError, match=r"^config key 'batch_size' must be int"):  # set after it: not the file's
         load_config(sft.Config, path, ["data.train=d.jsonl", "out=o", "lr=1", "batch_size=many"])
+
+
+def test_a_missing_section_says_how_to_set_it(tmp_path):
+    from rlxf.stages import ppo
+
+    with pytest.raises(ConfigError, match=r"missing required config key 'reward' \(The reward, reward.model=DIR .* "
+                                          r"shaped; a section: set its keys as reward.KEY=VALUE\)"):
+        load_config(ppo.Config, None, ["model.name_or_path=m", "rollout.prompts=p.jsonl", f"out={tmp_path}"])

@@ -259,8 +259,10 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         elif dataclasses.is_dataclass(tp) and f.default_factory is not dataclasses.MISSING:
             kwargs[f.name] = _build(tp, {}, f"{where}{f.name}.")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required config key '{where}{f.name}' "
-                              f"({field_docs(cls).get(f.name, 'no description')})")
+            doc = field_docs(cls).get(f.name, "no description")
+            if dataclasses.is_dataclass(tp):
+                doc = f"{doc.rstrip('.')}; a section: set its keys as {where}{f.name}.KEY=VALUE"
+            raise ConfigError(f"missing required config key '{where}{f.name}' ({doc})")
     return cls(**kwargs)
 
 

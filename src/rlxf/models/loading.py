@@ -94,7 +94,10 @@ def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remo
 
 
 def load_model_tokenizer(cfg: ModelConfig, *, padding_side: Literal["left", "right"] = "right"):
-    """The tokenizer that goes with ``cfg``'s model (``cfg.tokenizer`` when set)."""
+    """The tokenizer that goes with ``cfg``'s model (``cfg.tokenizer`` when set). The model
+    is checked first, so a wrong ``name_or_path`` is reported as the model's, not the tokenizer's."""
+    if cfg.tokenizer is None:
+        checkpoint(cfg.name_or_path, "model", revision=cfg.revision)
     return load_tokenizer(cfg.tokenizer or cfg.name_or_path, revision=cfg.revision,
                           trust_remote_code=cfg.trust_remote_code, padding_side=padding_side)
 

@@ -178,7 +178,8 @@ class Config(TrainConfig):
     rollout: RolloutConfig
     """How answers are sampled."""
     reward: RewardConfig
-    """The reward model and how its score is shaped."""
+    """The reward, reward.model=DIR (a trained reward model) or reward.function=module:fn (a Python
+    scorer), and how its score is shaped."""
     kl: KLConfig = field(default_factory=KLConfig)
     """The KL penalty against the reference (SFT) model."""
     ptx: PtxConfig = field(default_factory=PtxConfig)
