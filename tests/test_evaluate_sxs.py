@@ -85,6 +85,10 @@ def test_bad_rows_name_their_line_and_field(tmp_path):
         sxs.read_answers(str(data))
     answers = sxs.read_answers(str(data), skip_bad=True)
     assert (answers.a, answers.skipped) == (["x"], 1)
+    # a column the first row lacks is a misspelt key, named once for the file (not a bad row each)
+    with pytest.raises(DataError, match=r"a\.jsonl: has no column 'answr_a' \(column_a\); its first row has "
+                                        r"\['answer_a', 'answer_b', 'prompt'\]; did you mean column_a=answer_a\?"):
+        sxs.read_answers(str(data), column_a="answr_a", skip_bad=True)
 
 
 def test_mistakes_are_found_before_any_answer_is_sampled_or_scored(tmp_path, tiny_model_dir, monkeypatch, caplog):

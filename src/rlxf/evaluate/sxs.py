@@ -257,9 +257,13 @@ def read_answers(path: str, *, prompt_column: str = "prompt", column_a: str = "a
 
     out = Answers([], [], [], [], [], {c: [] for c in extra_columns}, source=str(path))
     columns: set[str] = set()
+    first = True
     for line, row in iter_rows(path, split=split):
         if limit is not None and len(out.a) >= limit:
             break
+        if first and isinstance(row, dict):  # a misspelt column is the file's problem, not every row's
+            first = False
+            _check_columns(row, path, prompt_column=prompt_column, column_a=column_a, column_b=column_b)
         try:
             if isinstance(row, DataError):
                 raise row
@@ -284,6 +288,19 @@ def read_answers(path: str, *, prompt_column: str = "prompt", column_a: str = "a
         if column not in columns:
             raise DataError(f"no row has a column '{column}'; the rows have {sorted(columns)}", path=str(path))
     return out
+
+
+def _check_columns(row: dict, path, **keys: str) -> None:
+    """Refuse a column (``keys``: config key -> column) that the first row lacks, naming the
+    key, the row's columns and the nearest of them."""
+    import difflib
+
+    for key, column in keys.items():
+        if column not in row:
+            near = difflib.get_close_matches(column, list(row), n=1)
+            hint = f"; did you mean {key}={near[0]}?" if near else f"; set {key} to one of them"
+            raise DataError(f"has no column '{column}' ({key}); its first row has {sorted(row)}{hint}",
+                            path=str(path))
 
 
 def _answer(row: dict, column: str, path, line: int) -> tuple[str, bool]:
