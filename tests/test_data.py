@@ -179,7 +179,8 @@ def test_read_rows_folder_that_is_not_a_dataset(tmp_path):
 
 
 @pytest.mark.parametrize("line, fragment", [
-    ('{"a": 1', "not valid JSON: Expecting ',' delimiter"),
+    ('{"a": 1', "not valid JSON: Expecting ',' delimiter at column 8"),
+    ('{"prompt": "p", "chosen": "a", "rejected": ', "Expecting value at column 44"),  # cut short: its end
     ("[1, 2]", "a JSON list, not an object"),
     ('"text"', "a JSON str, not an object"),
 ])

@@ -167,7 +167,7 @@ def _read_jsonl(path: str) -> Iterator[tuple[int, dict | DataError]]:
             if not text.strip():
                 continue
             try:
-                row = json.loads(text)
+                row = json.loads(text.rstrip("\r\n"))  # without its newline: a line cut short fails at its end
             except json.JSONDecodeError as e:
                 yield line, DataError(f"not valid JSON: {e.msg} at column {e.colno}; {_ONE_OBJECT}", path=path,
                                       line=line)
