@@ -82,14 +82,16 @@ def test_a_pair_with_an_empty_answer_is_a_bad_row_as_the_reward_stage_would_say(
     data = write_jsonl(tmp_path / "hh.jsonl", rows)
     with pytest.raises(DataError) as err:
         label.read_pairs(str(data))
-    assert str(err.value) == f"{data}:2: field 'chosen': is empty; an answer needs some text"
+    assert str(err.value) == f"{data}:2: field 'chosen': is empty; an answer needs some text" + \
+        " (skip_bad_rows=true skips such rows)"
     # the words the data loader uses for the same answer in a file `rlxf reward` reads
     trl = write_jsonl(tmp_path / "trl.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"},
                                                {"prompt": "p", "chosen": "  ", "rejected": "b"}])
     with pytest.raises(DataError) as loader_err:
         load_preferences(trl)
+    hint = " (skip_bad_rows=true skips such rows)"
     assert (err.value.line, err.value.field, err.value.problem) == \
-        (loader_err.value.line, loader_err.value.field, loader_err.value.problem)
+        (loader_err.value.line, loader_err.value.field, loader_err.value.problem + hint)
     pairs, skipped = label.read_pairs(str(data), skip_bad=True)
     assert [(p.a, p.b) for p in pairs] == [("Hello!", "Go away.")] and skipped == 2
 
@@ -172,7 +174,8 @@ def test_label_eval_refuses_and_skips_the_rows_label_refuses(tmp_path, caplog, m
         for command in (label, label_eval):
             with pytest.raises(DataError) as err:
                 command.run(load_config(command.Config, None, [f"out={tmp_path / command.__name__}", *args]))
-            assert str(err.value) == f"{data}:2: field 'chosen': is empty; an answer needs some text"
+            assert str(err.value) == (f"{data}:2: field 'chosen': is empty; an answer needs some text "
+                                      "(skip_bad_rows=true skips such rows)")
         args.append("skip_bad_rows=true")
         labelled = label.run(load_config(label.Config, None, [f"out={tmp_path / 'l'}", *args]))
         judged = label_eval.run(load_config(label_eval.Config, None, [f"out={tmp_path / 'le'}", *args]))

@@ -263,7 +263,8 @@ def test_import_refuses_an_empty_answer_as_rlxf_label_does(tmp_path):
             {"prompt": "q", "chosen": "fine", "rejected": "ok"},
             {"prompt": "r", "completions": ["x", "   ", "z"], "ranking": [0, 2, 1]}]
     hh = write(tmp_path / "hh.jsonl", rows)
-    with pytest.raises(DataError, match=r"hh.jsonl:2: field 'chosen': is empty; an answer needs some text"):
+    with pytest.raises(DataError, match=r"hh.jsonl:2: field 'chosen': is empty; an answer needs some text "
+                                        r"\(skip_bad=true skips such rows\)"):
         run_import(tmp_path, f"files=[{hh}]")
     ranking = write(tmp_path / "rank.jsonl", rows[3:])
     with pytest.raises(DataError, match=r"rank.jsonl:1: field 'completions\[1\]': is empty"):

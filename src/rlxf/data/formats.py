@@ -109,31 +109,33 @@ def nonempty_answers(comparison: Preference | Ranking, where: _Where) -> None:
                else [(f"completions[{i}]", a) for i, a in enumerate(comparison.completions)])
     for field, answer in answers:
         if not answer.strip():
-            raise where.error(field, "is empty; an answer needs some text")
+            skip = f" ({where.skip_key}=true skips such rows)" if where.skip_key else ""
+            raise where.error(field, f"is empty; an answer needs some text{skip}")
 
 
-def load_comparisons(path: str | os.PathLike, *, split: str | None = None,
-                     skip_bad: bool = False, limit: int | None = None, check: Check | None = None) -> Loaded:
+def load_comparisons(path: str | os.PathLike, *, split: str | None = None, skip_bad: bool = False,
+                     limit: int | None = None, check: Check | None = None, skip_key: str | None = None) -> Loaded:
     """Read reward-model data keeping each ranking whole: :class:`Preference` for pairwise
     rows, :class:`Ranking` for ranking rows, in file order.
 
     Use this for the K-wise loss, where all pairs of one ranking share a batch element
     (InstructGPT §3.5); :func:`load_preferences` flattens rankings into pairs.
-    ``limit``: the first that many comparisons; ``check``: see :data:`Check`.
+    ``limit``: the first that many comparisons; ``check``: see :data:`Check`; ``skip_key``:
+    as for :func:`load_demonstrations`.
     """
-    return _load(path, split, skip_bad, _COMPARISON_SHAPES, limit=limit, check=check)
+    return _load(path, split, skip_bad, _COMPARISON_SHAPES, skip_key, limit=limit, check=check)
 
 
-def load_preferences(path: str | os.PathLike, *, split: str | None = None,
-                     skip_bad: bool = False, limit: int | None = None, check: Check | None = None) -> Loaded:
+def load_preferences(path: str | os.PathLike, *, split: str | None = None, skip_bad: bool = False,
+                     limit: int | None = None, check: Check | None = None, skip_key: str | None = None) -> Loaded:
     """Read reward-model data as a :class:`Loaded` list of :class:`Preference` pairs.
 
     A ranking of K answers becomes its C(K, 2) (better, worse) pairs, in the order of
     :meth:`Ranking.pairs`; ``skipped`` still counts rows, not pairs. ``limit``: the first
     that many pairs (the last ranking read may be cut); ``check``: see :data:`Check`
-    (it sees a ranking whole).
+    (it sees a ranking whole); ``skip_key``: as for :func:`load_demonstrations`.
     """
-    comparisons = _load(path, split, skip_bad, _COMPARISON_SHAPES, limit=limit, check=check,
+    comparisons = _load(path, split, skip_bad, _COMPARISON_SHAPES, skip_key, limit=limit, check=check,
                         size=lambda c: len(c.pairs()) if isinstance(c, Ranking) else 1)
     pairs = [pair for c in comparisons
              for pair in (c.pairs() if isinstance(c, Ranking) else [c])]

@@ -208,7 +208,8 @@ def read_preferences(path: str, *, split: str | None = None, skip_bad: bool = Fa
     through here, so they refuse the same rows."""
     from rlxf.data.formats import load_preferences, nonempty_answers
 
-    loaded = load_preferences(path, split=split, skip_bad=skip_bad, limit=limit, check=nonempty_answers)
+    loaded = load_preferences(path, split=split, skip_bad=skip_bad, limit=limit, check=nonempty_answers,
+                              skip_key="skip_bad_rows")
     return list(loaded), loaded.skipped
 
 

@@ -140,7 +140,7 @@ def read_tasks(path: str, *, skip_bad: bool = False
         return _read_answer_rows(path, skip_bad)
     # The loaders accept an empty answer (an empty final HH turn is a real label), but a task
     # needs answers to compare: the check `rlxf label` reads with makes such a row bad, as there.
-    comparisons = load_comparisons(path, skip_bad=skip_bad, check=nonempty_answers)
+    comparisons = load_comparisons(path, skip_bad=skip_bad, check=nonempty_answers, skip_key="skip_bad")
     tasks = []
     for c in comparisons:
         answers = [c.chosen, c.rejected] if isinstance(c, Preference) else list(c.completions)
