@@ -347,6 +347,26 @@ def test_lora_is_told_how_the_layers_store_their_weights(tokenizer, arch):
             add_reward_lora(reward, LoraConfig(enabled=True, r=4))
 
 
+def test_an_answer_ends_at_any_end_token_of_the_models_generation_config(tokenizer):
+    """A chat model ends its turn with a token of its own (Llama 3's <|eot_id|>), listed in
+    its generation_config beside the tokenizer's EOS: the answer ends there, counts as
+    ended, and its text leaves the token out."""
+    from conftest import scripted_model
+
+    from rlxf.models.generation import end_tokens
+
+    prompt = "question : what color is the fox ? answer :"
+    model, _ = scripted_model(tokenizer, prompt, "the fox is red . the owl is blue .", eos=False)
+    turn_end = tokenizer(" .", add_special_tokens=False)["input_ids"][-1]  # stands in for <|eot_id|>
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, turn_end]
+    assert end_tokens(model, tokenizer) == [tokenizer.eos_token_id, turn_end]
+    g = generate(model, tokenizer, [prompt], max_new_tokens=20, seed=0)[0]
+    assert (g.text, g.ended) == ("the fox is red", True) and g.token_ids[-1] == turn_end
+    model.generation_config.eos_token_id = None
+    assert end_tokens(model, tokenizer) == [tokenizer.eos_token_id]
+    assert not generate(model, tokenizer, [prompt], max_new_tokens=20, seed=0)[0].ended
+
+
 @pytest.mark.parametrize("pad_is_eos", [False, True])
 def test_generation_stops_sampling_an_answer_at_a_stop_string(tokenizer, pad_is_eos):
     """With ``stop``, sampling ends at the stop string (HF ``stop_strings``): the batch

@@ -103,8 +103,8 @@ class Generation:
     """The answer, decoded, without the separator and without EOS; cut before the first
     stop string when :func:`generate` was given ``stop``."""
     ended: bool
-    """True when the answer ended within ``max_new_tokens``: the model emitted EOS, or
-    wrote one of ``stop``."""
+    """True when the answer ended within ``max_new_tokens``: the model emitted EOS (or
+    another of its :func:`end_tokens`), or wrote one of ``stop``."""
     token_ids: tuple[int, ...]
     """The answer's tokens up to and including EOS, or up to the stop string's last token."""
     stopped: bool = False
@@ -169,7 +169,7 @@ def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, te
     out: list[Generation | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ends, pad = end_tokens(model, tokenizer), tokenizer.pad_token_id
     sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
     for start in bar(range(0, len(order), batch_size), desc="generate", enabled=progress):
         idx = order[start:start + batch_size]
@@ -188,20 +188,34 @@ def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, te
             mask[row, width - n:] = 1
         with torch.no_grad():
             seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=not greedy,
-                                  max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, **sampling,
+                                  max_new_tokens=max_new_tokens, eos_token_id=ends, pad_token_id=pad, **sampling,
                                   **stopping)
         for row, i in enumerate(idx):
-            out[i] = _answer(prompts[i], seqs[row, width:].tolist(), tokenizer, separator, stop)
+            out[i] = _answer(prompts[i], seqs[row, width:].tolist(), tokenizer, separator, stop, ends)
     model.train(was_training)
     return out
 
 
-def _answer(prompt: Prompt, answer: list[int], tokenizer, separator: str, stop: Sequence[str]) -> Generation:
-    """The :class:`Generation` of one row of ``generate``'s output (the tokens after the prompt)."""
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    ended = eos in answer
-    answer = answer[:answer.index(eos) + 1] if ended else answer
-    text = tokenizer.decode([t for t in answer if t != eos], skip_special_tokens=True)
+def end_tokens(model, tokenizer) -> list[int]:
+    """The tokens that end an answer: the tokenizer's EOS and those of the model's
+    ``generation_config`` (a chat model ends its turn with its own, e.g. Llama 3's
+    ``<|eot_id|>`` beside ``<|end_of_text|>``), the tokenizer's first."""
+    config = getattr(model, "generation_config", None)
+    theirs = getattr(config, "eos_token_id", None)
+    theirs = [] if theirs is None else [theirs] if isinstance(theirs, int) else list(theirs)
+    return list(dict.fromkeys([tokenizer.eos_token_id, *theirs]))
+
+
+def _answer(prompt: Prompt, answer: list[int], tokenizer, separator: str, stop: Sequence[str],
+            ends: Sequence[int] | None = None) -> Generation:
+    """The :class:`Generation` of one row of ``generate``'s output (the tokens after the
+    prompt); ``ends``: the tokens that end it (default: the tokenizer's EOS)."""
+    pad = tokenizer.pad_token_id
+    ends = set(ends or [tokenizer.eos_token_id])
+    end = next((k for k, t in enumerate(answer) if t in ends), None)
+    ended = end is not None
+    answer = answer[:end + 1] if ended else answer
+    text = tokenizer.decode([t for t in answer if t not in ends], skip_special_tokens=True)
     sep = prompt_text(prompt, tokenizer, separator)[1]
     text = text.removeprefix(sep) if sep else text
     text, stopped = cut_at_stop(text, stop)
