@@ -398,3 +398,7 @@ def test_a_completion_the_server_stopped_for_its_length_did_not_end():
     assert judge.complete(["d"], max_tokens=4, temperature=1.0, n=2) == [[Completion("red", False),
                                                                           Completion("red .", True)]]
     assert judge.generate(["b"], max_tokens=4, temperature=1.0) == [["the fox is"]]
+    # other servers' names: TGI's eos_token and Anthropic-style end_turn ended; max_tokens and no reason did not
+    replies.update(e=[("red .", "eos_token"), ("red .", "end_turn")], f=[("the", "max_tokens"), ("the", None)])
+    assert judge.complete(["e", "f"], max_tokens=4, temperature=1.0, n=2) == [
+        [Completion("red .", True), Completion("red .", True)], [Completion("the", False), Completion("the", False)]]

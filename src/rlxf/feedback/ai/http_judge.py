@@ -171,8 +171,9 @@ class OpenAIJudge:
 
     def complete(self, prompts: Sequence[str], *, max_tokens: int, temperature: float, n: int = 1,
                  stop: Sequence[str] = (), seed: int = 0) -> list[list[Completion]]:
-        """:meth:`generate`'s completions; one the server stopped for its length
-        (``finish_reason`` "length") did not end, unless a stop string is found in it."""
+        """:meth:`generate`'s completions; one the server stopped for its length or cut short
+        (``finish_reason`` "length", "max_tokens", "model_length", "content_filter", "abort"),
+        or gave no reason for, did not end, unless a stop string is found in it."""
         def one(prompt: str) -> list[Completion]:
             body = self._body(prompt, max_tokens=max_tokens, temperature=temperature)
             body.update(n=n, seed=seed)
@@ -180,7 +181,9 @@ class OpenAIJudge:
                 body["stop"] = list(stop)
             out = sorted(self._post(body)["choices"], key=lambda c: c.get("index", 0))
             cut = [cut_at_stop(_text(c), stop) for c in out]  # also here: not every server honours stop
-            return [Completion(text, found or c.get("finish_reason") != "length") for c, (text, found) in zip(out, cut)]
+            if any(c.get("finish_reason") is None for c in out):
+                _warn_no_reason()
+            return [Completion(text, found or _finished(c.get("finish_reason"))) for c, (text, found) in zip(out, cut)]
 
         return self._map(one, prompts)
 
@@ -363,3 +366,24 @@ def _echoed_logprob(logprobs: dict | None, start: int, end: int) -> ChoiceScore:
             total += lp
             tokens.append(tok)
     return ChoiceScore(total, tuple(tokens))
+
+
+_CUT = {"length", "max_tokens", "model_length", "content_filter", "abort"}
+# finish_reason of a text the server cut short: OpenAI, vLLM, TGI, llama.cpp and Anthropic-style names
+
+
+def _finished(reason: str | None) -> bool:
+    """Whether a completion with ``finish_reason`` ``reason`` ended of itself ("stop",
+    "eos_token", "end_turn", "stop_sequence", ...); none given: unknown, so not."""
+    return reason is not None and str(reason).lower() not in _CUT
+
+
+_warned_no_reason = False
+
+
+def _warn_no_reason() -> None:
+    global _warned_no_reason
+    if not _warned_no_reason:
+        _warned_no_reason = True
+        log.warning("the judge server gave a completion without a finish_reason: such texts count as cut at max_tokens "
+                    "(never used as a finished revision)")
