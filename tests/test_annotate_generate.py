@@ -19,7 +19,8 @@ PROMPTS = ["question : what color is the fox ? answer :", "say hello to tom .",
            "two plus three is", "question : where does the owl live ? answer :"]
 
 
-def test_generated_answers_become_tasks_naming_their_models(tmp_path, tokenizer, one_thread):
+def _two_models_and_prompts(tmp_path, tokenizer) -> tuple[list[str], object]:
+    """Two tiny random GPT-2 folders (seeds 0 and 1) and a prompts file of PROMPTS."""
     models = []
     for seed in (0, 1):
         folder = tmp_path / f"gpt2-{seed}"
@@ -28,6 +29,11 @@ def test_generated_answers_become_tasks_naming_their_models(tmp_path, tokenizer,
         models.append(str(folder))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return models, prompts
+
+
+def test_generated_answers_become_tasks_naming_their_models(tmp_path, tokenizer, one_thread):
+    models, prompts = _two_models_and_prompts(tmp_path, tokenizer)
     db = f"sqlite:///{tmp_path / 'gen.db'}"
     cfg = load_config(importer.Config, None, [
         f"database={db}", f"generate.models=[{models[0]},{models[1]}]",
@@ -70,14 +76,7 @@ def test_an_import_that_crashed_while_sampling_samples_only_what_was_left(tmp_pa
     tasks an uninterrupted import adds, and removes the folder."""
     from rlxf.models import generation
 
-    models = []
-    for seed in (0, 1):
-        folder = tmp_path / f"gpt2-{seed}"
-        make_model("gpt2", len(tokenizer), seed=seed).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        models.append(str(folder))
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    models, prompts = _two_models_and_prompts(tmp_path, tokenizer)
 
     def config(name: str):
         return load_config(importer.Config, None, [
