@@ -164,10 +164,10 @@ def start_stage(cfg, accelerator: "Accelerator") -> tuple["Run", torch.device, A
     under ``accelerate launch``; ``mixed_precision='auto'`` is resolved for it (the
     returned config, the one saved as config.yaml, says 'bf16' or 'no'; a complete run's
     says what it ran with, wherever it is reopened), and bf16 is checked against it
-    before any work. The directory is opened (created, or checked
-    against that config) by the main process only; the others wait for it and then only
-    read it. A complete run is logged and returned as it is (the caller returns its
-    summary); otherwise this process is seeded with ``cfg.seed + rank``.
+    before any work. The directory is opened (created, or checked against that config) by
+    the main process only; the others wait for it and then only read it. A complete run
+    is logged and returned as it is (the caller returns its summary); otherwise this
+    process is seeded with ``cfg.seed + rank``.
     """
     from rlxf.runs import Run, completed_setting
     from rlxf.training import check_mixed_precision, precision_for, resolve_device, seed_everything
