@@ -333,3 +333,25 @@ def test_the_logged_learning_rate_is_the_mean_rate_of_the_steps_updates(setup, t
     ppo.run(_config(root, model_dir, "max_steps=2", f"out={tmp_path / 'run'}"))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in rows if "lr" in r] == pytest.approx([1e-3 * 12.5 / 16, 1e-3 * 4.5 / 16])
+
+
+def test_the_held_out_evaluation_samples_as_the_rollouts_do(setup, monkeypatch):
+    """Without the checkpoint's generation_config: its repetition penalty or its own end
+    tokens would make the evaluated answers come from another distribution than training's."""
+    from rlxf.models import generation
+
+    root, model_dir = setup
+    policy = ppo.PPO(_config(root, model_dir), torch.device("cpu"))
+    policy.policy.generation_config.repetition_penalty = 5.0
+    policy.policy.generation_config.eos_token_id = [policy.tokenizer.eos_token_id, 7]
+    seen, real = [], generation.generate
+
+    def watched(model, *a, **k):
+        seen.append((model.generation_config.repetition_penalty, generation.end_tokens(model, policy.tokenizer)))
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(generation, "generate", watched)
+    ppo.evaluate(policy, ["say hello to tom ."], policy.cfg)
+    ((penalty, ends),) = seen
+    assert penalty in (None, 1.0) and ends == [policy.tokenizer.eos_token_id]  # None: unset, no penalty
+    assert policy.policy.generation_config.repetition_penalty == 5.0  # set back afterwards

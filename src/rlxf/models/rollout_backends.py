@@ -83,7 +83,7 @@ class HFBackend:
         extra = {"suppress_tokens": self.suppress_tokens} if self.suppress_tokens else {}
         if stop is not None:
             extra["stopping_criteria"] = StoppingCriteriaList([stop.after(query.shape[1])])
-        with _plain_generation_config(self.policy):
+        with plain_generation_config(self.policy):
             seqs = self.policy.generate(input_ids=query, attention_mask=attention_mask, do_sample=True, top_k=0,
                                         top_p=1.0, temperature=temperature, max_new_tokens=max_new_tokens,
                                         eos_token_id=self.eos, pad_token_id=self.pad, **extra)  # (B, P+R)
@@ -94,7 +94,7 @@ class HFBackend:
 
 
 @contextlib.contextmanager
-def _plain_generation_config(model):
+def plain_generation_config(model):
     """Inside the block ``model.generate`` starts from Hugging Face's neutral defaults
     rather than the checkpoint's ``generation_config`` (whose unset-by-caller fields it
     would otherwise fill in)."""

@@ -40,7 +40,7 @@ from rlxf.models.generation import AnswerStop, check_stop, cut_at_stop
 from rlxf.models.loading import (ModelConfig, add_lora, attention_kernel, auto_eager, fit_length, keeps_logits,
                                  load_causal_lm, load_model_tokenizer, load_tokenizer, max_positions, settle_attention,
                                  store_matmul_weights)
-from rlxf.models.rollout_backends import make_backend, suppress
+from rlxf.models.rollout_backends import make_backend, plain_generation_config, suppress
 from rlxf.progress import progress
 from rlxf.rl import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_k1, kl_k3,
                      logprobs_from_logits, masked_mean, penalised_rewards, policy_loss, value_loss)
@@ -747,9 +747,11 @@ def evaluate(ppo: PPO, prompts: list, cfg: Config) -> dict[str, float]:
 
     out: dict[str, float] = {}
     if prompts:
-        # a forked RNG: evaluating must not change the rollouts that follow it
+        # a forked RNG: evaluating must not change the rollouts that follow it; sampled as the
+        # rollouts are, from softmax(logits / T) with the checkpoint's generation_config set aside
+        # (its repetition penalty, its own end tokens)
         with (torch.random.fork_rng(devices=[ppo.device] if ppo.device.type == "cuda" else []),
-              attention_kernel(ppo.policy, ppo.sampling_attention)):
+              attention_kernel(ppo.policy, ppo.sampling_attention), plain_generation_config(ppo.policy)):
             gens = generate(ppo.policy, ppo.tokenizer, prompts, max_new_tokens=cfg.rollout.max_new_tokens,
                             temperature=cfg.rollout.temperature, separator=cfg.rollout.separator,
                             batch_size=cfg.rollout.batch_size, seed=cfg.seed + 7, stop=cfg.rollout.stop)
