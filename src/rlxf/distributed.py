@@ -169,14 +169,11 @@ def start_stage(cfg, accelerator: "Accelerator") -> tuple["Run", torch.device, A
     is logged and returned as it is (the caller returns its summary); otherwise this
     process is seeded with ``cfg.seed + rank``.
     """
-    from rlxf.runs import Run, completed_setting
+    from rlxf.runs import Run
     from rlxf.training import check_mixed_precision, precision_for, resolve_device, seed_everything
 
     device = accelerator.device if accelerator.num_processes > 1 else resolve_device(cfg.device)
-    precision = precision_for(cfg.mixed_precision, device)
-    if cfg.mixed_precision == "auto":  # a complete run computes nothing more: it is returned as it ran
-        precision = completed_setting(cfg.out, "mixed_precision", precision)
-    cfg = replace(cfg, mixed_precision=precision)
+    cfg = replace(cfg, mixed_precision=precision_for(cfg.mixed_precision, device, run=cfg.out))
     run = Run.open(cfg.out, cfg) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     run = run or Run(Path(cfg.out))

@@ -154,12 +154,19 @@ def cpu_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def precision_for(mixed_precision: str, device: torch.device) -> str:
+def precision_for(mixed_precision: str, device: torch.device, run: str | Path | None = None) -> str:
     """``mixed_precision`` with 'auto' resolved for ``device``: 'bf16' where it computes
-    bfloat16 natively (:func:`native_bf16`), else 'no'. 'no' and 'bf16' pass through."""
+    bfloat16 natively (:func:`native_bf16`), else 'no'; where the folder ``run`` holds a
+    complete run, what that run ran with (it computes nothing more, so reopening it on
+    another machine returns it as it is). 'no' and 'bf16' pass through."""
     if mixed_precision != "auto":
         return mixed_precision
-    return "bf16" if device.type in ("cpu", "cuda") and native_bf16(device) else "no"
+    resolved = "bf16" if device.type in ("cpu", "cuda") and native_bf16(device) else "no"
+    if run is None:
+        return resolved
+    from rlxf.runs import completed_setting
+
+    return completed_setting(run, "mixed_precision", resolved)
 
 
 def check_mixed_precision(mixed_precision: str, device: torch.device) -> None:

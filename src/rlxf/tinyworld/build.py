@@ -188,12 +188,9 @@ def _initial_model(cfg: Config, data: Path, init: Path) -> None:
 def _precision(mixed_precision: str, pretrain: Path) -> str:
     """``mixed_precision`` with 'auto' resolved for the device pre-training runs on; or, where
     the ``pretrain`` run is complete, as it ran (a build reopened on another machine reuses it)."""
-    from rlxf.runs import completed_setting
     from rlxf.training import precision_for, resolve_device
 
-    resolved = precision_for(mixed_precision, resolve_device("auto"))
-    if mixed_precision == "auto":
-        resolved = completed_setting(pretrain, "mixed_precision", resolved)
+    resolved = precision_for(mixed_precision, resolve_device("auto"), run=pretrain)
     if mixed_precision == "auto":
         log.info("tinyworld: mixed_precision=auto: %s", "bf16 (native here)" if resolved == "bf16" else
                  "float32 (bf16 is not native here)")

@@ -31,6 +31,7 @@ The API key is sent as a bearer token and never logged or stored.
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import math
 import random
@@ -378,12 +379,7 @@ def _finished(reason: str | None) -> bool:
     return reason is not None and str(reason).lower() not in _CUT
 
 
-_warned_no_reason = False
-
-
+@functools.cache  # once per process
 def _warn_no_reason() -> None:
-    global _warned_no_reason
-    if not _warned_no_reason:
-        _warned_no_reason = True
-        log.warning("the judge server gave a completion without a finish_reason: such texts count as cut at max_tokens "
-                    "(never used as a finished revision)")
+    log.warning("the judge server gave a completion without a finish_reason: such texts count as cut at max_tokens "
+                "(never used as a finished revision)")
